@@ -1,0 +1,22 @@
+# Two commands do all set-up on a fresh clone: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test clean
+
+# The venv is rebuilt when pyproject.toml is newer than it, so a changed
+# dependency list never leaves a stale environment behind.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/cifar-spec summary
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -n auto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

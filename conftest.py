@@ -1,0 +1,37 @@
+"""Shared fixtures for the spec and the benchmarks.
+
+Under pytest-xdist each worker is its own process with torch's default of one
+thread per core; two workers on two cores would then run four threads and
+slow each other down. Each worker therefore takes its share of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, available_cores() // int(workers)))
+
+
+CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.fixture(
+    params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA_SKIP])],
+)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each test that takes it runs on the CPU and, where there is one, on a GPU."""
+    return torch.device(request.param)
