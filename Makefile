@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # dependency list never leaves a stale environment behind.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
 	touch $@
 
 run: $(VENV)/.installed

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from cifar_spec import losses
+import torch
+
+from cifar_spec import data, losses
 from cifar_spec.model import CifarNet, format_summary
+from cifar_spec.train import CheckpointError, NonFiniteLoss, TrainConfig, fit
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -19,6 +24,86 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here; use --device cpu or auto")
+    return name
+
+
+def pick_data_root(args: argparse.Namespace) -> Path:
+    """The real set where it is (or may be downloaded), else the synthetic one, said in a line."""
+    root = Path(args.data_root)
+    real = (root / data.CIFAR10.base_folder).exists() and not data.is_synthetic(root)
+    if args.synthetic or not (real or args.download):
+        synthetic_root = root / "synthetic"
+        if not data.is_synthetic(synthetic_root):
+            data.write_synthetic_cifar10(synthetic_root, seed=args.seed)
+        reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
+        print(f"using the synthetic CIFAR-10 stand-in in {synthetic_root} ({reason})")
+        return synthetic_root
+    return root
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, device=pick_device(args.device), shuffle=args.shuffle,
+        limit=min(args.limit or 64, 64) if args.dry_run else args.limit, out=args.out,
+    )
+    root = pick_data_root(args)
+    split = data.load_cifar10(root, train=args.train_split, download=args.download)
+    print(f"training on {min(len(split), config.limit or len(split))} images "
+          f"({'train' if args.train_split else 'test'} split) on {config.device}")
+    sums = fit(config, data.to_device(split, config.device, config.limit), resume=args.resume,
+               progress=not args.no_progress)
+    print(f"done: loss sum {sums[0]:.4f} after epoch 1, {sums[-1]:.4f} after epoch {len(sums)}"
+          + (f"; run folder {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    folder = data.write_synthetic_cifar10(args.root, args.n_train, args.n_test, args.seed)
+    print(f"wrote {args.n_train} training and {args.n_test} test images to {folder}")
+    return 0
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train the tutorial's CNN (defaults: the tutorial's run)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--epochs", type=int, default=20, help="passes over the data")
+    p.add_argument("--batch-size", type=int, default=1, help="images per step")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffle order")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--data-root", default="data", help="folder holding cifar-10-batches-py")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
+    p.add_argument("--synthetic", action="store_true",
+                   help="train on the synthetic stand-in (written under DATA_ROOT/synthetic)")
+    p.add_argument("--train-split", action="store_true",
+                   help="use the 50,000-image train split, not the tutorial's test split")
+    p.add_argument("--shuffle", action="store_true", help="new order every epoch")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--dry-run", action="store_true", help="one epoch on 64 images, to smoke-test")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--out", default=None, help="run folder: checkpoint, history.json, loss.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def add_data_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("data", help="manage data sets")
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = sub.add_parser("synth", help="write the synthetic CIFAR-10 stand-in",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    synth.add_argument("--root", required=True, help="folder to write cifar-10-batches-py in")
+    synth.add_argument("--n-train", type=int, default=50_000, help="training images")
+    synth.add_argument("--n-test", type=int, default=10_000, help="test images")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    synth.set_defaults(func=cmd_synth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar-spec",
@@ -29,9 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "summary", help="print the tutorial's two loss values and a summary of its model"
     )
     summary.set_defaults(func=cmd_summary)
+    add_train_parser(commands)
+    add_data_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, data.DataError, CheckpointError, NonFiniteLoss) as error:
+        print(f"cifar-spec: error: {error}", file=sys.stderr)
+        return 2

@@ -8,12 +8,22 @@ does) does not keep every step's autograd graph alive.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from cifar_spec.model import NUM_CLASSES, check_images
+from cifar_spec import plot
+from cifar_spec.data import DeviceData
+from cifar_spec.model import NUM_CLASSES, CifarNet, check_images
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -59,8 +69,221 @@ def train_step(
     device = model_device(model)
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
+    return checked_step(model, images, labels, loss_fn, optimizer)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the step stopped before its backward."""
+
+
+def checked_step(model: nn.Module, images: Tensor, labels: Tensor, loss_fn: LossFn,
+                 optimizer: torch.optim.Optimizer) -> Tensor:
+    """The step on inputs already checked and on the model's device.
+
+    A non-finite loss is refused before its backward, so the parameters are
+    never overwritten with NaN and the last checkpoint stays a good one.
+    """
     loss = loss_fn(model(images), labels)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"the loss is {loss.item()}")
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of one training run; the defaults are the tutorial's."""
+
+    epochs: int = 20  # passes over the data
+    batch_size: int = 1  # images per step; the tutorial uses 1
+    lr: float = 0.01  # SGD learning rate
+    seed: int = 0  # seeds the model's initial weights and the shuffle order
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    shuffle: bool = False  # the tutorial's DataLoader does not shuffle
+    limit: int | None = None  # train on the first `limit` images only (None: all)
+    out: str | None = None  # run folder for checkpoints, history and plot (None: none)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 image, got {self.limit}")
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData,
+                config: TrainConfig, epoch: int, generator: torch.Generator | None = None,
+                progress: tqdm | None = None) -> float:
+    """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it."""
+    loss_fn = nn.CrossEntropyLoss()
+    total = torch.zeros((), device=data.images.device)
+    for step, (images, labels) in enumerate(data.batches(config.batch_size, generator)):
+        try:
+            total += checked_step(model, images, labels, loss_fn, optimizer)
+        except NonFiniteLoss as error:
+            raise NonFiniteLoss(
+                f"{error} at epoch {epoch}, step {step}; the run stopped before that step's "
+                "backward and the last checkpoint is intact (a smaller --lr may help)"
+            ) from None
+        if progress is not None:
+            progress.update(len(labels))
+    return total.item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1000) -> float:
+    """Mean cross-entropy over `data`, without touching the parameters."""
+    total = torch.zeros((), dtype=torch.float64, device=data.images.device)
+    for images, labels in data.batches(batch_size):
+        total += nn.functional.cross_entropy(model(images), labels, reduction="sum")
+    return total.item() / len(data)
+
+
+# Settings a resumed run must share with the checkpoint it resumes;
+# epochs may grow and the device may change.
+RESUME_MUST_MATCH = ("batch_size", "lr", "seed", "shuffle", "limit")
+CHECKPOINT = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+def save_atomically(obj: dict, path: Path) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it.
+
+    A crash at any moment leaves either the old checkpoint or the new one,
+    never half of one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path} to resume; run without --resume") from None
+    except Exception as error:  # torch raises several types for a bad zip or pickle
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}); it is truncated "
+            "or not a cifar-spec checkpoint: move it away and train without --resume"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= state.keys():
+        raise CheckpointError(f"{path} is not a cifar-spec checkpoint; train without --resume")
+    return state
+
+
+def check_resumable(state: dict, config: TrainConfig, path: Path) -> None:
+    saved = state["config"]
+    diff = [f"{k}={saved[k]!r} there, {getattr(config, k)!r} here"
+            for k in RESUME_MUST_MATCH if saved[k] != getattr(config, k)]
+    if diff:
+        raise CheckpointError(f"cannot resume {path} with other settings: " + "; ".join(diff))
+    if state["epoch"] >= config.epochs:
+        raise CheckpointError(
+            f"{path} has already trained {state['epoch']} epochs; ask for more with --epochs"
+        )
+
+
+@dataclass
+class Run:
+    """Everything a training run carries from one epoch to the next."""
+
+    model: CifarNet
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator | None
+    history: list[dict]
+
+    def state(self, config: TrainConfig) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": len(self.history),
+            "history": self.history,
+            "config": asdict(config),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": None if self.generator is None else self.generator.get_state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.generator is not None:
+            self.generator.set_state(state["shuffle_rng"])
+
+
+def new_run(config: TrainConfig) -> Run:
+    torch.manual_seed(config.seed)
+    model = CifarNet().to(config.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
+    return Run(model, optimizer, generator, [])
+
+
+def start_run(config: TrainConfig, resume: bool) -> Run:
+    """A fresh run, or the one saved in the run folder; never overwrites a checkpoint by accident."""
+    run = new_run(config)
+    path = Path(config.out) / CHECKPOINT if config.out else None
+    if resume:
+        if path is None:
+            raise CheckpointError("--resume needs the run folder: pass --out DIR")
+        state = load_checkpoint(path)
+        check_resumable(state, config, path)
+        run.restore(state)
+    elif path is not None and path.exists():
+        raise CheckpointError(
+            f"{path} already exists; continue it with --resume or choose another --out"
+        )
+    return run
+
+
+def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
+        log: Callable[[str], None] | None = print, progress: bool = False) -> list[float]:
+    """Train as configured; return every epoch's loss sum (resumed epochs included)."""
+    if config.limit is not None:
+        data = data.head(config.limit)
+    data = data.to(config.device)
+    run = start_run(config, resume)
+    for epoch in range(len(run.history), config.epochs):
+        start = time.perf_counter()
+        with tqdm(total=len(data), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                  disable=not progress, leave=False) as bar:
+            loss_sum = train_epoch(run.model, run.optimizer, data, config, epoch + 1,
+                                   run.generator, bar)
+        seconds = time.perf_counter() - start
+        run.history.append({"epoch": epoch + 1, "loss_sum": loss_sum, "seconds": seconds,
+                            "images_per_s": len(data) / seconds})
+        if log is not None:
+            log(f"epoch {epoch + 1:>3}/{config.epochs}  loss sum {loss_sum:12.4f}  "
+                f"{len(data) / seconds:8.0f} images/s")
+        if config.out:
+            save_run(run, config)
+    if config.out and log is not None:
+        drawn = plot.loss_curve(run.history, Path(config.out) / "loss.png")
+        log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
+    return [row["loss_sum"] for row in run.history]
+
+
+def save_run(run: Run, config: TrainConfig) -> None:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_atomically(run.state(config), out / CHECKPOINT)
+    text = json.dumps({"config": asdict(config), "epochs": run.history}, indent=2)
+    tmp = out / "history.json.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "history.json")
