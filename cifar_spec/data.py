@@ -59,7 +59,7 @@ def synthetic_images(labels: np.ndarray, patterns: np.ndarray,
                      rng: np.random.Generator) -> np.ndarray:
     """uint8 images, (N, 3072) in R, G, B planes: the class pattern, shifted, under noise.
 
-    The pattern is faint (5-25% of the signal) under strong noise, so that a
+    The pattern is faint (10-35% of the signal) under strong noise, so that a
     first epoch at the tutorial's settings ends near ln(10) per image, as on
     real CIFAR-10, and a small training set can be memorised (overfit).
     """
@@ -68,7 +68,7 @@ def synthetic_images(labels: np.ndarray, patterns: np.ndarray,
     rows = (np.arange(32)[None, None, :, None] - dy) % 32  # (N, 1, 32, 1)
     cols = (np.arange(32)[None, None, None, :] - dx) % 32  # (N, 1, 1, 32)
     images = patterns[labels[:, None, None, None], np.arange(3)[None, :, None, None], rows, cols]
-    contrast = rng.uniform(0.05, 0.25, size=(n, 1, 1, 1)).astype(np.float32)
+    contrast = rng.uniform(0.1, 0.35, size=(n, 1, 1, 1)).astype(np.float32)
     noise = rng.standard_normal(size=images.shape, dtype=np.float32) * 0.8
     pixels = 127.5 + 127.5 * np.clip(contrast * images + noise * (1 - contrast), -1, 1)
     return pixels.round().astype(np.uint8).reshape(n, 3072)

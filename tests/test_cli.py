@@ -1,0 +1,48 @@
+"""The cifar-spec command, end to end, as a user types it."""
+
+import pytest
+
+from cifar_spec.cli import build_parser, main
+from cifar_spec.data import load_cifar10
+
+
+def test_summary_prints_the_tutorials_two_losses_and_the_parameter_count(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "0.6667" in out and "1.3333" in out and "145,578" in out
+
+
+def test_train_dry_run_falls_back_to_the_synthetic_set_and_says_so(tmp_path, capsys):
+    code = main(["train", "--dry-run", "--data-root", str(tmp_path), "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "using the synthetic CIFAR-10 stand-in" in out and "no --download" in out
+    assert "epoch   1/1" in out and "training on 64 images" in out
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_data_synth_writes_a_set_that_torchvision_reads(tmp_path, capsys):
+    assert main(["data", "synth", "--root", str(tmp_path), "--n-train", "10",
+                 "--n-test", "4"]) == 0
+    assert len(load_cifar10(tmp_path, train=False)) == 4
+    assert "wrote 10 training and 4 test images" in capsys.readouterr().out
+
+
+def test_bad_settings_exit_with_a_message_not_a_traceback(tmp_path, capsys):
+    assert main(["train", "--epochs", "0", "--data-root", str(tmp_path)]) == 2
+    assert "epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_every_train_flag_states_its_default_in_help():
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag, default in [("--epochs", "20"), ("--batch-size", "1"), ("--lr", "0.01"),
+                          ("--seed", "0"), ("--device", "auto"), ("--data-root", "data")]:
+        assert flag in text
+        assert f"(default: {default})" in text
+
+
+def test_an_unknown_command_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fly"])
+    assert info.value.code == 2

@@ -1,0 +1,170 @@
+"""The tutorial's training run: the same sums as its own loop, its loss curve, its three causes."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision.transforms import ToTensor
+
+from cifar_spec.data import SyntheticCIFAR10, load_cifar10, to_device, write_synthetic_cifar10
+from cifar_spec.model import CifarNet
+from cifar_spec.train import (CheckpointError, NonFiniteLoss, TrainConfig, evaluate, fit,
+                              new_run, train_epoch)
+
+TUTORIAL = TrainConfig(epochs=3, limit=200)  # the tutorial's settings, on 200 images
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_cifar10(root, n_train=300, n_test=300, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def test_split(root):
+    return to_device(load_cifar10(root, train=False))
+
+
+@pytest.fixture(scope="module")
+def tutorial_sums(test_split):
+    return fit(TUTORIAL, test_split, log=None)
+
+
+def tutorials_own_loop(root, n_images, epochs, seed):
+    """The tutorial's code, as it is written, but for `.item()` on the sum."""
+    dataset = Subset(SyntheticCIFAR10(str(root), train=False, transform=ToTensor()), range(n_images))
+    loader = DataLoader(dataset, batch_size=1)
+    torch.manual_seed(seed)
+    model = CifarNet()
+    loss_fn = nn.CrossEntropyLoss()
+    optim = torch.optim.SGD(model.parameters(), lr=0.01)
+    sums = []
+    for _ in range(epochs):
+        loss_sum = 0.0
+        for images, targets in loader:
+            loss = loss_fn(model(images), targets)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            loss_sum += loss.item()
+        sums.append(loss_sum)
+    return sums
+
+
+def test_fit_gives_the_same_loss_sums_as_the_tutorials_own_loop(root, tutorial_sums):
+    expected = tutorials_own_loop(root, 200, 3, TUTORIAL.seed)
+    # The same kernels run on the same values in the same order, so the steps
+    # agree bit for bit; only the sum differs: the tutorial adds in float64
+    # (Python floats), fit adds in float32 on the device: ~1e-7 per addition.
+    torch.testing.assert_close(tutorial_sums, expected, rtol=1e-5, atol=0)
+
+
+def test_the_loss_falls_over_the_first_epochs_at_the_tutorials_settings(tutorial_sums, test_split):
+    assert tutorial_sums[0] > tutorial_sums[1] > tutorial_sums[2]
+    assert fit(TUTORIAL, test_split, log=None) == tutorial_sums  # deterministic
+
+
+def test_a_learning_rate_far_too_large_makes_the_loss_diverge_where_001_does_not(
+        tutorial_sums, test_split):
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 1, step \d+"):
+        fit(TrainConfig(epochs=3, limit=200, lr=0.3), test_split, log=None)
+    assert all(torch.isfinite(torch.tensor(tutorial_sums)))
+
+
+def test_the_same_images_in_another_order_give_another_loss_curve(tutorial_sums, test_split):
+    shuffled = fit(TrainConfig(epochs=3, limit=200, shuffle=True), test_split, log=None)
+    assert shuffled != tutorial_sums
+    # The order changes the path, not the destination's neighbourhood: the
+    # first epoch's sums differ by well under 5%.
+    torch.testing.assert_close(shuffled[0], tutorial_sums[0], rtol=0.05, atol=0)
+    assert fit(TrainConfig(epochs=3, limit=200, shuffle=True), test_split, log=None) == shuffled
+
+
+@pytest.mark.slow
+def test_a_tiny_training_set_is_memorised_while_the_held_out_loss_turns_back_up(root, test_split):
+    config = TrainConfig(epochs=30, limit=50)
+    train = to_device(load_cifar10(root, train=True)).head(config.limit)
+    run = new_run(config)
+    held_out = []
+    for epoch in range(1, config.epochs + 1):
+        train_epoch(run.model, run.optimizer, train, config, epoch)
+        held_out.append(evaluate(run.model, test_split))
+    best = min(range(len(held_out)), key=held_out.__getitem__)
+    assert evaluate(run.model, train) < 0.05  # fit almost perfectly
+    assert best < len(held_out) - 3  # the held-out minimum is passed ...
+    assert held_out[-1] > held_out[best] * 1.1  # ... and the loss has risen since
+
+
+def checkpoint_params(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, test_split):
+    settings = dict(limit=40, shuffle=True, batch_size=4)
+    whole = fit(TrainConfig(epochs=4, out=str(tmp_path / "a"), **settings), test_split, log=None)
+    fit(TrainConfig(epochs=2, out=str(tmp_path / "b"), **settings), test_split, log=None)
+    resumed = fit(TrainConfig(epochs=4, out=str(tmp_path / "b"), **settings), test_split,
+                  resume=True, log=None)
+    assert resumed == whole
+    a, b = (checkpoint_params(tmp_path / n / "checkpoint.pt") for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_mid_run_stops_it_and_leaves_the_last_checkpoint_loadable(tmp_path, test_split):
+    config = TrainConfig(epochs=3, limit=20, out=str(tmp_path))
+    fit(TrainConfig(epochs=1, limit=20, out=str(tmp_path)), test_split, log=None)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    images = test_split.images.clone()
+    images[7] = float("nan")  # a poisoned image, met at step 7 of epoch 2
+    poisoned = type(test_split)(images, test_split.labels)
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 2, step 7"):
+        fit(config, poisoned, resume=True, log=None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None],
+                         ids=["empty", "garbage", "truncated"])
+def test_a_broken_checkpoint_gives_a_clear_error_not_a_pickle_traceback(tmp_path, test_split,
+                                                                        content):
+    config = TrainConfig(epochs=2, limit=8, out=str(tmp_path))
+    if content is None:
+        fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+        content = (tmp_path / "checkpoint.pt").read_bytes()[:1000]
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint.*without --resume"):
+        fit(config, test_split, resume=True, log=None)
+
+
+def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="already exists.*--resume"):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, log=None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_resuming_with_other_settings_is_refused_and_says_which(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    with pytest.raises(CheckpointError, match=r"lr=0.01 there, 0.1 here"):
+        fit(TrainConfig(epochs=2, limit=8, lr=0.1, out=str(tmp_path)), test_split,
+            resume=True, log=None)
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("lr", -1.0),
+                                          ("lr", float("nan")), ("limit", 0)])
+def test_bad_settings_are_refused_before_any_work(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
+    import json
+
+    fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, log=None)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]
+    assert all(row["images_per_s"] > 0 for row in history["epochs"])
+    assert history["config"]["limit"] == 8
