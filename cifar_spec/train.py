@@ -69,27 +69,62 @@ def train_step(
     device = model_device(model)
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    return checked_step(model, images, labels, loss_fn, optimizer)
+    return make_step(model, optimizer, loss_fn=loss_fn)(images, labels)
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the step stopped before its backward."""
 
 
-def checked_step(model: nn.Module, images: Tensor, labels: Tensor, loss_fn: LossFn,
-                 optimizer: torch.optim.Optimizer) -> Tensor:
-    """The step on inputs already checked and on the model's device.
+@dataclass(frozen=True)
+class StepOptions:
+    """How a training step runs; the defaults compute exactly the tutorial's step."""
 
-    A non-finite loss is refused before its backward, so the parameters are
-    never overwritten with NaN and the last checkpoint stays a good one.
+    bf16: bool = False  # autocast convolutions and matmuls to bfloat16: faster, not exact
+    channels_last: bool = False  # NHWC layout: the same math through other kernels
+    compile: bool = False  # torch.compile the forward and backward
+    cuda_graph: bool = False  # replay the whole step as one CUDA graph (CUDA only)
+
+    @property
+    def name(self) -> str:
+        on = [f for f in ("channels_last", "bf16", "compile", "cuda_graph") if getattr(self, f)]
+        return "+".join(on) or "eager"
+
+
+def prepare_model(model: nn.Module, options: StepOptions) -> nn.Module:
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+              options: StepOptions = StepOptions(), loss_fn: LossFn = nn.functional.cross_entropy,
+              check_finite: bool = True) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function `step(images, labels) -> detached loss`: the tutorial's step, run as `options` say.
+
+    With `check_finite`, a NaN or infinite loss raises before its backward, so
+    the parameters never take a NaN step. Reading the loss stalls a GPU's
+    host every step; without it the caller checks the returned losses later.
     """
-    loss = loss_fn(model(images), labels)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"the loss is {loss.item()}")
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+
+    def loss_of(images: Tensor, labels: Tensor) -> Tensor:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=options.bf16):
+            return loss_fn(model(images), labels)
+
+    forward = torch.compile(loss_of) if options.compile else loss_of
+
+    def step(images: Tensor, labels: Tensor) -> Tensor:
+        if options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = forward(images, labels)
+        if check_finite and not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss.item()}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -104,6 +139,7 @@ class TrainConfig:
     shuffle: bool = False  # the tutorial's DataLoader does not shuffle
     limit: int | None = None  # train on the first `limit` images only (None: all)
     out: str | None = None  # run folder for checkpoints, history and plot (None: none)
+    step: StepOptions = StepOptions()  # how each step runs (precision, layout, compilation)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -115,23 +151,36 @@ class TrainConfig:
             raise ValueError(f"limit must be at least 1 image, got {self.limit}")
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData,
-                config: TrainConfig, epoch: int, generator: torch.Generator | None = None,
+def train_epoch(step: Callable[[Tensor, Tensor], Tensor], data: DeviceData, batch_size: int,
+                epoch: int, generator: torch.Generator | None = None,
                 progress: tqdm | None = None) -> float:
-    """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it."""
-    loss_fn = nn.CrossEntropyLoss()
-    total = torch.zeros((), device=data.images.device)
-    for step, (images, labels) in enumerate(data.batches(config.batch_size, generator)):
+    """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it.
+
+    The losses stay on the device until the epoch ends (one host sync per
+    epoch); a non-finite one is then reported with its step, in case the step
+    did not check it itself.
+    """
+    losses = []
+    for index, (images, labels) in enumerate(data.batches(batch_size, generator)):
         try:
-            total += checked_step(model, images, labels, loss_fn, optimizer)
+            losses.append(step(images, labels))
         except NonFiniteLoss as error:
-            raise NonFiniteLoss(
-                f"{error} at epoch {epoch}, step {step}; the run stopped before that step's "
-                "backward and the last checkpoint is intact (a smaller --lr may help)"
-            ) from None
+            raise non_finite(error, epoch, index) from None
         if progress is not None:
             progress.update(len(labels))
-    return total.item()
+    losses = torch.stack(losses).double()  # (steps,)
+    bad = torch.nonzero(~torch.isfinite(losses))
+    if len(bad):
+        raise non_finite(NonFiniteLoss(f"the loss is {losses[bad[0, 0]].item()}"), epoch,
+                         int(bad[0, 0]))
+    return losses.sum().item()
+
+
+def non_finite(error: NonFiniteLoss, epoch: int, step: int) -> NonFiniteLoss:
+    return NonFiniteLoss(
+        f"{error} at epoch {epoch}, step {step}; the run stopped and the last checkpoint is "
+        "intact (a smaller --lr may help)"
+    )
 
 
 @torch.no_grad()
@@ -202,8 +251,9 @@ def check_resumable(state: dict, config: TrainConfig, path: Path) -> None:
 class Run:
     """Everything a training run carries from one epoch to the next."""
 
-    model: CifarNet
+    model: nn.Module
     optimizer: torch.optim.Optimizer
+    step: Callable[[Tensor, Tensor], Tensor]
     generator: torch.Generator | None
     history: list[dict]
 
@@ -229,10 +279,14 @@ class Run:
 
 def new_run(config: TrainConfig) -> Run:
     torch.manual_seed(config.seed)
-    model = CifarNet().to(config.device)
+    model = prepare_model(CifarNet().to(config.device), config.step)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    # On the CPU reading the loss is free, so each step checks it before its
+    # backward; on a GPU the epoch checks them all at its end instead.
+    step = make_step(model, optimizer, config.step,
+                     check_finite=torch.device(config.device).type == "cpu")
     generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
-    return Run(model, optimizer, generator, [])
+    return Run(model, optimizer, step, generator, [])
 
 
 def start_run(config: TrainConfig, resume: bool) -> Run:
@@ -263,7 +317,7 @@ def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
         start = time.perf_counter()
         with tqdm(total=len(data), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                   disable=not progress, leave=False) as bar:
-            loss_sum = train_epoch(run.model, run.optimizer, data, config, epoch + 1,
+            loss_sum = train_epoch(run.step, data, config.batch_size, epoch + 1,
                                    run.generator, bar)
         seconds = time.perf_counter() - start
         run.history.append({"epoch": epoch + 1, "loss_sum": loss_sum, "seconds": seconds,

@@ -9,7 +9,7 @@ from torchvision.transforms import ToTensor
 from cifar_spec.data import SyntheticCIFAR10, load_cifar10, to_device, write_synthetic_cifar10
 from cifar_spec.model import CifarNet
 from cifar_spec.train import (CheckpointError, NonFiniteLoss, TrainConfig, evaluate, fit,
-                              new_run, train_epoch)
+                              make_step, new_run, train_epoch)
 
 TUTORIAL = TrainConfig(epochs=3, limit=200)  # the tutorial's settings, on 200 images
 
@@ -88,7 +88,7 @@ def test_a_tiny_training_set_is_memorised_while_the_held_out_loss_turns_back_up(
     run = new_run(config)
     held_out = []
     for epoch in range(1, config.epochs + 1):
-        train_epoch(run.model, run.optimizer, train, config, epoch)
+        train_epoch(run.step, train, config.batch_size, epoch)
         held_out.append(evaluate(run.model, test_split))
     best = min(range(len(held_out)), key=held_out.__getitem__)
     assert evaluate(run.model, train) < 0.05  # fit almost perfectly
@@ -168,3 +168,14 @@ def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert all(row["images_per_s"] > 0 for row in history["epochs"])
     assert history["config"]["limit"] == 8
+
+
+def test_a_nan_found_after_the_epoch_is_still_reported_with_its_step(test_split):
+    # On a GPU the step does not read the loss; the epoch checks all losses at its end.
+    run = new_run(TrainConfig(limit=20))
+    step = make_step(run.model, run.optimizer, check_finite=False)
+    images = test_split.images[:20].clone()
+    images[11] = float("inf")
+    poisoned = type(test_split)(images, test_split.labels[:20])
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 4, step 11"):
+        train_epoch(step, poisoned, 1, epoch=4)
