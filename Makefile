@@ -12,8 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
 	touch $@
 
+# The main job: time the training step of every variant and batch size on this
+# machine's devices, print the table, save the JSON and draw the chart.
 run: $(VENV)/.installed
-	$(BIN)/cifar-spec summary
+	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider \
+		--benchmark-columns=median,rounds --benchmark-json=.benchmarks/latest.json
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n auto

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
-from cifar_spec import data, losses
+from cifar_spec import bench, data, losses
 from cifar_spec.model import CifarNet, format_summary
 from cifar_spec.train import CheckpointError, NonFiniteLoss, TrainConfig, fit
 
@@ -69,6 +70,75 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    device = torch.device(pick_device(args.device))
+    rows = []
+    for name in args.variant or list(bench.VARIANTS):
+        options = bench.VARIANTS[name]
+        reason = bench.unsupported(options, device)
+        if reason:
+            print(f"skipped {name}: {reason}")
+            continue
+        for batch in args.batch_size or bench.BATCHES[device.type]:
+            case = bench.build(options, device, batch)
+            seconds = bench.time_case(case, args.seconds)
+            rows.append(bench.figures(case, seconds, bench.measure_peak(device, bench.precision(options))))
+    print(bench.format_table(bench.add_speedups(rows)))
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    import pytest
+
+    storage = bench.baseline_storage(Path(args.storage))
+    result = Path(args.json)
+    if args.save_baseline:
+        extra = ["--benchmark-only", f"--benchmark-storage={storage}", "--benchmark-save=baseline"]
+    elif bench.find_baseline(storage) is None:
+        print(f"cifar-spec: no baseline for this hardware in {storage}; make one on this machine "
+              "with `cifar-spec gate --save-baseline` (or restore that folder from an earlier "
+              "run's artifacts)", file=sys.stderr)
+        return 2
+    else:
+        extra = bench.compare_args(storage, args.threshold)
+    code = pytest.main(["benchmarks", "-p", "no:cacheprovider", "-m", args.marker,
+                        f"--benchmark-json={result}", *extra])
+    failures = []
+    for device in ("cpu", "cuda"):
+        rows = [r for r in bench.load_rows(result) if r["device"] == device]
+        floors = Path(args.floors) / f"{device}.json"
+        if rows and floors.exists():
+            failures += bench.check_floors(rows, json.loads(floors.read_text()))
+    for failure in failures:
+        print(f"below the floor: {failure}", file=sys.stderr)
+    print("gate: " + ("FAILED" if code or failures else "passed"))
+    return 1 if code or failures else 0
+
+
+def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("bench", help="time the training step outside pytest, for a quick look",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, action="append",
+                   help="batch size, repeatable (default: 1 64 256 on CPU, 1 256 1024 4096 on CUDA)")
+    p.add_argument("--variant", action="append", choices=list(bench.VARIANTS),
+                   help="variant, repeatable (default: all)")
+    p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per figure")
+    p.set_defaults(func=cmd_bench)
+    g = commands.add_parser("gate", help="run the benchmarks and fail on a regression",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--save-baseline", action="store_true",
+                   help="save this run as this hardware's baseline instead of comparing")
+    g.add_argument("--threshold", type=float, default=15.0,
+                   help="fail when a median step time is this many percent slower")
+    g.add_argument("--storage", default=".benchmarks", help="baselines, one folder per hardware")
+    g.add_argument("--floors", default="benchmarks/floors", help="folder of DEVICE.json floors")
+    g.add_argument("--json", default=".benchmarks/latest.json", help="where this run's JSON goes")
+    g.add_argument("-m", dest="marker", default="not cuda or cuda",
+                   help="pytest marker expression: 'cuda' for the GPU benchmarks only")
+    g.set_defaults(func=cmd_gate)
+
+
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train the tutorial's CNN (defaults: the tutorial's run)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -116,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(func=cmd_summary)
     add_train_parser(commands)
     add_data_parser(commands)
+    add_bench_parsers(commands)
     return parser
 
 

@@ -1,0 +1,47 @@
+"""Images per second of one training step, per device, variant and batch size.
+
+Timed only under `pytest --benchmark-only`; otherwise each runs once as a
+check that the variant trains (its loss is finite and the weights move).
+"""
+
+import pytest
+import torch
+
+from cifar_spec import bench
+
+# Aim for rounds of about this long, so that the synchronization at the end of
+# a round costs a negligible share of it.
+ROUND_SECONDS = 0.2
+TIMED_SECONDS = 2.0  # per benchmark, spread over at least 3 rounds
+
+CASES = [
+    pytest.param(device, name, batch, id=f"{device}-{name}-{batch}",
+                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    for device, batches in bench.BATCHES.items()
+    for name in bench.VARIANTS
+    for batch in batches
+]
+
+
+@pytest.mark.parametrize("device, variant, batch", CASES)
+def test_training_step_throughput(benchmark, peaks, record, device, variant, batch):
+    options = bench.VARIANTS[variant]
+    reason = bench.unsupported(options, device)
+    if reason:
+        pytest.skip(reason)
+    case = bench.build(options, device, batch)
+    before = [p.detach().clone() for p in case.model.parameters()]
+    if benchmark.disabled:
+        loss = benchmark(case.steps, 1)
+    else:
+        case.steps(2)  # warm-up: compilation, autotuning, allocator growth
+        per_step = bench.seconds_per_call(lambda: case.steps(1), case.device, 1)
+        steps = max(1, round(ROUND_SECONDS / per_step))
+        rounds = max(3, round(TIMED_SECONDS / (steps * per_step)))
+        loss = benchmark.pedantic(case.steps, args=(steps,), rounds=rounds, iterations=1)
+        row = bench.figures(case, benchmark.stats.stats.median / steps,
+                            peaks(case.device, bench.precision(options)))
+        benchmark.extra_info.update(row, steps_per_round=steps)
+        record(row)
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, case.model.parameters()))

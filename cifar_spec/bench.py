@@ -1,0 +1,283 @@
+"""How fast one training step runs, and how close that is to what the machine can do.
+
+Figures for each benchmark (shared by ``benchmarks/`` and ``cifar-spec bench``):
+
+- images/s: batch size / median step time, the device synchronized before
+  the clock is read and several steps timed per reading;
+- training FLOPs per image, counted from the layers: a convolution costs
+  2 * (C_in * k * k) * C_out * H_out * W_out per image forward (a multiply and
+  an add per weight per output pixel), a linear layer 2 * in * out. Backward
+  costs twice the forward (gradients for the weights and for the inputs), less
+  the first layer's input gradient, which nothing needs: 69.2 MFLOP for the
+  tutorial's CNN (24.7 forward);
+- the peak: the FLOP/s of a large matrix product in the step's precision,
+  measured in the same process (the best of several tries, so the fraction is
+  never flattered by one slow try);
+- the roofline fraction: achieved FLOP/s / peak.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from cifar_spec.model import IMAGE_SHAPE, CifarNet
+from cifar_spec.train import StepOptions, make_step, prepare_model
+
+# The variants every benchmark run measures, by name; "eager" is the baseline.
+VARIANTS = {v.name: v for v in [
+    StepOptions(),
+    StepOptions(channels_last=True),
+    StepOptions(bf16=True),
+    StepOptions(channels_last=True, bf16=True),
+    StepOptions(compile=True),
+    StepOptions(channels_last=True, bf16=True, cuda_graph=True),
+]}
+BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
+
+
+def layer_flops(model: nn.Module) -> list[int]:
+    """Forward FLOPs of one image through each convolution and linear layer, in order."""
+    flops = []
+
+    def count(layer: nn.Module, _: tuple, out: torch.Tensor) -> None:
+        if isinstance(layer, nn.Conv2d):
+            per_pixel = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            flops.append(2 * per_pixel * out[0].numel())
+        elif isinstance(layer, nn.Linear):
+            flops.append(2 * layer.in_features * layer.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *IMAGE_SHAPE, device=next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return flops
+
+
+def training_flops_per_image(model: nn.Module) -> int:
+    """Forward + weight gradients (= forward) + input gradients (= forward less the first layer)."""
+    flops = layer_flops(model)
+    return 3 * sum(flops) - flops[0]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, calls: int) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / calls
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The FLOP/s of a large matrix product: the best of `tries` and their median."""
+
+    best: float
+    median: float
+    size: int  # n of the n x n product
+    tries: int
+
+
+def measure_peak(device: str | torch.device, dtype: torch.dtype, tries: int = 5) -> Peak:
+    """Grow the product until one takes >= 50 ms (up to 8192), then time it `tries` times."""
+    device = torch.device(device)
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        seconds = seconds_per_call(lambda: a @ b, device, 2)  # the first also warms up
+        if seconds >= 0.05 or n >= 8192:
+            break
+        n *= 2
+    calls = max(1, int(0.05 / seconds))
+    rates = [2 * n**3 / seconds_per_call(lambda: a @ b, device, calls) for _ in range(tries)]
+    return Peak(max(rates), statistics.median(rates), n, tries)
+
+
+def unsupported(options: StepOptions, device: str | torch.device) -> str | None:
+    """Why `options` cannot run on `device` here, or None when it can."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    if options.cuda_graph and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if options.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
+    if options.compile:
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile is not supported on this Python or platform"
+        if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+            return "torch.compile on the CPU needs a C++ compiler on PATH"
+    return None
+
+
+@dataclass
+class StepBench:
+    """One variant's training step on one fixed random batch, ready to time."""
+
+    options: StepOptions
+    device: torch.device
+    batch: int
+    model: nn.Module
+    step: Callable[[], torch.Tensor]
+
+    def steps(self, n: int) -> torch.Tensor:
+        for _ in range(n):
+            loss = self.step()
+        synchronize(self.device)
+        return loss
+
+
+def build(options: StepOptions, device: str | torch.device, batch: int, seed: int = 0) -> StepBench:
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = prepare_model(CifarNet().to(device), options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = make_step(model, optimizer, options, check_finite=False)
+    # Random pixels and labels: zeros would let kernels skip work they do on real data.
+    images = torch.rand(batch, *IMAGE_SHAPE, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    return StepBench(options, device, batch, model, lambda: step(images, labels))
+
+
+def precision(options: StepOptions) -> torch.dtype:
+    return torch.bfloat16 if options.bf16 else torch.float32
+
+
+def figures(bench: StepBench, seconds_per_step: float, peak: Peak) -> dict:
+    """The figures of one benchmark, as stored in pytest-benchmark's extra_info."""
+    flops = training_flops_per_image(bench.model)
+    rate = bench.batch / seconds_per_step
+    return {
+        "device": bench.device.type, "variant": bench.options.name, "batch": bench.batch,
+        "images_per_s": rate, "train_flops_per_image": flops, "achieved_flops": rate * flops,
+        "peak_flops": peak.best, "peak_flops_median": peak.median,
+        "peak_dtype": str(precision(bench.options)).removeprefix("torch."),
+        "roofline_fraction": rate * flops / peak.best,
+    }
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+    """Each row's images/s over the eager row of the same device and batch, where there is one."""
+    eager = {(r["device"], r["batch"]): r["images_per_s"] for r in rows if r["variant"] == "eager"}
+    for row in rows:
+        base = eager.get((row["device"], row["batch"]))
+        row["speedup"] = row["images_per_s"] / base if base else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'device':<6} {'variant':<28} {'batch':>5} {'images/s':>10} "
+             f"{'speed-up':>8} {'roofline':>8}"]
+    for r in sorted(rows, key=lambda r: (r["device"], r["batch"], r["variant"] != "eager")):
+        speedup = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        lines.append(f"{r['device']:<6} {r['variant']:<28} {r['batch']:>5} "
+                     f"{r['images_per_s']:>10,.0f} {speedup:>8} {r['roofline_fraction']:>8.1%}")
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    info = {
+        "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu_name=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def fingerprint(info: dict | None = None) -> str:
+    """A folder name for baselines: the same only on the same hardware and torch."""
+    info = info or machine_info()
+    hardware = info.get("gpu_name") or info["cpu_model"]
+    text = f"{hardware}-{info['torch_threads']}t-torch{info['torch']}"
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+
+
+# The gate. Absolute timings drift between runners by more than the regressions
+# worth catching, so a run is judged two ways: against a baseline from the same
+# hardware (pytest-benchmark's own comparison), and against floors on figures
+# that do not depend on the hardware: speed-up over eager and roofline fraction.
+
+def baseline_storage(root: Path, info: dict | None = None) -> Path:
+    """Where this hardware's baselines live: one folder per fingerprint."""
+    return root / fingerprint(info)
+
+
+def find_baseline(storage: Path) -> Path | None:
+    saved = sorted(storage.glob("*/*.json"))
+    return saved[-1] if saved else None
+
+
+def compare_args(storage: Path, threshold_percent: float) -> list[str]:
+    """pytest arguments that fail the run when a median is `threshold_percent` slower."""
+    return ["--benchmark-only", f"--benchmark-storage={storage}", "--benchmark-compare",
+            f"--benchmark-compare-fail=median:{threshold_percent:g}%"]
+
+
+def load_rows(result_json: Path) -> list[dict]:
+    """The figures of each throughput benchmark in a pytest-benchmark JSON file."""
+    data = json.loads(result_json.read_text())
+    rows = [b["extra_info"] for b in data["benchmarks"] if "images_per_s" in b["extra_info"]]
+    return add_speedups(rows)
+
+
+def check_floors(rows: list[dict], floors: dict) -> list[str]:
+    """One message per figure below its floor. `floors`: variant -> batch -> {figure: floor}."""
+    failures = []
+    for row in rows:
+        limits = floors.get(row["variant"], {}).get(str(row["batch"]), {})
+        for figure, floor in limits.items():
+            value = row.get(figure)
+            if value is None or value < floor:
+                failures.append(
+                    f"{row['device']} {row['variant']} batch {row['batch']}: {figure} "
+                    f"{'missing' if value is None else f'{value:.3g}'} is below the floor {floor:g}"
+                )
+    return failures
+
+
+def floors_file(device: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "benchmarks" / "floors" / f"{device}.json"
+
+
+def time_case(case: StepBench, seconds: float = 2.0, round_seconds: float = 0.2) -> float:
+    """Median seconds per step, after a warm-up, over rounds of several steps each."""
+    case.steps(2)  # warm-up: compilation, autotuning, allocator growth
+    per_step = seconds_per_call(lambda: case.steps(1), case.device, 1)
+    steps = max(1, round(round_seconds / per_step))
+    rounds = max(3, round(seconds / (steps * per_step)))
+    times = [seconds_per_call(lambda: case.steps(steps), case.device, 1) for _ in range(rounds)]
+    return statistics.median(times) / steps
