@@ -127,7 +127,10 @@ def scale_baseline(storage: Path, factor: float) -> None:
 @pytest.mark.parametrize("factor, regressed", [(0.1, True), (10.0, False)],
                          ids=["baseline-10x-faster-fails", "baseline-10x-slower-passes"])
 def test_the_baseline_comparison_fails_on_a_regression_and_passes_otherwise(
-        pytester, factor, regressed):
+        pytester, monkeypatch, factor, regressed):
+    # Under xdist the inner pytest would see the worker's variables and turn timing off.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(INNER_BENCHMARK)
     storage = bench.baseline_storage(pytester.path / ".benchmarks")
     saved = pytester.runpytest_subprocess("--benchmark-only", f"--benchmark-storage={storage}",

@@ -3,7 +3,7 @@
 import pytest
 
 from cifar_spec.cli import build_parser, main
-from cifar_spec.data import load_cifar10
+from cifar_spec.data import load_cifar10, write_synthetic_cifar10
 
 
 def test_summary_prints_the_tutorials_two_losses_and_the_parameter_count(capsys):
@@ -13,6 +13,9 @@ def test_summary_prints_the_tutorials_two_losses_and_the_parameter_count(capsys)
 
 
 def test_train_dry_run_falls_back_to_the_synthetic_set_and_says_so(tmp_path, capsys):
+    # A small stand-in where the fallback looks, so the test need not write the
+    # full-size one (60,000 images); tests/test_data.py covers the writing.
+    write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=100)
     code = main(["train", "--dry-run", "--data-root", str(tmp_path), "--no-progress",
                  "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
