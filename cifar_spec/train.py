@@ -91,6 +91,11 @@ class StepOptions:
         return "+".join(on) or "eager"
 
 
+def fast_exact_step(device: str | torch.device) -> StepOptions:
+    """The fastest options that keep the tutorial's float32 result: NHWC, and a CUDA graph on a GPU."""
+    return StepOptions(channels_last=True, cuda_graph=torch.device(device).type == "cuda")
+
+
 def prepare_model(model: nn.Module, options: StepOptions) -> nn.Module:
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -124,10 +129,34 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
             raise NonFiniteLoss(f"the loss is {loss.item()}")
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        update()
         return loss.detach()
 
+    update = plain_sgd_update(optimizer) or optimizer.step
     return cuda_graphed(step, model) if options.cuda_graph else step
+
+
+def plain_sgd_update(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
+    """SGD's own update, p += -lr * grad, without its per-step bookkeeping; None if not plain SGD.
+
+    At batch 1 on a CPU, `SGD.step()` spends ~0.35 ms of a ~4 ms step in
+    Python (hooks, option lookups, a loop over groups) around ten additions.
+    This is the same arithmetic in one foreach call, so the parameters come
+    out bit for bit the same. It reads lr on every call, so schedulers work.
+    """
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    for group in optimizer.param_groups:
+        if group["momentum"] or group["weight_decay"] or group["maximize"] or group["nesterov"]:
+            return None
+
+    @torch.no_grad()
+    def update() -> None:
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+
+    return update
 
 
 def cuda_graphed(step: Callable[[Tensor, Tensor], Tensor],
@@ -184,7 +213,7 @@ class TrainConfig:
     shuffle: bool = False  # the tutorial's DataLoader does not shuffle
     limit: int | None = None  # train on the first `limit` images only (None: all)
     out: str | None = None  # run folder for checkpoints, history and plot (None: none)
-    step: StepOptions = StepOptions()  # how each step runs (precision, layout, compilation)
+    step: StepOptions | None = None  # how each step runs; None: fast_exact_step(device)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -324,11 +353,12 @@ class Run:
 
 def new_run(config: TrainConfig) -> Run:
     torch.manual_seed(config.seed)
-    model = prepare_model(CifarNet().to(config.device), config.step)
+    options = config.step or fast_exact_step(config.device)
+    model = prepare_model(CifarNet().to(config.device), options)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     # On the CPU reading the loss is free, so each step checks it before its
     # backward; on a GPU the epoch checks them all at its end instead.
-    step = make_step(model, optimizer, config.step,
+    step = make_step(model, optimizer, options,
                      check_finite=torch.device(config.device).type == "cpu")
     generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
     return Run(model, optimizer, step, generator, [])

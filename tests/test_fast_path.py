@@ -1,0 +1,116 @@
+"""The fast path: what each speed option keeps of the tutorial's result, and what it trades."""
+
+import pytest
+import torch
+
+from cifar_spec import bench
+from cifar_spec.data import load_cifar10, to_device, write_synthetic_cifar10
+from cifar_spec.model import CifarNet
+from cifar_spec.train import StepOptions, TrainConfig, fast_exact_step, fit, make_step, plain_sgd_update
+
+
+@pytest.fixture(scope="module")
+def test_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_cifar10(root, n_train=5, n_test=200, seed=0)
+    return to_device(load_cifar10(root, train=False))
+
+
+def test_the_default_step_on_a_cpu_is_channels_last_float32():
+    assert fast_exact_step("cpu") == StepOptions(channels_last=True)
+    assert fast_exact_step("cuda") == StepOptions(channels_last=True, cuda_graph=True)
+
+
+def test_the_plain_sgd_update_moves_parameters_bit_for_bit_like_sgd_step():
+    runs = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = CifarNet()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        update = plain_sgd_update(optimizer) if fast else optimizer.step
+        images, labels = torch.rand(2, 3, 32, 32), torch.tensor([3, 7])
+        for _ in range(5):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            update()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+    lambda ps: torch.optim.SGD(ps, lr=0.01, weight_decay=1e-4),
+    lambda ps: torch.optim.Adam(ps),
+], ids=["momentum", "weight-decay", "adam"])
+def test_any_other_optimizer_keeps_its_own_step(make):
+    assert plain_sgd_update(make(CifarNet().parameters())) is None
+
+
+def test_the_sgd_update_follows_a_learning_rate_changed_mid_run():
+    model = CifarNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    update = plain_sgd_update(optimizer)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = model.layers[0].bias.detach().clone()
+    optimizer.param_groups[0]["lr"] = 0.5
+    update()
+    assert torch.equal(model.layers[0].bias.detach(), before - 0.5)
+
+
+def sums(test_split, **step):
+    config = TrainConfig(epochs=2, limit=100, batch_size=4, lr=0.05, step=StepOptions(**step))
+    return fit(config, test_split, log=None)
+
+
+def test_channels_last_computes_the_same_loss_sums_as_the_plain_step(test_split):
+    # Other kernels, other summation order: float32 rounding, nothing more.
+    torch.testing.assert_close(sums(test_split, channels_last=True), sums(test_split),
+                               rtol=1e-5, atol=0)
+
+
+def test_with_bfloat16_the_loss_still_falls_and_stays_within_2_percent_of_float32(test_split):
+    exact, bf16 = sums(test_split), sums(test_split, channels_last=True, bf16=True)
+    assert bf16[0] > bf16[1]
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 0.4%) in each
+    # convolution and matmul; over two epochs the sums drift, but by well under 2%.
+    torch.testing.assert_close(bf16, exact, rtol=0.02, atol=0)
+    assert bf16 != exact  # and it is a real trade: not the same numbers
+
+
+@pytest.mark.slow
+def test_a_compiled_step_computes_the_same_loss_sums_as_the_plain_step(test_split):
+    if bench.unsupported(StepOptions(compile=True), "cpu"):
+        pytest.skip(bench.unsupported(StepOptions(compile=True), "cpu"))
+    torch.testing.assert_close(sums(test_split, compile=True), sums(test_split),
+                               rtol=1e-5, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bfloat16"])
+def test_the_cuda_graph_step_trains_like_the_step_it_captures(bf16):
+    runs = []
+    for graph in (False, True):
+        case = bench.build(StepOptions(channels_last=True, bf16=bf16, cuda_graph=graph), "cuda", 32)
+        losses = torch.stack([case.step() for _ in range(5)])
+        runs.append((losses, [p.detach().clone() for p in case.model.parameters()]))
+    (eager_losses, eager_params), (graph_losses, graph_params) = runs
+    # The same kernels on the same data; cuDNN may choose other algorithms while
+    # capturing, so allow rounding of the precision in use, no more.
+    tol = dict(rtol=2e-2, atol=2e-3) if bf16 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(graph_losses, eager_losses, **tol)
+    for a, b in zip(graph_params, eager_params):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_fit_on_cuda_with_its_default_graph_gives_the_cpu_loss_sums(test_split):
+    # 100 images in batches of 3 end with a batch of 1, which gets a graph of its own.
+    config = dict(epochs=2, limit=100, batch_size=3)
+    cpu = fit(TrainConfig(**config), test_split, log=None)
+    cuda = fit(TrainConfig(device="cuda", **config), test_split, log=None)
+    # cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa), as the
+    # tutorial's own code would on a GPU; over two epochs that stays within 1%.
+    torch.testing.assert_close(cuda, cpu, rtol=1e-2, atol=0)
