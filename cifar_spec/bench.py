@@ -178,11 +178,24 @@ def figures(bench: StepBench, seconds_per_step: float, peak: Peak) -> dict:
     }
 
 
+def loop_figures(name: str, images_per_s: float, model: nn.Module, peak: Peak) -> dict:
+    """The figures of a whole training loop at batch 1 on the CPU, against the tutorial's loop."""
+    flops = training_flops_per_image(model)
+    return {
+        "device": "cpu", "variant": name, "baseline": "tutorial loop", "batch": 1,
+        "images_per_s": images_per_s, "train_flops_per_image": flops,
+        "achieved_flops": images_per_s * flops, "peak_flops": peak.best,
+        "peak_flops_median": peak.median, "peak_dtype": "float32",
+        "roofline_fraction": images_per_s * flops / peak.best,
+    }
+
+
 def add_speedups(rows: list[dict]) -> list[dict]:
-    """Each row's images/s over the eager row of the same device and batch, where there is one."""
-    eager = {(r["device"], r["batch"]): r["images_per_s"] for r in rows if r["variant"] == "eager"}
+    """Each row's images/s over its baseline's (eager unless it names another) of the same
+    device and batch, in the same run; None where the baseline was not measured."""
+    rates = {(r["device"], r["batch"], r["variant"]): r["images_per_s"] for r in rows}
     for row in rows:
-        base = eager.get((row["device"], row["batch"]))
+        base = rates.get((row["device"], row["batch"], row.get("baseline", "eager")))
         row["speedup"] = row["images_per_s"] / base if base else None
     return rows
 

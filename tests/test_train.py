@@ -4,12 +4,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Subset
-from torchvision.transforms import ToTensor
 
-from cifar_spec.data import SyntheticCIFAR10, load_cifar10, to_device, write_synthetic_cifar10
-from cifar_spec.model import CifarNet
+from cifar_spec.data import load_cifar10, to_device, write_synthetic_cifar10
+from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 from cifar_spec.train import (CheckpointError, NonFiniteLoss, StepOptions, TrainConfig,
                               evaluate, fit, make_step, new_run, train_epoch)
 
@@ -34,24 +31,8 @@ def tutorial_sums(test_split):
 
 
 def tutorials_own_loop(root, n_images, epochs, seed):
-    """The tutorial's code, as it is written, but for `.item()` on the sum."""
-    dataset = Subset(SyntheticCIFAR10(str(root), train=False, transform=ToTensor()), range(n_images))
-    loader = DataLoader(dataset, batch_size=1)
-    torch.manual_seed(seed)
-    model = CifarNet()
-    loss_fn = nn.CrossEntropyLoss()
-    optim = torch.optim.SGD(model.parameters(), lr=0.01)
-    sums = []
-    for _ in range(epochs):
-        loss_sum = 0.0
-        for images, targets in loader:
-            loss = loss_fn(model(images), targets)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            loss_sum += loss.item()
-        sums.append(loss_sum)
-    return sums
+    model, loader, loss, optim = tutorial_setup(root, n_images, seed)
+    return [tutorial_epoch(model, loader, loss, optim) for _ in range(epochs)]
 
 
 def test_fit_with_the_plain_step_gives_the_tutorials_own_loop_sums(root, test_split):
