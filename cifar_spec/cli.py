@@ -84,7 +84,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     device = torch.device(pick_device(args.device))
-    rows = []
+    rows, peaks = [], {}
     for name in args.variant or list(bench.VARIANTS):
         options = bench.VARIANTS[name]
         reason = bench.unsupported(options, device)
@@ -94,7 +94,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for batch in args.batch_size or bench.BATCHES[device.type]:
             case = bench.build(options, device, batch)
             seconds = bench.time_case(case, args.seconds)
-            rows.append(bench.figures(case, seconds, bench.measure_peak(device, bench.precision(options))))
+            dtype = bench.precision(options)
+            if dtype not in peaks:  # measured once per precision, after the first step timed
+                peaks[dtype] = bench.measure_peak(device, dtype)
+            rows.append(bench.figures(case, seconds, peaks[dtype]))
     print(bench.format_table(bench.add_speedups(rows)))
     return 0
 

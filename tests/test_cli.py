@@ -49,3 +49,13 @@ def test_an_unknown_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["fly"])
     assert info.value.code == 2
+
+
+def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
+    assert main(["bench", "--device", "cpu", "--batch-size", "2", "--variant", "channels_last",
+                 "--variant", "eager", "--seconds", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "images/s" in out and "roofline" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("cpu")]
+    assert [(cols[1], cols[2]) for cols in lines] == [("eager", "2"), ("channels_last", "2")]
+    assert lines[0][4] == "1.00x"
