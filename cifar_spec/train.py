@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cifar_spec import plot
+from cifar_spec import backprop, plot
 from cifar_spec.data import DeviceData
 from cifar_spec.model import NUM_CLASSES, CifarNet, check_images
 
@@ -84,16 +84,23 @@ class StepOptions:
     channels_last: bool = False  # NHWC layout: the same math through other kernels
     compile: bool = False  # torch.compile the forward and backward
     cuda_graph: bool = False  # replay the whole step as one CUDA graph (CUDA only)
+    manual_backward: bool = False  # CifarNet's backward written out, no autograd (backprop.py)
 
     @property
     def name(self) -> str:
-        on = [f for f in ("channels_last", "bf16", "compile", "cuda_graph") if getattr(self, f)]
+        on = [f for f in ("channels_last", "bf16", "compile", "cuda_graph", "manual_backward")
+              if getattr(self, f)]
         return "+".join(on) or "eager"
 
 
 def fast_exact_step(device: str | torch.device) -> StepOptions:
-    """The fastest options that keep the tutorial's float32 result: NHWC, and a CUDA graph on a GPU."""
-    return StepOptions(channels_last=True, cuda_graph=torch.device(device).type == "cuda")
+    """The fastest options that keep the tutorial's float32 result.
+
+    On a CPU: NHWC and the written-out backward (measured 1.2-1.35x at batch 1).
+    On a GPU: NHWC and the whole step replayed as a CUDA graph.
+    """
+    on_gpu = torch.device(device).type == "cuda"
+    return StepOptions(channels_last=True, cuda_graph=on_gpu, manual_backward=not on_gpu)
 
 
 def prepare_model(model: nn.Module, options: StepOptions) -> nn.Module:
@@ -112,6 +119,20 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     host every step; without it the caller checks the returned losses later.
     """
 
+    check_finite = check_finite and not options.cuda_graph  # a captured step cannot read it
+
+    def check(loss: Tensor) -> None:
+        if check_finite and not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss.item()}")
+
+    if options.manual_backward:
+        if options.bf16 or options.compile or options.cuda_graph:
+            raise ValueError("manual_backward combines with channels_last only")
+        if loss_fn is not nn.functional.cross_entropy:
+            raise ValueError("manual_backward writes out cross-entropy's gradient; "
+                             "other losses need the autograd step")
+        return backprop.make_backprop_step(model, optimizer, check)
+
     def loss_of(images: Tensor, labels: Tensor) -> Tensor:
         # A graph must not keep autocast's cache of cast weights: it would replay stale casts.
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=options.bf16,
@@ -119,14 +140,12 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
             return loss_fn(model(images), labels)
 
     forward = torch.compile(loss_of) if options.compile else loss_of
-    check_finite = check_finite and not options.cuda_graph  # a captured step cannot read it
 
     def step(images: Tensor, labels: Tensor) -> Tensor:
         if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         loss = forward(images, labels)
-        if check_finite and not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the loss is {loss.item()}")
+        check(loss)
         optimizer.zero_grad()
         loss.backward()
         update()

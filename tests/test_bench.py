@@ -45,7 +45,7 @@ def test_cuda_variants_are_skipped_with_a_reason_where_there_is_no_gpu():
 
 def test_each_variant_has_a_unique_name_and_eager_is_the_baseline():
     assert list(bench.VARIANTS)[0] == "eager" == StepOptions().name
-    assert len(set(bench.VARIANTS)) == len(bench.VARIANTS) == 7
+    assert len(set(bench.VARIANTS)) == len(bench.VARIANTS) == 8
 
 
 def row(variant, batch, rate, device="cpu", roofline=0.5):

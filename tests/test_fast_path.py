@@ -6,7 +6,8 @@ import torch
 from cifar_spec import bench
 from cifar_spec.data import load_cifar10, to_device, write_synthetic_cifar10
 from cifar_spec.model import CifarNet
-from cifar_spec.train import StepOptions, TrainConfig, fast_exact_step, fit, make_step, plain_sgd_update
+from cifar_spec.train import (StepOptions, TrainConfig, fast_exact_step, fit, make_step,
+                              plain_sgd_update, prepare_model)
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +17,62 @@ def test_split(tmp_path_factory):
     return to_device(load_cifar10(root, train=False))
 
 
-def test_the_default_step_on_a_cpu_is_channels_last_float32():
-    assert fast_exact_step("cpu") == StepOptions(channels_last=True)
+def test_the_default_step_is_float32_channels_last_with_a_written_out_backward_on_a_cpu():
+    assert fast_exact_step("cpu") == StepOptions(channels_last=True, manual_backward=True)
     assert fast_exact_step("cuda") == StepOptions(channels_last=True, cuda_graph=True)
+
+
+def run_steps(options, images, labels, steps=5):
+    torch.manual_seed(0)
+    model = prepare_model(CifarNet(), options)
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.01), options)
+    losses = torch.stack([step(images, labels) for _ in range(steps)])
+    return losses, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("batch", [1, 4], ids=["batch-1", "batch-4"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_the_written_out_backward_trains_like_autograd_to_float32_rounding(batch, channels_last):
+    images, labels = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    options = StepOptions(channels_last=channels_last, manual_backward=True)
+    losses, params = run_steps(options, images, labels)
+    expected_losses, expected_params = run_steps(StepOptions(), images, labels)
+    # The same kernels; only a few roundings happen in another order (e.g. the
+    # softmax gradient), ~1e-7 relative per step over five steps.
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    assert not torch.equal(params[0], CifarNet().layers[0].weight)  # it did train
+    for p, q in zip(params, expected_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class TwoLayers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
+
+
+REFUSALS = {
+    "another-model": (lambda: TwoLayers(), lambda ps: torch.optim.SGD(ps, lr=0.1),
+                      "for CifarNet as the tutorial defines it"),
+    "momentum": (CifarNet, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                 "plain SGD"),
+    "adam": (CifarNet, lambda ps: torch.optim.Adam(ps), "plain SGD"),
+}
+
+
+@pytest.mark.parametrize("model, optimizer, message", REFUSALS.values(), ids=REFUSALS.keys())
+def test_the_written_out_backward_refuses_what_it_was_not_written_for(model, optimizer, message):
+    net = model()
+    with pytest.raises(ValueError, match=message):
+        make_step(net, optimizer(net.parameters()), StepOptions(manual_backward=True))
+
+
+def test_the_written_out_backward_refuses_another_loss():
+    net = CifarNet()
+    with pytest.raises(ValueError, match="other losses need the autograd step"):
+        make_step(net, torch.optim.SGD(net.parameters(), lr=0.1), StepOptions(manual_backward=True),
+                  loss_fn=torch.nn.functional.nll_loss)
 
 
 def test_the_plain_sgd_update_moves_parameters_bit_for_bit_like_sgd_step():
@@ -63,10 +117,12 @@ def sums(test_split, **step):
     return fit(config, test_split, log=None)
 
 
-def test_channels_last_computes_the_same_loss_sums_as_the_plain_step(test_split):
+@pytest.mark.parametrize("step", [dict(channels_last=True),
+                                  dict(channels_last=True, manual_backward=True)],
+                         ids=["channels-last", "channels-last-written-out-backward"])
+def test_the_exact_options_compute_the_same_loss_sums_as_the_plain_step(test_split, step):
     # Other kernels, other summation order: float32 rounding, nothing more.
-    torch.testing.assert_close(sums(test_split, channels_last=True), sums(test_split),
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(sums(test_split, **step), sums(test_split), rtol=1e-5, atol=0)
 
 
 def test_with_bfloat16_the_loss_still_falls_and_stays_within_2_percent_of_float32(test_split):
