@@ -71,7 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"step: {config.step.name}")
     sums = fit(config, data.to_device(split, config.device, config.limit), resume=args.resume,
                progress=not args.no_progress)
-    print(f"done: loss sum {sums[0]:.4f} after epoch 1, {sums[-1]:.4f} after epoch {len(sums)}"
+    trend = " -> ".join(f"{value:.1f}" for value in (sums if len(sums) <= 4 else
+                                                    [sums[0], sums[len(sums) // 2], sums[-1]]))
+    print(f"done: {len(sums)} epochs, loss sums {trend}"
           + (f"; run folder {args.out}" if args.out else ""))
     return 0
 
