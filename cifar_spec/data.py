@@ -131,6 +131,9 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR
         dataset = cls(str(root), train=train, download=download and cls is CIFAR10)
     except RuntimeError as error:  # torchvision's "not found or corrupted"
         raise DataError(f"no readable CIFAR-10 under {Path(root).resolve()}: {fixes}") from error
+    except OSError as error:  # a failed download: no network, a refused connection
+        raise DataError(f"could not download CIFAR-10 into {Path(root).resolve()} ({error}); "
+                        "train on the synthetic stand-in with --synthetic") from error
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
         raise DataError(
             f"a CIFAR-10 file under {Path(root).resolve()} is truncated or not in CIFAR-10's "

@@ -32,11 +32,6 @@ def test_data_synth_writes_a_set_that_torchvision_reads(tmp_path, capsys):
     assert "wrote 10 training and 4 test images" in capsys.readouterr().out
 
 
-def test_bad_settings_exit_with_a_message_not_a_traceback(tmp_path, capsys):
-    assert main(["train", "--epochs", "0", "--data-root", str(tmp_path)]) == 2
-    assert "epochs must be at least 1" in capsys.readouterr().err
-
-
 def test_every_train_flag_states_its_default_in_help():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for flag, default in [("--epochs", "20"), ("--batch-size", "1"), ("--lr", "0.01"),
@@ -59,3 +54,32 @@ def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
     lines = [line.split() for line in out.splitlines() if line.startswith("cpu")]
     assert [(cols[1], cols[2]) for cols in lines] == [("eager", "2"), ("channels_last", "2")]
     assert lines[0][4] == "1.00x"
+
+
+@pytest.mark.parametrize("flags, step", [
+    (["--precision", "bf16"], "channels_last+bf16"),
+    (["--eager"], "eager"),
+    ([], "channels_last+manual_backward"),
+], ids=["bf16", "eager", "default"])
+def test_each_step_flag_trains_and_names_its_step(tmp_path, capsys, flags, step):
+    write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=8)
+    code = main(["train", "--dry-run", "--data-root", str(tmp_path), "--no-progress", *flags])
+    assert code == 0
+    assert f"step: {step}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--device", "gpu"], "--device gpu: not a device"),
+    (["train", "--epochs", "0"], "epochs must be at least 1"),
+    (["train", "--lr", "-1"], "lr must be a positive finite number"),
+    (["train", "--limit", "0"], "limit must be at least 1 image"),
+], ids=["device-typo", "zero-epochs", "negative-lr", "zero-limit"])
+def test_bad_train_settings_exit_with_a_message_not_a_traceback(tmp_path, capsys, argv, message):
+    assert main([*argv, "--data-root", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_negative_benchmark_batch_size_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--batch-size", "-1"])
+    assert "must be at least 1" in capsys.readouterr().err
