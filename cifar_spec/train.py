@@ -119,6 +119,7 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     host every step; without it the caller checks the returned losses later.
     """
 
+    check_options(model, optimizer, options)
     check_finite = check_finite and not options.cuda_graph  # a captured step cannot read it
 
     def check(loss: Tensor) -> None:
@@ -152,7 +153,20 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
         return loss.detach()
 
     update = plain_sgd_update(optimizer) or optimizer.step
-    return cuda_graphed(step, model) if options.cuda_graph else step
+    return cuda_graphed(step, model, optimizer) if options.cuda_graph else step
+
+
+def check_options(model: nn.Module, optimizer: torch.optim.Optimizer,
+                  options: StepOptions) -> None:
+    """Refuse combinations the step cannot run correctly, before any work."""
+    if options.cuda_graph:
+        if options.compile or options.manual_backward:
+            raise ValueError("cuda_graph combines with channels_last and bf16 only")
+        if plain_sgd_update(optimizer) is None:
+            raise ValueError("cuda_graph captures plain SGD's update; an optimizer with state "
+                             "(momentum, Adam) would be changed by the capture's warm-up")
+        if model_device(model).type != "cuda":
+            raise ValueError("cuda_graph needs the model on a CUDA device")
 
 
 def plain_sgd_update(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
@@ -178,42 +192,52 @@ def plain_sgd_update(optimizer: torch.optim.Optimizer) -> Callable[[], None] | N
     return update
 
 
-def cuda_graphed(step: Callable[[Tensor, Tensor], Tensor],
-                 model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
-    """`step`, captured once per batch shape as a CUDA graph and replayed.
+def cuda_graphed(step: Callable[[Tensor, Tensor], Tensor], model: nn.Module,
+                 optimizer: torch.optim.Optimizer) -> Callable[[Tensor, Tensor], Tensor]:
+    """`step`, captured once per batch shape (and learning rate) as a CUDA graph and replayed.
 
     One replay launches the whole step (about 30 kernels) at once, which is
     what makes batch 1 fast on a GPU: the host no longer paces the kernels.
+    The learning rate is baked into the captured update, so a new one (from a
+    scheduler, say) gets a graph of its own.
     """
     graphs: dict[tuple, tuple[Tensor, Tensor, Tensor, torch.cuda.CUDAGraph]] = {}
 
     def replay(images: Tensor, labels: Tensor) -> Tensor:
-        key = (tuple(images.shape), tuple(labels.shape))
-        if key not in graphs:
-            graphs[key] = capture(step, model, images, labels)
-        static_images, static_labels, static_loss, graph = graphs[key]
-        static_images.copy_(images)
-        static_labels.copy_(labels)
-        graph.replay()
-        return static_loss.clone()  # the next replay overwrites static_loss
+        key = (tuple(images.shape), tuple(labels.shape),
+               tuple(group["lr"] for group in optimizer.param_groups))
+        with torch.cuda.device(images.device):  # streams and graph on the data's GPU
+            if key not in graphs:
+                graphs[key] = capture(step, model, images, labels)
+            static_images, static_labels, static_loss, graph = graphs[key]
+            static_images.copy_(images)
+            static_labels.copy_(labels)
+            graph.replay()
+            return static_loss.clone()  # the next replay overwrites static_loss
 
     return replay
 
 
 def capture(step: Callable[[Tensor, Tensor], Tensor], model: nn.Module, images: Tensor,
             labels: Tensor) -> tuple[Tensor, Tensor, Tensor, torch.cuda.CUDAGraph]:
-    """Warm up on a side stream (cuDNN picks its kernels there), undo it, then capture."""
+    """Warm up on a side stream (cuDNN picks its kernels there), undo it, then capture.
+
+    Plain SGD keeps no state besides the parameters, so restoring them undoes
+    the warm-up completely, also when the warm-up or the capture fails.
+    """
     static_images, static_labels = images.clone(), labels.clone()
     saved = [p.detach().clone() for p in model.parameters()]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(static_images, static_labels)
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.no_grad():  # the warm-up steps must not count as training
-        for p, value in zip(model.parameters(), saved):
-            p.copy_(value)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step(static_images, static_labels)
+        torch.cuda.current_stream().wait_stream(side)
+    finally:
+        with torch.no_grad():  # the warm-up steps must not count as training
+            for p, value in zip(model.parameters(), saved):
+                p.copy_(value)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss = step(static_images, static_labels)

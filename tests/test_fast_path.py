@@ -142,21 +142,51 @@ def test_a_compiled_step_computes_the_same_loss_sums_as_the_plain_step(test_spli
                                rtol=1e-5, atol=0)
 
 
+CUDA_GRAPH_REFUSALS = {
+    "on-a-cpu": (lambda ps: torch.optim.SGD(ps, lr=0.1), {}, "needs the model on a CUDA device"),
+    "momentum": (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), {}, "plain SGD"),
+    "adam": (lambda ps: torch.optim.Adam(ps), {}, "plain SGD"),
+    "compiled": (lambda ps: torch.optim.SGD(ps, lr=0.1), {"compile": True},
+                 "channels_last and bf16 only"),
+}
+
+
+@pytest.mark.parametrize("optimizer, more, message", CUDA_GRAPH_REFUSALS.values(),
+                         ids=CUDA_GRAPH_REFUSALS.keys())
+def test_a_cuda_graph_is_refused_where_its_capture_would_be_wrong(optimizer, more, message):
+    model = CifarNet()
+    with pytest.raises(ValueError, match=message):
+        make_step(model, optimizer(model.parameters()), StepOptions(cuda_graph=True, **more))
+
+
+def graph_run(options, batches, lrs):
+    torch.manual_seed(0)
+    model = prepare_model(CifarNet().cuda(), options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lrs[0])
+    step = make_step(model, optimizer, options, check_finite=False)
+    losses = []
+    for (images, labels), lr in zip(batches, lrs):
+        optimizer.param_groups[0]["lr"] = lr
+        losses.append(step(images, labels))
+    return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bfloat16"])
 def test_the_cuda_graph_step_trains_like_the_step_it_captures(bf16):
-    runs = []
-    for graph in (False, True):
-        case = bench.build(StepOptions(channels_last=True, bf16=bf16, cuda_graph=graph), "cuda", 32)
-        losses = torch.stack([case.step() for _ in range(5)])
-        runs.append((losses, [p.detach().clone() for p in case.model.parameters()]))
-    (eager_losses, eager_params), (graph_losses, graph_params) = runs
+    # A new batch every step (the graph must read it), a last batch of another
+    # size (a second graph) and a learning rate changed mid-run (a third).
+    sizes, lrs = [32, 32, 32, 32, 7], [0.01, 0.01, 0.05, 0.05, 0.05]
+    batches = [(torch.rand(n, 3, 32, 32, device="cuda"), torch.randint(0, 10, (n,), device="cuda"))
+               for n in sizes]
+    plain = graph_run(StepOptions(channels_last=True, bf16=bf16), batches, lrs)
+    graphed = graph_run(StepOptions(channels_last=True, bf16=bf16, cuda_graph=True), batches, lrs)
     # The same kernels on the same data; cuDNN may choose other algorithms while
     # capturing, so allow rounding of the precision in use, no more.
     tol = dict(rtol=2e-2, atol=2e-3) if bf16 else dict(rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(graph_losses, eager_losses, **tol)
-    for a, b in zip(graph_params, eager_params):
+    torch.testing.assert_close(graphed[0], plain[0], **tol)
+    for a, b in zip(graphed[1], plain[1]):
         torch.testing.assert_close(a, b, **tol)
 
 
