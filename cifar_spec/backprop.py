@@ -23,9 +23,13 @@ aten = torch.ops.aten
 ONE, PAD, ZERO, POOL = [1, 1], [2, 2], [0, 0], [2, 2]  # conv stride, padding; pool window
 
 
+LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Flatten,
+          nn.Linear, nn.Linear)
+
+
 def check_applicable(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    kinds = [type(layer) for layer in getattr(model, "layers", [])]
-    if type(model) is not CifarNet or kinds != [type(layer) for layer in CifarNet().layers]:
+    kinds = tuple(type(layer) for layer in getattr(model, "layers", []))
+    if type(model) is not CifarNet or kinds != LAYERS:
         raise ValueError("the written-out backward is for CifarNet as the tutorial defines it; "
                          "use the autograd step (StepOptions(manual_backward=False)) for others")
     plain = type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1 and not any(
@@ -34,6 +38,9 @@ def check_applicable(model: nn.Module, optimizer: torch.optim.Optimizer) -> None
     if not plain:
         raise ValueError("the written-out backward updates as plain SGD does; use the autograd "
                          "step (StepOptions(manual_backward=False)) for other optimizers")
+    if [id(p) for p in optimizer.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
+        raise ValueError("the written-out backward updates every parameter of the model: "
+                         "give the optimizer exactly model.parameters()")
 
 
 def conv_forward(x: Tensor, conv: nn.Conv2d) -> Tensor:

@@ -285,8 +285,12 @@ def check_floors(rows: list[dict], floors: dict) -> list[str]:
     return failures
 
 
-def floors_file(device: str) -> Path:
-    return Path(__file__).resolve().parent.parent / "benchmarks" / "floors" / f"{device}.json"
+def unmeasured_floors(rows: list[dict], floors: dict) -> list[str]:
+    """Floors no row was measured for: a skipped variant, or a renamed one to look at."""
+    measured = {(r["variant"], str(r["batch"])) for r in rows}
+    return [f"{variant} batch {batch}" for variant, batches in floors.items()
+            if not variant.startswith("_") for batch in batches
+            if (variant, batch) not in measured]
 
 
 def time_case(case: StepBench, seconds: float = 2.0, round_seconds: float = 0.2) -> float:

@@ -54,7 +54,8 @@ def pick_data_root(args: argparse.Namespace) -> Path:
     real = (root / data.CIFAR10.base_folder).exists() and not data.is_synthetic(root)
     if args.synthetic or not (real or args.download):
         synthetic_root = root / "synthetic"
-        if not data.is_synthetic(synthetic_root):
+        settings = data.synthetic_settings(synthetic_root)
+        if settings is None or settings["seed"] != args.seed:  # missing, cut short, other seed
             data.write_synthetic_cifar10(synthetic_root, seed=args.seed)
         reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
         print(f"using the synthetic CIFAR-10 stand-in in {synthetic_root} ({reason})")
@@ -125,6 +126,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     storage = bench.baseline_storage(Path(args.storage))
     result = Path(args.json)
+    result.unlink(missing_ok=True)  # never judge an older run's figures
     if args.save_baseline:
         extra = ["--benchmark-only", f"--benchmark-storage={storage}", "--benchmark-save=baseline"]
     elif bench.find_baseline(storage) is None:
@@ -136,12 +138,21 @@ def cmd_gate(args: argparse.Namespace) -> int:
         extra = bench.compare_args(storage, args.threshold)
     code = pytest.main(["benchmarks", "-p", "no:cacheprovider", "-m", args.marker,
                         f"--benchmark-json={result}", *extra])
+    if not result.exists():
+        print(f"cifar-spec: the benchmarks wrote no {result}; see pytest's output above",
+              file=sys.stderr)
+        return 1
     failures = []
     for device in ("cpu", "cuda"):
         rows = [r for r in bench.load_rows(result) if r["device"] == device]
         floors = Path(args.floors) / f"{device}.json"
-        if rows and floors.exists():
-            failures += bench.check_floors(rows, json.loads(floors.read_text()))
+        if rows and not floors.exists():
+            failures.append(f"{device}: no floors file {floors} (run from the repository root)")
+        elif rows:
+            limits = json.loads(floors.read_text())
+            failures += bench.check_floors(rows, limits)
+            for name in bench.unmeasured_floors(rows, limits):
+                print(f"note: {device} floor for {name} not checked: no such figure in this run")
     for failure in failures:
         print(f"below the floor: {failure}", file=sys.stderr)
     print("gate: " + ("FAILED" if code or failures else "passed"))

@@ -100,6 +100,8 @@ def write_synthetic_cifar10(root: str | Path, n_train: int = 50_000,
     folder = Path(root) / CIFAR10.base_folder
     check_writable(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # The marker goes first: a write cut short leaves a folder that is still ours.
+    (folder / MARKER).write_text(json.dumps({"complete": False}))
     rng = np.random.default_rng(seed)
     patterns = class_patterns(seed)
     sizes = [len(part) for part in np.array_split(np.arange(n_train), 5)] + [n_test]
@@ -114,12 +116,22 @@ def write_synthetic_cifar10(root: str | Path, n_train: int = 50_000,
     write_pickle(folder / "batches.meta", {
         "label_names": CLASSES, "num_cases_per_batch": sizes[0], "num_vis": 3072,
     })
-    (folder / MARKER).write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed}))
+    (folder / MARKER).write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed,
+                                             "complete": True}))
     return folder
 
 
 def is_synthetic(root: str | Path) -> bool:
     return (Path(root) / CIFAR10.base_folder / MARKER).exists()
+
+
+def synthetic_settings(root: str | Path) -> dict | None:
+    """What a complete synthetic set under `root` was written with; None if there is none."""
+    try:
+        settings = json.loads((Path(root) / CIFAR10.base_folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return settings if settings.get("complete") else None
 
 
 def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR10:

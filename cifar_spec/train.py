@@ -32,8 +32,8 @@ def check_labels(labels: Tensor, num_images: int, num_classes: int = NUM_CLASSES
     """Raise unless `labels` are int64 class indices in [0, num_classes), one per image.
 
     The range check reads the values, which on an accelerator would stall the
-    host for every batch; so it runs only for labels still on the CPU. Labels
-    already on a device were checked once, when the data set was moved there.
+    host for every batch; so it runs only for labels still on the CPU. `fit`
+    checks a whole data set once, before it moves it to the device.
     """
     if labels.dtype != torch.long:
         raise TypeError(
@@ -313,6 +313,7 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1000) -> floa
 # epochs may grow and the device may change.
 RESUME_MUST_MATCH = ("batch_size", "lr", "seed", "shuffle", "limit")
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "history", "config", "torch_rng", "shuffle_rng"}
 
 
 class CheckpointError(RuntimeError):
@@ -347,7 +348,7 @@ def load_checkpoint(path: Path) -> dict:
             f"{path} is not a readable checkpoint ({type(error).__name__}); it is truncated "
             "or not a cifar-spec checkpoint: move it away and train without --resume"
         ) from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= state.keys():
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
         raise CheckpointError(f"{path} is not a cifar-spec checkpoint; train without --resume")
     return state
 
@@ -429,6 +430,7 @@ def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
     """Train as configured; return every epoch's loss sum (resumed epochs included)."""
     if config.limit is not None:
         data = data.head(config.limit)
+    check_data(data)
     data = data.to(config.device)
     run = start_run(config, resume)
     for epoch in range(len(run.history), config.epochs):
@@ -445,10 +447,19 @@ def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
                 f"{len(data) / seconds:8.0f} images/s")
         if config.out:
             save_run(run, config)
-    if config.out and log is not None:
+    if config.out:
         drawn = plot.loss_curve(run.history, Path(config.out) / "loss.png")
-        log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
+        if log is not None:
+            log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
     return [row["loss_sum"] for row in run.history]
+
+
+def check_data(data: DeviceData) -> None:
+    """Refuse a data set that cannot train, once, before the first step."""
+    if len(data) == 0:
+        raise ValueError("no images to train on: the data set is empty")
+    check_images(data.images)
+    check_labels(data.labels.cpu(), len(data.images))
 
 
 def save_run(run: Run, config: TrainConfig) -> None:

@@ -99,6 +99,12 @@ def test_a_stored_regressed_run_fails_the_floors_naming_variant_figure_and_floor
     assert failures == ["cpu channels_last batch 64: speedup 0.8 is below the floor 1.05"]
 
 
+def test_floors_with_no_figure_in_the_run_are_named():
+    rows = [row("eager", 64, 100), row("channels_last", 64, 120)]
+    floors = {"_note": "text", "channels_last": {"64": {}, "256": {}}, "renamed": {"1": {}}}
+    assert bench.unmeasured_floors(rows, floors) == ["channels_last batch 256", "renamed batch 1"]
+
+
 def test_the_committed_floors_hold_for_the_stored_good_run():
     floors = json.loads((Path(__file__).parents[1] / "benchmarks/floors/cpu.json").read_text())
     assert floors and bench.check_floors(bench.load_rows(STORED / "bench_good.json"), floors) == []

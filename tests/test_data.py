@@ -143,3 +143,18 @@ def test_real_cifar10_is_never_overwritten_by_the_synthetic_writer(tmp_path, roo
     with pytest.raises(DataError, match="refusing to overwrite"):
         write_synthetic_cifar10(real, 10, 5)
     assert (real / "cifar-10-batches-py" / "test_batch").read_bytes() == before
+
+
+def test_a_synthetic_write_cut_short_leaves_a_folder_that_is_still_ours(tmp_path, monkeypatch):
+    import cifar_spec.data as data
+
+    def fail(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data, "synthetic_images", fail)
+    with pytest.raises(OSError):
+        write_synthetic_cifar10(tmp_path, 10, 5)
+    assert data.synthetic_settings(tmp_path) is None  # not complete: not to be used
+    monkeypatch.undo()
+    write_synthetic_cifar10(tmp_path, 10, 5, seed=3)  # and may be written again
+    assert data.synthetic_settings(tmp_path)["seed"] == 3

@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from cifar_spec import plot
 from cifar_spec.data import load_cifar10, to_device, write_synthetic_cifar10
 from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 from cifar_spec.train import (CheckpointError, NonFiniteLoss, StepOptions, TrainConfig,
@@ -161,6 +162,8 @@ def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert all(row["images_per_s"] > 0 for row in history["epochs"])
     assert history["config"]["limit"] == 8
+    if plot.have_matplotlib():
+        assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_nan_found_after_the_epoch_is_still_reported_with_its_step(test_split):
@@ -172,3 +175,23 @@ def test_a_nan_found_after_the_epoch_is_still_reported_with_its_step(test_split)
     poisoned = type(test_split)(images, test_split.labels[:20])
     with pytest.raises(NonFiniteLoss, match=r"nan at epoch 4, step 11"):
         train_epoch(step, poisoned, 1, epoch=4)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d.head(0), "no images to train on"),
+    (lambda d: type(d)(d.images, d.labels.clone().fill_(10)), r"labels must lie in \[0, 10\)"),
+    (lambda d: type(d)((d.images * 255).to(torch.uint8), d.labels), "/ 255"),
+], ids=["empty", "label-out-of-range", "uint8-images"])
+def test_fit_refuses_data_it_cannot_train_on_before_any_step(tmp_path, test_split, make, message):
+    with pytest.raises(ValueError, match=message):
+        fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), make(test_split.head(8)), log=None)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_missing_a_part_is_refused_by_name(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["history"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a cifar-spec checkpoint"):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
