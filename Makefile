@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 
 .PHONY: run test clean
 
-# The venv is rebuilt when pyproject.toml is newer than it, so a changed
-# dependency list never leaves a stale environment behind.
+# The install runs again when pyproject.toml is newer than the last one, so a new
+# dependency reaches an existing .venv; `make clean` starts from nothing.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,plot]'

@@ -73,7 +73,8 @@ def train_step(
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the step stopped before its backward."""
+    """The loss became NaN or infinite: caught before its backward where the step reads
+    the loss (the CPU), else at the end of the epoch; never saved in a checkpoint."""
 
 
 @dataclass(frozen=True)
