@@ -98,11 +98,28 @@ class Peak:
     median: float
     size: int  # n of the n x n product
     tries: int
+    precision: str  # what the product computed in: float32, tfloat32 or bfloat16
 
 
 def measure_peak(device: str | torch.device, dtype: torch.dtype, tries: int = 5) -> Peak:
-    """Grow the product until one takes >= 50 ms (up to 8192), then time it `tries` times."""
+    """Grow the product until one takes >= 50 ms (up to 8192), then time it `tries` times.
+
+    On a GPU, cuDNN runs float32 convolutions in TF32 unless told not to; the
+    product then runs in TF32 too, so the fraction compares like with like.
+    """
     device = torch.device(device)
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        best, median, n = time_products(device, dtype, tries)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    name = "tfloat32" if tf32 else str(dtype).removeprefix("torch.")
+    return Peak(best, median, n, tries, name)
+
+
+def time_products(device: torch.device, dtype: torch.dtype, tries: int) -> tuple:
     n = 256
     while True:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -113,7 +130,7 @@ def measure_peak(device: str | torch.device, dtype: torch.dtype, tries: int = 5)
         n *= 2
     calls = max(1, int(0.05 / seconds))
     rates = [2 * n**3 / seconds_per_call(lambda: a @ b, device, calls) for _ in range(tries)]
-    return Peak(max(rates), statistics.median(rates), n, tries)
+    return max(rates), statistics.median(rates), n
 
 
 def unsupported(options: StepOptions, device: str | torch.device) -> str | None:
@@ -174,7 +191,7 @@ def figures(bench: StepBench, seconds_per_step: float, peak: Peak) -> dict:
         "device": bench.device.type, "variant": bench.options.name, "batch": bench.batch,
         "images_per_s": rate, "train_flops_per_image": flops, "achieved_flops": rate * flops,
         "peak_flops": peak.best, "peak_flops_median": peak.median,
-        "peak_dtype": str(precision(bench.options)).removeprefix("torch."),
+        "peak_dtype": peak.precision,
         "roofline_fraction": rate * flops / peak.best,
     }
 
@@ -186,7 +203,7 @@ def loop_figures(name: str, images_per_s: float, model: nn.Module, peak: Peak) -
         "device": "cpu", "variant": name, "baseline": "tutorial loop", "batch": 1,
         "images_per_s": images_per_s, "train_flops_per_image": flops,
         "achieved_flops": images_per_s * flops, "peak_flops": peak.best,
-        "peak_flops_median": peak.median, "peak_dtype": "float32",
+        "peak_flops_median": peak.median, "peak_dtype": peak.precision,
         "roofline_fraction": images_per_s * flops / peak.best,
     }
 

@@ -53,7 +53,7 @@ def throughput_chart(rows: list[dict], path: Path) -> Path | None:
         for variant in sorted({r["variant"] for r in mine}):
             points = sorted((r["batch"], r["images_per_s"]) for r in mine if r["variant"] == variant)
             ax.plot(*zip(*points), marker="o", label=variant)
-        for dtype, style in (("float32", "--"), ("bfloat16", ":")):
+        for dtype, style in (("float32", "--"), ("tfloat32", "-."), ("bfloat16", ":")):
             peaks = [r["peak_flops"] / r["train_flops_per_image"] for r in mine
                      if r["peak_dtype"] == dtype]
             if peaks:

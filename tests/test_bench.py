@@ -29,6 +29,7 @@ def test_the_peak_is_the_best_of_several_timed_matrix_products():
     peak = bench.measure_peak("cpu", torch.float32, tries=3)
     assert peak.tries == 3 and peak.size >= 256
     assert peak.best >= peak.median > 1e8  # any CPU of this decade does 0.1 GFLOP/s
+    assert peak.precision == "float32"
 
 
 @pytest.mark.parametrize("options, device, reason", [
@@ -63,7 +64,7 @@ def test_speed_ups_compare_with_eager_of_the_same_device_and_batch_only():
 
 def test_the_figures_follow_from_the_step_time_and_the_peak():
     case = bench.build(StepOptions(), "cpu", 4)
-    peak = bench.Peak(best=1e11, median=9e10, size=2048, tries=5)
+    peak = bench.Peak(best=1e11, median=9e10, size=2048, tries=5, precision="float32")
     figures = bench.figures(case, 0.01, peak)
     assert figures["images_per_s"] == 400
     assert figures["achieved_flops"] == 400 * 69_209_856
