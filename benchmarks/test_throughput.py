@@ -9,11 +9,6 @@ import torch
 
 from cifar_spec import bench
 
-# Aim for rounds of about this long, so that the synchronization at the end of
-# a round costs a negligible share of it.
-ROUND_SECONDS = 0.2
-TIMED_SECONDS = 2.0  # per benchmark, spread over at least 3 rounds
-
 CASES = [
     pytest.param(device, name, batch, id=f"{device}-{name}-{batch}",
                  marks=[pytest.mark.cuda] if device == "cuda" else [])
@@ -38,10 +33,7 @@ def test_training_step_throughput(benchmark, peaks, record, device, variant, bat
     if benchmark.disabled:
         loss = benchmark(case.steps, 1)
     else:
-        case.steps(2)  # warm-up: compilation, autotuning, allocator growth
-        per_step = bench.seconds_per_call(lambda: case.steps(1), case.device, 1)
-        steps = max(1, round(ROUND_SECONDS / per_step))
-        rounds = max(3, round(TIMED_SECONDS / (steps * per_step)))
+        steps, rounds = bench.plan_rounds(case)
         loss = benchmark.pedantic(case.steps, args=(steps,), rounds=rounds, iterations=1)
         row = bench.figures(case, benchmark.stats.stats.median / steps,
                             peaks(case.device, bench.precision(options)))

@@ -23,6 +23,13 @@ aten = torch.ops.aten
 ONE, PAD, ZERO, POOL = [1, 1], [2, 2], [0, 0], [2, 2]  # conv stride, padding; pool window
 
 
+def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """SGD whose update is p -= lr * grad and nothing else: no momentum, decay or maximize."""
+    return type(optimizer) is torch.optim.SGD and not any(
+        g["momentum"] or g["weight_decay"] or g["maximize"] or g["nesterov"]
+        for g in optimizer.param_groups)
+
+
 LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Flatten,
           nn.Linear, nn.Linear)
 
@@ -32,10 +39,7 @@ def check_applicable(model: nn.Module, optimizer: torch.optim.Optimizer) -> None
     if type(model) is not CifarNet or kinds != LAYERS:
         raise ValueError("the written-out backward is for CifarNet as the tutorial defines it; "
                          "use the autograd step (StepOptions(manual_backward=False)) for others")
-    plain = type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1 and not any(
-        g["momentum"] or g["weight_decay"] or g["maximize"] or g["nesterov"]
-        for g in optimizer.param_groups)
-    if not plain:
+    if not (is_plain_sgd(optimizer) and len(optimizer.param_groups) == 1):
         raise ValueError("the written-out backward updates as plain SGD does; use the autograd "
                          "step (StepOptions(manual_backward=False)) for other optimizers")
     if [id(p) for p in optimizer.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:

@@ -310,11 +310,18 @@ def unmeasured_floors(rows: list[dict], floors: dict) -> list[str]:
             if (variant, batch) not in measured]
 
 
-def time_case(case: StepBench, seconds: float = 2.0, round_seconds: float = 0.2) -> float:
-    """Median seconds per step, after a warm-up, over rounds of several steps each."""
+def plan_rounds(case: StepBench, seconds: float = 2.0, round_seconds: float = 0.2
+                ) -> tuple[int, int]:
+    """Warm up, then pick steps per round (about `round_seconds`, so the synchronization
+    that ends a round costs little) and rounds (at least 3, about `seconds` in all)."""
     case.steps(2)  # warm-up: compilation, autotuning, allocator growth
     per_step = seconds_per_call(lambda: case.steps(1), case.device, 1)
     steps = max(1, round(round_seconds / per_step))
-    rounds = max(3, round(seconds / (steps * per_step)))
+    return steps, max(3, round(seconds / (steps * per_step)))
+
+
+def time_case(case: StepBench, seconds: float = 2.0) -> float:
+    """Median seconds per step over the planned rounds."""
+    steps, rounds = plan_rounds(case, seconds)
     times = [seconds_per_call(lambda: case.steps(steps), case.device, 1) for _ in range(rounds)]
     return statistics.median(times) / steps

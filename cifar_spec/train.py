@@ -178,11 +178,8 @@ def plain_sgd_update(optimizer: torch.optim.Optimizer) -> Callable[[], None] | N
     This is the same arithmetic in one foreach call, so the parameters come
     out bit for bit the same. It reads lr on every call, so schedulers work.
     """
-    if type(optimizer) is not torch.optim.SGD:
+    if not backprop.is_plain_sgd(optimizer):
         return None
-    for group in optimizer.param_groups:
-        if group["momentum"] or group["weight_decay"] or group["maximize"] or group["nesterov"]:
-            return None
 
     @torch.no_grad()
     def update() -> None:
