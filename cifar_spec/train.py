@@ -119,8 +119,7 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     the parameters never take a NaN step. Reading the loss stalls a GPU's
     host every step; without it the caller checks the returned losses later.
     """
-
-    check_options(model, optimizer, options)
+    check_options(model, optimizer, options, loss_fn)
     check_finite = check_finite and not options.cuda_graph  # a captured step cannot read it
 
     def check(loss: Tensor) -> None:
@@ -128,11 +127,6 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
             raise NonFiniteLoss(f"the loss is {loss.item()}")
 
     if options.manual_backward:
-        if options.bf16 or options.compile or options.cuda_graph:
-            raise ValueError("manual_backward combines with channels_last only")
-        if loss_fn is not nn.functional.cross_entropy:
-            raise ValueError("manual_backward writes out cross-entropy's gradient; "
-                             "other losses need the autograd step")
         return backprop.make_backprop_step(model, optimizer, check)
 
     def loss_of(images: Tensor, labels: Tensor) -> Tensor:
@@ -157,9 +151,15 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return cuda_graphed(step, model, optimizer) if options.cuda_graph else step
 
 
-def check_options(model: nn.Module, optimizer: torch.optim.Optimizer,
-                  options: StepOptions) -> None:
+def check_options(model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions,
+                  loss_fn: LossFn) -> None:
     """Refuse combinations the step cannot run correctly, before any work."""
+    if options.manual_backward:
+        if options.bf16 or options.compile or options.cuda_graph:
+            raise ValueError("manual_backward combines with channels_last only")
+        if loss_fn is not nn.functional.cross_entropy:
+            raise ValueError("manual_backward writes out cross-entropy's gradient; "
+                             "other losses need the autograd step")
     if options.cuda_graph:
         if options.compile or options.manual_backward:
             raise ValueError("cuda_graph combines with channels_last and bf16 only")
