@@ -7,7 +7,9 @@ kernels autograd would call, in the same order, so the result is the same to
 float32 rounding (tests/test_fast_path.py checks it against autograd). It is
 also the backward pass spelled out, for a reader who wants to see it.
 
-It applies to `CifarNet` with cross-entropy and plain SGD, nothing else.
+It applies to `CifarNet` with cross-entropy and plain SGD, nothing else. It
+never fills `.grad`: the gradients go straight into the update. The tutorial's
+claims about `.grad` hold for the autograd step (`train_step`).
 """
 
 from __future__ import annotations
