@@ -183,29 +183,28 @@ def precision(options: StepOptions) -> torch.dtype:
     return torch.bfloat16 if options.bf16 else torch.float32
 
 
-def figures(bench: StepBench, seconds_per_step: float, peak: Peak) -> dict:
-    """The figures of one benchmark, as stored in pytest-benchmark's extra_info."""
-    flops = training_flops_per_image(bench.model)
-    rate = bench.batch / seconds_per_step
+def rate_figures(device: str, variant: str, batch: int, images_per_s: float,
+                 model: nn.Module, peak: Peak) -> dict:
+    """The figures of one measured rate, as stored in pytest-benchmark's extra_info."""
+    flops = training_flops_per_image(model)
     return {
-        "device": bench.device.type, "variant": bench.options.name, "batch": bench.batch,
-        "images_per_s": rate, "train_flops_per_image": flops, "achieved_flops": rate * flops,
+        "device": device, "variant": variant, "batch": batch, "images_per_s": images_per_s,
+        "train_flops_per_image": flops, "achieved_flops": images_per_s * flops,
         "peak_flops": peak.best, "peak_flops_median": peak.median,
-        "peak_dtype": peak.precision,
-        "roofline_fraction": rate * flops / peak.best,
+        "peak_dtype": peak.precision, "roofline_fraction": images_per_s * flops / peak.best,
     }
+
+
+def figures(bench: StepBench, seconds_per_step: float, peak: Peak) -> dict:
+    """The figures of one step benchmark; its speed-up is against eager."""
+    return rate_figures(bench.device.type, bench.options.name, bench.batch,
+                        bench.batch / seconds_per_step, bench.model, peak)
 
 
 def loop_figures(name: str, images_per_s: float, model: nn.Module, peak: Peak) -> dict:
     """The figures of a whole training loop at batch 1 on the CPU, against the tutorial's loop."""
-    flops = training_flops_per_image(model)
-    return {
-        "device": "cpu", "variant": name, "baseline": "tutorial loop", "batch": 1,
-        "images_per_s": images_per_s, "train_flops_per_image": flops,
-        "achieved_flops": images_per_s * flops, "peak_flops": peak.best,
-        "peak_flops_median": peak.median, "peak_dtype": peak.precision,
-        "roofline_fraction": images_per_s * flops / peak.best,
-    }
+    return {**rate_figures("cpu", name, 1, images_per_s, model, peak),
+            "baseline": "tutorial loop"}
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
