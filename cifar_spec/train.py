@@ -15,11 +15,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from cifar_spec import backprop, plot
 from cifar_spec.data import DeviceData
@@ -268,7 +268,7 @@ class TrainConfig:
 
 def train_epoch(step: Callable[[Tensor, Tensor], Tensor], data: DeviceData, batch_size: int,
                 epoch: int, generator: torch.Generator | None = None,
-                progress: tqdm | None = None) -> float:
+                progress: Any = None) -> float:
     """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it.
 
     The losses stay on the device until the epoch ends (one host sync per
@@ -431,6 +431,8 @@ def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
     check_data(data)
     data = data.to(config.device)
     run = start_run(config, resume)
+    from tqdm import tqdm  # imported here: a worker that only times steps needs torch alone
+
     for epoch in range(len(run.history), config.epochs):
         start = time.perf_counter()
         with tqdm(total=len(data), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
