@@ -1,7 +1,14 @@
-"""The benchmarks' shared state: peaks measured once per session, rows for the final table.
+"""The benchmarks' shared state: worker processes, the rows of the final table.
 
 `pytest --benchmark-only` times them; plain `pytest` runs each once, untimed
 (the root conftest.py turns pytest-benchmark's timing off then).
+
+Each timed benchmark records two things. pytest-benchmark's own statistics
+hold the time of one step in this process (iterations = steps per round), so
+that `--benchmark-compare` compares step times. The figures in the table and
+in `extra_info` (speed-up with its 95% interval, spread, roofline fraction)
+come from `cifar_spec.suite`: paired rounds against the baseline in
+`--paired-workers` fresh processes.
 """
 
 from __future__ import annotations
@@ -9,22 +16,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifar_spec import bench, plot
+from cifar_spec import figures, plot
+from cifar_spec.suite import WORKERS, Suite
 
 ROWS_KEY = pytest.StashKey[list]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--paired-workers", type=int, default=WORKERS,
+                     help="worker processes for the paired figures (speed-up, spread); 0 for "
+                          "pytest-benchmark's own per-step timing only. Default: %(default)s")
+
+
 @pytest.fixture(scope="session")
-def peaks() -> dict:
-    """(device, dtype) -> Peak, measured on first use, in this process."""
-    cache: dict = {}
+def suite(request: pytest.FixtureRequest):
+    """Worker processes for the paired figures, started on first use; None with 0 workers."""
+    count = request.config.getoption("--paired-workers")
+    if count < 1:
+        yield None
+        return
+    with Suite(workers=count) as running:
+        yield running
 
-    def peak(device: torch.device, dtype: torch.dtype) -> bench.Peak:
-        if (device.type, dtype) not in cache:
-            cache[device.type, dtype] = bench.measure_peak(device, dtype)
-        return cache[device.type, dtype]
 
-    return peak
+@pytest.fixture(autouse=True)
+def flush_denormals():
+    """As in the workers (see cifar_spec/worker.py): a memorized batch must not time denormals."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)  # torch's default
 
 
 @pytest.fixture
@@ -34,22 +54,19 @@ def record(request: pytest.FixtureRequest):
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    machine_info.update(bench.machine_info())
-    machine_info["fingerprint"] = bench.fingerprint()
-
-
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
-                                 output_json: dict) -> None:
-    rows = [b["extra_info"] for b in output_json["benchmarks"] if "images_per_s" in b["extra_info"]]
-    bench.add_speedups(rows)  # in place: the JSON gets each speed-up too
+    machine_info.update(figures.machine_info())
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    rows = bench.add_speedups(config.stash.get(ROWS_KEY, []))
+    rows = config.stash.get(ROWS_KEY, [])
     if not rows:
         return
     terminalreporter.section("training-step throughput")
-    terminalreporter.write_line(bench.format_table(rows))
+    terminalreporter.write_line(figures.format_table(rows))
+    terminalreporter.write_line(
+        "speed-up: the median of paired rounds against the baseline (eager, or the tutorial's "
+        "loop), with its 95% interval (two-level bootstrap over worker processes and pairs); "
+        "spread: IQR / median of the step time; noisy: a spread above 10%")
     chart = plot.throughput_chart(rows, config.rootpath / ".benchmarks" / "throughput.png")
     terminalreporter.write_line(
         f"chart: {chart}" if chart else f"no chart: {plot.INSTALL_HINT} draws it")

@@ -7,7 +7,10 @@ check that the variant trains (its loss is finite and the weights move).
 import pytest
 import torch
 
-from cifar_spec import bench
+from cifar_spec import bench, measure
+from cifar_spec.paired import Case
+
+ROUNDS = 10  # pytest-benchmark's rounds in this process, each ROUND_SECONDS or one step
 
 CASES = [
     pytest.param(device, name, batch, id=f"{device}-{name}-{batch}",
@@ -18,8 +21,15 @@ CASES = [
 ]
 
 
+def time_in_this_process(benchmark, case: bench.StepBench) -> None:
+    """pytest-benchmark's record: the time of one step, rounds of several steps."""
+    steps = measure.steps_per_round(measure.warm_up(case.step, case.device))
+    benchmark.pedantic(measure.synchronized_every(case.step, case.device, steps),
+                       rounds=ROUNDS, iterations=steps, warmup_rounds=1)
+
+
 @pytest.mark.parametrize("device, variant, batch", CASES)
-def test_training_step_throughput(benchmark, peaks, record, device, variant, batch):
+def test_training_step_throughput(benchmark, suite, record, device, variant, batch):
     options = bench.VARIANTS[variant]
     reason = bench.unsupported(options, device)
     if reason:
@@ -31,13 +41,13 @@ def test_training_step_throughput(benchmark, peaks, record, device, variant, bat
     case = bench.build(options, device, batch)
     before = [p.detach().clone() for p in case.model.parameters()]
     if benchmark.disabled:
-        loss = benchmark(case.steps, 1)
+        benchmark(case.step)
     else:
-        steps, rounds = bench.plan_rounds(case)
-        loss = benchmark.pedantic(case.steps, args=(steps,), rounds=rounds, iterations=1)
-        row = bench.figures(case, benchmark.stats.stats.median / steps,
-                            peaks(case.device, bench.precision(options)))
-        benchmark.extra_info.update(row, steps_per_round=steps)
-        record(row)
+        time_in_this_process(benchmark, case)
+        if suite is not None:
+            row = suite.measure(Case(device, variant, batch))
+            benchmark.extra_info.update(row)
+            record(row)
+    loss = case.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, p) for a, p in zip(before, case.model.parameters()))

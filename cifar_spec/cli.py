@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from cifar_spec import bench, data, losses
 from cifar_spec.model import CifarNet, format_summary
+from cifar_spec.worker import WorkerError
 from cifar_spec.train import (CheckpointError, NonFiniteLoss, StepOptions, TrainConfig,
                               fast_exact_step, fit)
 
@@ -101,86 +103,173 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def finite_positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def percent(text: str) -> float:
+    value = finite_positive(text.rstrip("%"))
+    if value >= 100:
+        raise argparse.ArgumentTypeError(f"must be under 100%, got {text}")
+    return value / 100
+
+
+def bench_devices(name: str) -> list[str]:
+    if name == "all":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [torch.device(pick_device(name)).type]
+
+
+def measure_rows(args: argparse.Namespace, log=print) -> list[dict]:
+    from cifar_spec.suite import Suite, measure_all
+
+    with Suite(workers=args.workers, threads=args.threads, log=log) as suite:
+        return measure_all(suite, bench_devices(args.device), args.variant, args.batch_size,
+                           skipped=lambda case, why: log(f"skipped {case.key}: {why}"))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    device = torch.device(pick_device(args.device))
-    rows, peaks = [], {}
-    for name in args.variant or list(bench.VARIANTS):
-        options = bench.VARIANTS[name]
-        reason = bench.unsupported(options, device)
-        if reason:
-            print(f"skipped {name}: {reason}")
-            continue
-        for batch in args.batch_size or bench.BATCHES[device.type]:
-            case = bench.build(options, device, batch)
-            seconds = bench.time_case(case, args.seconds)
-            dtype = bench.precision(options)
-            if dtype not in peaks:  # measured once per precision, after the first step timed
-                peaks[dtype] = bench.measure_peak(device, dtype)
-            rows.append(bench.figures(case, seconds, peaks[dtype]))
-    print(bench.format_table(bench.add_speedups(rows)))
+    from cifar_spec import figures
+
+    rows = measure_rows(args)
+    print(figures.format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    import pytest
+    from cifar_spec import figures, gate
 
-    storage = bench.baseline_storage(Path(args.storage))
-    result = Path(args.json)
-    result.unlink(missing_ok=True)  # never judge an older run's figures
+    info = figures.machine_info()
+    path = gate.baseline_path(Path(args.storage), info)
+    baseline = None
+    if not args.save_baseline:
+        if not path.exists():
+            print(f"cifar-spec: no baseline for this hardware ({gate.fingerprint(info)}) at "
+                  f"{path}; make one on this machine with `cifar-spec gate --save-baseline` (or "
+                  "restore that folder from an earlier run's artifacts)", file=sys.stderr)
+            return 2
+        baseline = gate.load_baseline(path)
+    floors = {d: gate.load_floors(Path(args.floors) / f"{d}.json" if args.floors
+                                  else gate.default_floors(d)) for d in bench_devices(args.device)}
+    rows = measure_rows(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine_info": info, "rows": rows}, indent=1))
     if args.save_baseline:
-        extra = ["--benchmark-only", f"--benchmark-storage={storage}", "--benchmark-save=baseline"]
-    elif bench.find_baseline(storage) is None:
-        print(f"cifar-spec: no baseline for this hardware in {storage}; make one on this machine "
-              "with `cifar-spec gate --save-baseline` (or restore that folder from an earlier "
-              "run's artifacts)", file=sys.stderr)
-        return 2
-    else:
-        extra = bench.compare_args(storage, args.threshold)
-    code = pytest.main(["benchmarks", "-p", "no:cacheprovider", "-m", args.marker,
-                        f"--benchmark-json={result}", *extra])
-    if not result.exists():
-        print(f"cifar-spec: the benchmarks wrote no {result}; see pytest's output above",
-              file=sys.stderr)
-        return 1
-    failures = []
-    for device in ("cpu", "cuda"):
-        rows = [r for r in bench.load_rows(result) if r["device"] == device]
-        floors = Path(args.floors) / f"{device}.json"
-        if rows and not floors.exists():
-            failures.append(f"{device}: no floors file {floors} (run from the repository root)")
-        elif rows:
-            limits = json.loads(floors.read_text())
-            failures += bench.check_floors(rows, limits)
-            for name in bench.unmeasured_floors(rows, limits):
-                print(f"note: {device} floor for {name} not checked: no such figure in this run")
-    for failure in failures:
-        print(f"below the floor: {failure}", file=sys.stderr)
-    print("gate: " + ("FAILED" if code or failures else "passed"))
-    return 1 if code or failures else 0
+        gate.save_baseline(path, info, rows)
+        print(f"gate: baseline saved to {path} ({len(rows)} cases, torch {info['torch']})")
+        return 0
+    was = baseline.get("machine_info", {})
+    print(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
+    judged = gate.judge_times(baseline["rows"], rows, args.threshold)
+    print(gate.format_judged(judged))
+    failed, unsure = [], []
+    for device, limits in floors.items():
+        mine = [r for r in rows if r["device"] == device]
+        f, u = gate.check_floors(mine, limits)
+        failed, unsure = failed + f, unsure + u
+        for name in gate.unmeasured_floors(mine, limits):
+            print(f"note: {device} floor for {name} not checked: no such case in this run")
+    for text in failed:
+        print(f"below the floor: {text}")
+    for text in unsure:
+        print(f"straddles the floor: {text}")
+    code, line = gate.outcome(judged, failed, unsure)
+    print(line)
+    return code
 
 
-def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("bench", help="time the training step outside pytest, for a quick look",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cifar_spec import compare
+    from cifar_spec.paired import Case
+
+    for python in (args.baseline, args.candidate):
+        compare.check_python(python)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
+        "cpu" if args.device == "auto" else args.device
+    variants = args.variant or ["eager", "channels_last+manual_backward" if device == "cpu"
+                                else "channels_last+cuda_graph"]
+    batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
+    cases = [Case(device, v, b) for v in variants for b in batches]
+    envs, results = compare.compare(args.baseline, args.candidate, cases, args.threshold,
+                                    args.seconds, args.workers, args.threads)
+    print(compare.format_report(envs, results, args.threshold))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"threshold": args.threshold, "environments": envs,
+             "results": [r.as_dict() for r in results]}, indent=1))
+    code = compare.exit_code(results)
+    print({0: "compare: no regression", 1: "compare: REGRESSION",
+           3: "compare: inconclusive (give it more --seconds)"}[code])
+    return code
+
+
+def add_measure_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="all", help="all (cpu, and cuda where there is one), "
+                                                   "cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=positive_int, action="append",
                    help="batch size, repeatable (default: 1 64 256 on CPU, 1 256 1024 4096 on CUDA)")
     p.add_argument("--variant", action="append", choices=list(bench.VARIANTS),
-                   help="variant, repeatable (default: all)")
-    p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per figure")
+                   help="variant, repeatable (default: all, and the two loops on the CPU)")
+    p.add_argument("--workers", type=positive_int, default=3,
+                   help="fresh worker processes each figure is drawn from")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads per worker (default: every core)")
+
+
+def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = commands.add_parser("bench", help="time every case against its baseline, outside pytest",
+                            formatter_class=fmt)
+    add_measure_options(p)
+    p.add_argument("--json", default=None, help="also write the rows here")
     p.set_defaults(func=cmd_bench)
-    g = commands.add_parser("gate", help="run the benchmarks and fail on a regression",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = commands.add_parser("gate", formatter_class=fmt,
+                            help="time every case; fail on a regression against this hardware's "
+                                 "baseline or a speed-up below its floor")
+    add_measure_options(g)
     g.add_argument("--save-baseline", action="store_true",
-                   help="save this run as this hardware's baseline instead of comparing")
-    g.add_argument("--threshold", type=float, default=15.0,
-                   help="fail when a median step time is this many percent slower")
+                   help="save this run as this hardware's baseline instead of judging")
+    g.add_argument("--threshold", type=percent, default=gate_threshold(),
+                   help="a case regressed when its step time's 95%% interval lies wholly above "
+                        "1 + this (as a fraction or with %%)")
     g.add_argument("--storage", default=".benchmarks", help="baselines, one folder per hardware")
-    g.add_argument("--floors", default="benchmarks/floors", help="folder of DEVICE.json floors")
-    g.add_argument("--json", default=".benchmarks/latest.json", help="where this run's JSON goes")
-    g.add_argument("-m", dest="marker", default="not cuda or cuda",
-                   help="pytest marker expression: 'cuda' for the GPU benchmarks only")
+    g.add_argument("--floors", default=None,
+                   help="folder of DEVICE.json floors (default: those shipped with cifar_spec)")
+    g.add_argument("--json", default=".benchmarks/latest.json", help="where this run's rows go")
     g.set_defaults(func=cmd_gate)
+    c = commands.add_parser("compare", formatter_class=fmt,
+                            help="A/B two Python environments side by side (a torch upgrade)")
+    c.add_argument("baseline", help="the baseline's python, e.g. old-venv/bin/python")
+    c.add_argument("candidate", help="the candidate's python, e.g. .venv/bin/python")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda where there is one")
+    c.add_argument("--batch-size", type=positive_int, action="append",
+                   help="batch size, repeatable (default: 1 64 on CPU, 1 256 on CUDA)")
+    c.add_argument("--variant", action="append",
+                   help="variant, repeatable (default: eager and the device's fast default)")
+    c.add_argument("--threshold", type=percent, default=0.05,
+                   help="no change within +-this; regression wholly above 1 + this")
+    c.add_argument("--seconds", type=finite_positive, default=120.0,
+                   help="time budget for all cases (inconclusive ones take more pairs)")
+    c.add_argument("--workers", type=positive_int, default=2, help="workers per environment")
+    c.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads per worker (default: every core)")
+    c.add_argument("--json", default=None, help="write the verdicts here")
+    c.set_defaults(func=cmd_compare)
+
+
+def gate_threshold() -> float:
+    from cifar_spec.gate import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
@@ -246,6 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, data.DataError, CheckpointError, NonFiniteLoss) as error:
+    except (ValueError, data.DataError, CheckpointError, NonFiniteLoss, WorkerError) as error:
         print(f"cifar-spec: error: {error}", file=sys.stderr)
         return 2

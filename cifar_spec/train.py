@@ -15,15 +15,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from cifar_spec import backprop, plot
-from cifar_spec.data import DeviceData
 from cifar_spec.model import NUM_CLASSES, CifarNet, check_images
+
+if TYPE_CHECKING:  # data.py imports torchvision; timing a step needs torch alone
+    from cifar_spec.data import DeviceData
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
