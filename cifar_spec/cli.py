@@ -126,7 +126,11 @@ def bench_devices(name: str) -> list[str]:
     return [torch.device(pick_device(name)).type]
 
 
-def measure_rows(args: argparse.Namespace, log=print) -> list[dict]:
+def progress(line: str) -> None:
+    print(line, file=sys.stderr)  # stdout keeps the table alone
+
+
+def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
     from cifar_spec.suite import Suite, measure_all
 
     with Suite(workers=args.workers, threads=args.threads, log=log) as suite:

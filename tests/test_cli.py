@@ -48,12 +48,12 @@ def test_an_unknown_command_is_an_argparse_error(capsys):
 
 def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
     assert main(["bench", "--device", "cpu", "--batch-size", "2", "--variant", "channels_last",
-                 "--variant", "eager", "--seconds", "0.1"]) == 0
+                 "--variant", "eager", "--workers", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "images/s" in out and "roofline" in out
+    assert "images/s" in out and "speed-up [95% CI]" in out and "roofline" in out
     lines = [line.split() for line in out.splitlines() if line.startswith("cpu")]
     assert [(cols[1], cols[2]) for cols in lines] == [("eager", "2"), ("channels_last", "2")]
-    assert lines[0][4] == "1.00x"
+    assert lines[0][5] == "1.00x" and lines[1][6].startswith("[")  # the interval
 
 
 @pytest.mark.parametrize("flags, step", [
