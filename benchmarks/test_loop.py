@@ -11,7 +11,7 @@ import torch
 
 from cifar_spec import bench
 from cifar_spec.data import load_cifar10, to_device, write_synthetic_cifar10
-from cifar_spec.train import TrainConfig, new_run, train_epoch
+from cifar_spec.loop import TrainConfig, new_run, train_epoch
 from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 
 N_IMAGES = 300

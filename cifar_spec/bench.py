@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -32,19 +31,21 @@ import torchvision
 from torch import nn
 
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
-from cifar_spec.train import StepOptions, make_step, prepare_model
+from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
 
 # The variants every benchmark run measures, by name; "eager" (the tutorial's step)
 # is the baseline.
 VARIANTS = {v.name: v for v in [
     StepOptions(),
+    StepOptions(one_call_sgd=True),
     StepOptions(channels_last=True),
-    StepOptions(channels_last=True, manual_backward=True),  # the library's default on a CPU
+    StepOptions(channels_last=True, one_call_sgd=True),
+    StepOptions(channels_last=True, one_call_sgd=True, manual_backward=True),  # CPU default
     StepOptions(bf16=True),
     StepOptions(channels_last=True, bf16=True),
     StepOptions(compile=True),
-    StepOptions(channels_last=True, cuda_graph=True),  # the library's default on a GPU
-    StepOptions(channels_last=True, bf16=True, cuda_graph=True),
+    StepOptions(channels_last=True, one_call_sgd=True, cuda_graph=True),  # GPU default
+    StepOptions(channels_last=True, one_call_sgd=True, bf16=True, cuda_graph=True),
 ]}
 BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
 
@@ -131,23 +132,6 @@ def time_products(device: torch.device, dtype: torch.dtype, tries: int) -> tuple
     calls = max(1, int(0.05 / seconds))
     rates = [2 * n**3 / seconds_per_call(lambda: a @ b, device, calls) for _ in range(tries)]
     return max(rates), statistics.median(rates), n
-
-
-def unsupported(options: StepOptions, device: str | torch.device) -> str | None:
-    """Why `options` cannot run on `device` here, or None when it can."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device on this machine"
-    if options.cuda_graph and device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if options.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
-    if options.compile:
-        if not torch._dynamo.is_dynamo_supported():
-            return "torch.compile is not supported on this Python or platform"
-        if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
-            return "torch.compile on the CPU needs a C++ compiler on PATH"
-    return None
 
 
 @dataclass

@@ -17,8 +17,17 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W) of one CIFAR-10 image
 
 
-def check_images(images: Tensor) -> None:
-    """Raise ValueError unless `images` is a float batch of shape (N, 3, 32, 32)."""
+def check_images(images: Tensor, dtype: torch.dtype | None = None) -> None:
+    """Raise ValueError unless `images` is a float batch of shape (N, 3, 32, 32) holding values.
+
+    With `dtype` (the model's), the images must be of that dtype too: a float64
+    or float16 batch would otherwise fail inside the first convolution.
+    """
+    if images.device.type == "meta":
+        raise ValueError(
+            "the images are on the meta device, which holds shapes but no values; "
+            "create them on cpu or cuda"
+        )
     if images.dim() != 4:
         hint = " (one image? add a batch dimension with images.unsqueeze(0))" if images.dim() == 3 else ""
         raise ValueError(
@@ -40,6 +49,11 @@ def check_images(images: Tensor) -> None:
             f"expected floating-point images, got dtype {images.dtype}; "
             "convert with images.float() / 255 (as ToTensor() does)"
         )
+    if dtype is not None and images.dtype != dtype:
+        raise ValueError(
+            f"expected {dtype} images, the model's dtype, got {images.dtype}; "
+            f"convert with images.to({dtype})"
+        )
 
 
 class CifarNet(nn.Module):
@@ -60,7 +74,7 @@ class CifarNet(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        check_images(images)
+        check_images(images, self.layers[0].weight.dtype)
         return self.layers(images)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cifar_spec.files import write_atomically
+
 INSTALL_HINT = "pip install 'cifar-spec[plot]'"
 
 
@@ -31,7 +33,7 @@ def loss_curve(history: list[dict], path: Path) -> Path | None:
     ax.set_title("Training loss per epoch")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path
 
@@ -66,6 +68,6 @@ def throughput_chart(rows: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path

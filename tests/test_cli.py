@@ -57,9 +57,9 @@ def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
 
 
 @pytest.mark.parametrize("flags, step", [
-    (["--precision", "bf16"], "channels_last+bf16"),
+    (["--precision", "bf16"], "channels_last+one_call_sgd+bf16"),
     (["--eager"], "eager"),
-    ([], "channels_last+manual_backward"),
+    ([], "channels_last+one_call_sgd+manual_backward"),
 ], ids=["bf16", "eager", "default"])
 def test_each_step_flag_trains_and_names_its_step(tmp_path, capsys, flags, step):
     write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=8)
