@@ -110,8 +110,8 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise FolderBusy(
-                f"{folder} is in use by another cifar-spec process (pid {holder}) writing "
-                f"{what}; wait for it to end, or choose another folder"
+                f"cannot write {what} in {folder}: it is in use by another cifar-spec process "
+                f"(pid {holder}); wait for it to end, or choose another folder"
             ) from None
         # Written in place, not renamed: the lock belongs to this file's inode.
         os.ftruncate(fd, 0)

@@ -76,3 +76,20 @@ def test_the_summary_names_the_layers_as_the_tutorial_writes_them(model):
         "Conv2d(32, 64, 5, padding=2)", "MaxPool2d(2)",
         "Flatten()", "Linear(1024, 64)", "Linear(64, 10)",
     ]
+
+
+WRONG_KIND = {
+    "float64": (torch.rand(2, 3, 32, 32, dtype=torch.float64), "expected torch.float32 images"),
+    "float16": (torch.rand(2, 3, 32, 32).half(), "got torch.float16; convert with images.to"),
+    "meta": (torch.empty(2, 3, 32, 32, device="meta"), "meta device, which holds shapes but no"),
+}
+
+
+@pytest.mark.parametrize("images, message", WRONG_KIND.values(), ids=WRONG_KIND.keys())
+def test_images_of_another_dtype_or_on_the_meta_device_are_refused_at_the_door(model, images,
+                                                                                message):
+    ran = []
+    model.layers[0].register_forward_pre_hook(lambda *_: ran.append(True))
+    with pytest.raises(ValueError, match=message):
+        model(images)
+    assert ran == []
