@@ -22,8 +22,16 @@ HISTORY = "history.json"
 LOSS_PLOT = "loss.png"
 RUN_FILES = (CHECKPOINT, HISTORY, LOSS_PLOT)  # what an earlier run leaves behind
 # Each part of a checkpoint and the type it must have.
-PARTS = {"model": dict, "optimizer": dict, "epoch": int, "history": list, "config": dict,
-         "data": dict, "torch_rng": Tensor, "shuffle_rng": (Tensor, type(None))}
+PARTS = {
+    "model": dict,
+    "optimizer": dict,
+    "epoch": int,
+    "history": list,
+    "config": dict,
+    "data": dict,
+    "torch_rng": Tensor,
+    "shuffle_rng": (Tensor, type(None)),
+}
 # Settings a resumed run must share with the checkpoint it resumes;
 # epochs may grow and the device may change.
 RESUME_MUST_MATCH = ("batch_size", "lr", "seed", "shuffle", "limit")
@@ -42,15 +50,19 @@ def check_run_folder(out: Path, resume: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
         check_writable(out)
     except OSError as error:
-        raise CheckpointError(f"cannot write to --out {out} ({error.strerror}); choose a folder "
-                              "you can write to") from None
+        raise CheckpointError(
+            f"cannot write to --out {out} ({error.strerror}); choose a folder you can write to"
+        ) from None
     earlier = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
     if resume and CHECKPOINT not in earlier:
-        raise CheckpointError(f"no checkpoint at {out / CHECKPOINT} to resume; start a new run "
-                              "without --resume")
+        raise CheckpointError(
+            f"no checkpoint at {out / CHECKPOINT} to resume; start a new run without --resume"
+        )
     if not resume and earlier:
-        raise CheckpointError(f"{out} holds an earlier run ({', '.join(earlier)}); continue it "
-                              "with --resume, or choose another --out (nothing was overwritten)")
+        raise CheckpointError(
+            f"{out} holds an earlier run ({', '.join(earlier)}); continue it "
+            "with --resume, or choose another --out (nothing was overwritten)"
+        )
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
@@ -58,8 +70,9 @@ def save_checkpoint(out: Path, state: dict) -> None:
 
 
 def save_history(out: Path, config: dict, history: list[dict]) -> None:
-    write_text_atomically(out / HISTORY, json.dumps({"config": config, "epochs": history},
-                                                    indent=2))
+    write_text_atomically(
+        out / HISTORY, json.dumps({"config": config, "epochs": history}, indent=2)
+    )
 
 
 def parts_problem(state: object) -> str | None:
@@ -84,8 +97,11 @@ def model_problem(saved: dict, model: nn.Module) -> str | None:
     if saved.keys() != expected.keys():
         return "its model is not the tutorial's CifarNet (other layers)"
     for name, value in saved.items():
-        if not isinstance(value, Tensor) or value.shape != expected[name].shape \
-                or value.dtype != expected[name].dtype:
+        if (
+            not isinstance(value, Tensor)
+            or value.shape != expected[name].shape
+            or value.dtype != expected[name].dtype
+        ):
             return f"its model is not the tutorial's CifarNet ({name} differs)"
     return None
 
@@ -95,8 +111,9 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path} to resume; start a new run "
-                              "without --resume") from None
+        raise CheckpointError(
+            f"no checkpoint at {path} to resume; start a new run without --resume"
+        ) from None
     except Exception as error:  # torch raises several types for a bad zip or pickle
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(error).__name__}); it is truncated or "
@@ -104,21 +121,28 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict:
         ) from None
     problem = parts_problem(state) or model_problem(state["model"], model)
     if problem:
-        raise CheckpointError(f"{path} is not a cifar-spec checkpoint: {problem}; move its "
-                              "folder away and start a new run")
+        raise CheckpointError(
+            f"{path} is not a cifar-spec checkpoint: {problem}; move its "
+            "folder away and start a new run"
+        )
     return state
 
 
 def describe_data(record: dict) -> str:
-    return (f"{record.get('split')} ({record.get('images')} images, labels "
-            f"{record.get('labels_sha256')})")
+    return (
+        f"{record.get('split')} ({record.get('images')} images, labels "
+        f"{record.get('labels_sha256')})"
+    )
 
 
 def check_resumable(state: dict, config: dict, data: dict, path: Path) -> None:
     """Refuse to resume a checkpoint with other settings, on other data, or already done."""
     saved = state["config"]
-    diff = [f"{k}={saved.get(k)!r} there, {config[k]!r} here"
-            for k in RESUME_MUST_MATCH if saved.get(k) != config[k]]
+    diff = [
+        f"{k}={saved.get(k)!r} there, {config[k]!r} here"
+        for k in RESUME_MUST_MATCH
+        if saved.get(k) != config[k]
+    ]
     if diff:
         raise CheckpointError(f"cannot resume {path} with other settings: " + "; ".join(diff))
     if state["data"] != data:

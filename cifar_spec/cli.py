@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,8 +14,7 @@ from cifar_spec.checkpoint import CheckpointError, check_run_folder
 from cifar_spec.files import FolderBusy, UnsafeFile
 from cifar_spec.loop import Interrupted, TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
-from cifar_spec.step import (NonFiniteLoss, StepOptions, check_memory, fastest_step,
-                             unsupported)
+from cifar_spec.step import NonFiniteLoss, StepOptions, check_memory, fastest_step, unsupported
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

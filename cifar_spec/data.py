@@ -35,15 +35,16 @@ from torchvision.datasets.utils import download_and_extract_archive
 from cifar_spec.files import folder_lock, load_pickle, write_atomically, write_text_atomically
 from cifar_spec.model import NUM_CLASSES
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_FILES = [name for name, _ in CIFAR10.train_list]  # data_batch_1 to data_batch_5
 TEST_FILE = CIFAR10.test_list[0][0]  # test_batch
 META_FILE = CIFAR10.meta["filename"]  # batches.meta
 PUBLISHED_MD5 = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
 PUBLISHED_MD5[META_FILE] = CIFAR10.meta["md5"]
-FIXES = ("download it with --download (needs internet), "
-         "or train on the synthetic stand-in with --synthetic")
+FIXES = (
+    "download it with --download (needs internet), "
+    "or train on the synthetic stand-in with --synthetic"
+)
 MARKER = "synthetic.json"  # tells our files from real CIFAR-10, which we never overwrite
 
 
@@ -60,8 +61,9 @@ def class_patterns(seed: int) -> np.ndarray:
     return coarse.repeat(8, axis=2).repeat(8, axis=3).astype(np.float32)
 
 
-def synthetic_images(labels: np.ndarray, patterns: np.ndarray,
-                     rng: np.random.Generator) -> np.ndarray:
+def synthetic_images(
+    labels: np.ndarray, patterns: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """uint8 images, (N, 3072) in R, G, B planes: the class pattern, shifted, under noise.
 
     The pattern is faint (10-35% of the signal) under strong noise, so that a
@@ -118,15 +120,23 @@ def write_synthetic_cifar10(
         sizes = [len(part) for part in np.array_split(np.arange(n_train), 5)] + [n_test]
         for name, size in zip(TRAIN_FILES + [TEST_FILE], sizes):
             labels = rng.integers(0, NUM_CLASSES, size=size)
-            write_batch(folder / name, {
-                "batch_label": f"synthetic {name} (seed {seed})",
-                "labels": labels.tolist(),
-                "data": synthetic_images(labels, patterns, rng),
-                "filenames": [f"synthetic_{name}_{i:05d}.png" for i in range(size)],
-            })
-        write_batch(folder / META_FILE, {
-            "label_names": CLASSES, "num_cases_per_batch": sizes[0], "num_vis": 3072,
-        })
+            write_batch(
+                folder / name,
+                {
+                    "batch_label": f"synthetic {name} (seed {seed})",
+                    "labels": labels.tolist(),
+                    "data": synthetic_images(labels, patterns, rng),
+                    "filenames": [f"synthetic_{name}_{i:05d}.png" for i in range(size)],
+                },
+            )
+        write_batch(
+            folder / META_FILE,
+            {
+                "label_names": CLASSES,
+                "num_cases_per_batch": sizes[0],
+                "num_vis": 3072,
+            },
+        )
         settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "complete": True}
         write_text_atomically(folder / MARKER, json.dumps(settings))
     return folder
@@ -155,8 +165,12 @@ def batch_problem(entry: object) -> str | None:
     if not isinstance(entry, dict) or not {"data", "labels"} <= entry.keys():
         return "it is not a dict with 'data' and 'labels'"
     data, labels = entry["data"], entry["labels"]
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3072):
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+    ):
         return "'data' is not a uint8 array of shape (N, 3072)"
     if isinstance(labels, np.ndarray):
         labels = labels.tolist() if labels.ndim == 1 else None
@@ -175,8 +189,11 @@ def batch_problem(entry: object) -> str | None:
 def meta_problem(entry: object) -> str | None:
     """What is wrong with an unpickled batches.meta, or None."""
     names = entry.get("label_names") if isinstance(entry, dict) else None
-    if not (isinstance(names, list) and len(names) == NUM_CLASSES
-            and all(isinstance(n, str) for n in names)):
+    if not (
+        isinstance(names, list)
+        and len(names) == NUM_CLASSES
+        and all(isinstance(n, str) for n in names)
+    ):
         return f"'label_names' is not a list of {NUM_CLASSES} class names"
     return None
 
@@ -185,21 +202,34 @@ def check_file(path: Path, raw: bytes, parse: bool, published_md5: str | None) -
     """The md5 of `raw` (the bytes of `path`), after checking them; DataError names the file."""
     digest = hashlib.md5(raw).hexdigest()
     if published_md5 is not None and digest != published_md5:
-        raise DataError(f"{path} does not match CIFAR-10's published md5: it is damaged or "
-                        f"was changed; delete {path.parent}, then download it again")
+        raise DataError(
+            f"{path} does not match CIFAR-10's published md5: it is damaged or "
+            f"was changed; delete {path.parent}, then download it again"
+        )
     if not parse:  # the other split: only its md5 is read, by torchvision too
         return digest
     try:
         entry = load_pickle(raw, path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
-            IndexError, MemoryError) as error:
-        raise DataError(f"{path} is truncated or not in CIFAR-10's format "
-                        f"({type(error).__name__}: {error}); delete the folder, then "
-                        f"{FIXES}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        MemoryError,
+    ) as error:
+        raise DataError(
+            f"{path} is truncated or not in CIFAR-10's format "
+            f"({type(error).__name__}: {error}); delete the folder, then "
+            f"{FIXES}"
+        ) from None
     problem = (meta_problem if path.name == META_FILE else batch_problem)(entry)
     if problem:
-        raise DataError(f"{path} is not in CIFAR-10's format: {problem}; delete the folder, "
-                        f"then {FIXES}")
+        raise DataError(
+            f"{path} is not in CIFAR-10's format: {problem}; delete the folder, then {FIXES}"
+        )
     return digest
 
 
@@ -216,8 +246,10 @@ def check_files(folder: Path, train: bool, synthetic: bool) -> dict[str, str]:
         try:
             raw = path.read_bytes()
         except OSError as error:
-            raise DataError(f"no readable CIFAR-10 under {folder.parent.resolve()} "
-                            f"({name}: {error.strerror}): {FIXES}") from None
+            raise DataError(
+                f"no readable CIFAR-10 under {folder.parent.resolve()} "
+                f"({name}: {error.strerror}): {FIXES}"
+            ) from None
         published = None if synthetic else PUBLISHED_MD5[name]
         checksums[name] = check_file(path, raw, name in split or name == META_FILE, published)
     return checksums
@@ -241,11 +273,14 @@ def download_cifar10(root: Path) -> None:
     """Fetch and unpack CIFAR-10 into `root` through torchvision, holding the folder's lock."""
     try:
         with folder_lock(root, "a CIFAR-10 download"):
-            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename,
-                                         md5=CIFAR10.tgz_md5)
+            download_and_extract_archive(
+                CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
+            )
     except (OSError, RuntimeError) as error:  # no network, a refused connection, a bad md5
-        raise DataError(f"could not download CIFAR-10 into {root.resolve()} ({error}); "
-                        "train on the synthetic stand-in with --synthetic") from None
+        raise DataError(
+            f"could not download CIFAR-10 into {root.resolve()} ({error}); "
+            "train on the synthetic stand-in with --synthetic"
+        ) from None
 
 
 def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR10:
@@ -255,16 +290,20 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR
     folder = root / CIFAR10.base_folder
     synthetic = is_synthetic(root)
     if synthetic and synthetic_settings(root) is None:
-        raise DataError(f"the synthetic set in {folder} was never completed (a write cut short); "
-                        f"write it again with `cifar-spec data synth --root {root}`")
+        raise DataError(
+            f"the synthetic set in {folder} was never completed (a write cut short); "
+            f"write it again with `cifar-spec data synth --root {root}`"
+        )
     if download and not synthetic and not (folder / META_FILE).exists():
         download_cifar10(root)
     checksums = check_files(folder, train, synthetic)
     try:
         dataset = CheckedCIFAR10(root, train, checksums)
     except RuntimeError:  # torchvision's "corrupted": a file changed since it was checked
-        raise DataError(f"a file under {folder} changed while it was being read; is another "
-                        "process writing there? Load it again when it is done") from None
+        raise DataError(
+            f"a file under {folder} changed while it was being read; is another "
+            "process writing there? Load it again when it is done"
+        ) from None
     check_split(dataset, root)
     return dataset
 
@@ -272,18 +311,22 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR
 def check_split(dataset: CIFAR10, root: str | Path) -> None:
     """Catch what parses file by file but not as a whole, before any training starts."""
     if dataset.data.shape[1:] != (32, 32, 3) or len(dataset.targets) != len(dataset.data):
-        raise DataError(f"CIFAR-10 under {Path(root).resolve()} is not valid: "
-                        f"{len(dataset.targets)} labels for images of shape {dataset.data.shape}")
+        raise DataError(
+            f"CIFAR-10 under {Path(root).resolve()} is not valid: "
+            f"{len(dataset.targets)} labels for images of shape {dataset.data.shape}"
+        )
 
 
 def describe_split(dataset: CIFAR10) -> str:
-    """Which data this is, in words a checkpoint keeps: the split and, if synthetic, its settings."""
+    """Which data this is, as a checkpoint keeps it: the split and, if synthetic, its settings."""
     split = "train split" if dataset.train else "test split"
     settings = synthetic_settings(dataset.root)
     if settings is None:
         return f"the CIFAR-10 {split}"
-    return (f"the synthetic {split} (seed {settings['seed']}, {settings['n_train']} train and "
-            f"{settings['n_test']} test images)")
+    return (
+        f"the synthetic {split} (seed {settings['seed']}, {settings['n_train']} train and "
+        f"{settings['n_test']} test images)"
+    )
 
 
 @dataclass(frozen=True)
@@ -306,25 +349,33 @@ class DeviceData:
     def record(self) -> dict:
         """What a checkpoint keeps of the data it trained on, to refuse resuming on other data."""
         labels = self.labels.cpu().numpy().astype("<i8").tobytes()
-        return {"split": self.split, "images": len(self),
-                "labels_sha256": hashlib.sha256(labels).hexdigest()[:16]}
+        return {
+            "split": self.split,
+            "images": len(self),
+            "labels_sha256": hashlib.sha256(labels).hexdigest()[:16],
+        }
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None
-                ) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches in order, or in a random order drawn from `generator` when one is given."""
         n = len(self)
         if generator is None:
             for start in range(0, n, batch_size):
-                yield self.images[start:start + batch_size], self.labels[start:start + batch_size]
+                yield (
+                    self.images[start : start + batch_size],
+                    self.labels[start : start + batch_size],
+                )
             return
         order = torch.randperm(n, generator=generator).to(self.labels.device)
         for start in range(0, n, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             yield self.images[index], self.labels[index]
 
 
-def to_device(dataset: CIFAR10, device: str | torch.device = "cpu",
-              limit: int | None = None) -> DeviceData:
+def to_device(
+    dataset: CIFAR10, device: str | torch.device = "cpu", limit: int | None = None
+) -> DeviceData:
     """Convert once, exactly as ToTensor() does (HWC uint8 -> CHW float / 255), and move."""
     data, labels = dataset.data, dataset.targets
     if limit is not None:

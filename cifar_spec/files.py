@@ -39,7 +39,7 @@ class UnsafeFile(RuntimeError):
 
 
 def open_folder(folder: Path) -> int:
-    """A descriptor of `folder` itself, so that a folder swapped for a link mid-write is not followed."""
+    """A descriptor of `folder` itself: a folder swapped for a link mid-write is not followed."""
     return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
@@ -101,9 +101,13 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(
+            folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
     except OSError as error:  # ELOOP: a link planted where the lock file goes
-        raise UnsafeFile(f"cannot lock {folder / LOCK_FILE} ({error.strerror}); remove it") from None
+        raise UnsafeFile(
+            f"cannot lock {folder / LOCK_FILE} ({error.strerror}); remove it"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,8 +24,16 @@ from cifar_spec.checkpoint import CheckpointError
 from cifar_spec.data import DeviceData
 from cifar_spec.files import folder_lock
 from cifar_spec.model import CifarNet, check_images
-from cifar_spec.step import (NonFiniteLoss, Step, StepOptions, check_labels, check_memory,
-                             fast_exact_step, make_step, prepare_model)
+from cifar_spec.step import (
+    NonFiniteLoss,
+    Step,
+    StepOptions,
+    check_labels,
+    check_memory,
+    fast_exact_step,
+    make_step,
+    prepare_model,
+)
 
 # float32 holds nothing larger; a bigger rate turns the first update into inf.
 MAX_LR = float(torch.finfo(torch.float32).max)
@@ -50,8 +58,10 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.lr <= MAX_LR or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive finite number a float32 can hold (at most "
-                             f"{MAX_LR:.3g}), got {self.lr}; the tutorial uses 0.01")
+            raise ValueError(
+                f"lr must be a positive finite number a float32 can hold (at most "
+                f"{MAX_LR:.3g}), got {self.lr}; the tutorial uses 0.01"
+            )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1 image, got {self.limit}")
 
@@ -90,8 +100,10 @@ class Run:
             if self.generator is not None:
                 self.generator.set_state(state["shuffle_rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"the checkpoint's parts do not fit this run ({error}); "
-                                  "move its folder away and start a new run") from None
+            raise CheckpointError(
+                f"the checkpoint's parts do not fit this run ({error}); "
+                "move its folder away and start a new run"
+            ) from None
         self.history = list(state["history"])
 
 
@@ -102,8 +114,9 @@ def new_run(config: TrainConfig) -> Run:
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     # On the CPU reading the loss is free, so each step checks it before its
     # backward; on a GPU the epoch checks them all at its end instead.
-    step = make_step(model, optimizer, options,
-                     check_finite=torch.device(config.device).type == "cpu")
+    step = make_step(
+        model, optimizer, options, check_finite=torch.device(config.device).type == "cpu"
+    )
     generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
     return Run(model, optimizer, step, generator, [])
 
@@ -128,8 +141,14 @@ def non_finite(error: NonFiniteLoss, epoch: int, step: int) -> NonFiniteLoss:
     )
 
 
-def train_epoch(step: Step, data: DeviceData, batch_size: int, epoch: int,
-                generator: torch.Generator | None = None, progress: Any = None) -> float:
+def train_epoch(
+    step: Step,
+    data: DeviceData,
+    batch_size: int,
+    epoch: int,
+    generator: torch.Generator | None = None,
+    progress: Any = None,
+) -> float:
     """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it.
 
     The losses stay on the device until the epoch ends (one host sync per
@@ -147,8 +166,9 @@ def train_epoch(step: Step, data: DeviceData, batch_size: int, epoch: int,
     losses = torch.stack(losses).double()  # (steps,)
     bad = torch.nonzero(~torch.isfinite(losses))
     if len(bad):
-        raise non_finite(NonFiniteLoss(f"the loss is {losses[bad[0, 0]].item()}"), epoch,
-                         int(bad[0, 0]))
+        raise non_finite(
+            NonFiniteLoss(f"the loss is {losses[bad[0, 0]].item()}"), epoch, int(bad[0, 0])
+        )
     return losses.sum().item()
 
 
@@ -188,12 +208,19 @@ def saved_note(config: TrainConfig, epochs: int) -> str:
         return "nothing was saved (no --out)"
     if epochs == 0:
         return f"no epoch was saved in {config.out}: start the run again"
-    return (f"{Path(config.out) / checkpoint.CHECKPOINT} holds epoch {epochs}: continue with "
-            f"`cifar-spec train --out {config.out} --resume` and the same settings")
+    return (
+        f"{Path(config.out) / checkpoint.CHECKPOINT} holds epoch {epochs}: continue with "
+        f"`cifar-spec train --out {config.out} --resume` and the same settings"
+    )
 
 
-def train(config: TrainConfig, data: DeviceData, resume: bool,
-          log: Callable[[str], None] | None, progress: bool) -> list[float]:
+def train(
+    config: TrainConfig,
+    data: DeviceData,
+    resume: bool,
+    log: Callable[[str], None] | None,
+    progress: bool,
+) -> list[float]:
     """The epochs themselves, the run folder (if any) already checked and locked."""
     record = data.record()
     data = data.to(config.device)
@@ -204,22 +231,37 @@ def train(config: TrainConfig, data: DeviceData, resume: bool,
     try:
         for epoch in range(len(run.history), config.epochs):
             start = time.perf_counter()
-            with tqdm(total=len(data), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
-                      disable=not progress, leave=False) as bar:
-                loss_sum = train_epoch(run.step, data, config.batch_size, epoch + 1,
-                                       run.generator, bar)
+            with tqdm(
+                total=len(data),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            ) as bar:
+                loss_sum = train_epoch(
+                    run.step, data, config.batch_size, epoch + 1, run.generator, bar
+                )
             seconds = time.perf_counter() - start
-            run.history.append({"epoch": epoch + 1, "loss_sum": loss_sum, "seconds": seconds,
-                                "images_per_s": len(data) / seconds})
+            run.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss_sum": loss_sum,
+                    "seconds": seconds,
+                    "images_per_s": len(data) / seconds,
+                }
+            )
             if log is not None:
-                log(f"epoch {epoch + 1:>3}/{config.epochs}  loss sum {loss_sum:12.4f}  "
-                    f"{len(data) / seconds:8.0f} images/s")
+                log(
+                    f"epoch {epoch + 1:>3}/{config.epochs}  loss sum {loss_sum:12.4f}  "
+                    f"{len(data) / seconds:8.0f} images/s"
+                )
             if config.out:
                 save_epoch(run, config, record)
                 saved = len(run.history)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted in epoch {saved + 1}; {saved_note(config, saved)}") \
-            from None
+        raise Interrupted(
+            f"interrupted in epoch {saved + 1}; {saved_note(config, saved)}"
+        ) from None
     if config.out:
         drawn = plot.loss_curve(run.history, Path(config.out) / checkpoint.LOSS_PLOT)
         if log is not None:
@@ -227,8 +269,13 @@ def train(config: TrainConfig, data: DeviceData, resume: bool,
     return [row["loss_sum"] for row in run.history]
 
 
-def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
-        log: Callable[[str], None] | None = print, progress: bool = False) -> list[float]:
+def fit(
+    config: TrainConfig,
+    data: DeviceData,
+    resume: bool = False,
+    log: Callable[[str], None] | None = print,
+    progress: bool = False,
+) -> list[float]:
     """Train as configured; return every epoch's loss sum (resumed epochs included).
 
     With `config.out`, the run folder is checked before any work and locked
@@ -245,4 +292,3 @@ def fit(config: TrainConfig, data: DeviceData, resume: bool = False,
     with folder_lock(out, "a training run"):
         checkpoint.check_run_folder(out, resume)  # again: no one else can write there now
         return train(config, data, resume, log, progress)
-

@@ -24,8 +24,17 @@ from cifar_spec.model import CifarNet, check_images
 
 aten = torch.ops.aten
 ONE, PAD, ZERO, POOL = [1, 1], [2, 2], [0, 0], [2, 2]  # conv stride, padding; pool window
-LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Conv2d, nn.MaxPool2d, nn.Flatten,
-          nn.Linear, nn.Linear)
+LAYERS = (
+    nn.Conv2d,
+    nn.MaxPool2d,
+    nn.Conv2d,
+    nn.MaxPool2d,
+    nn.Conv2d,
+    nn.MaxPool2d,
+    nn.Flatten,
+    nn.Linear,
+    nn.Linear,
+)
 
 
 def applies_to(model: nn.Module) -> bool:
@@ -38,7 +47,8 @@ def updates_all(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """Whether the optimizer holds exactly the model's parameters, in one group, in order."""
     groups = optimizer.param_groups
     return len(groups) == 1 and [id(p) for p in groups[0]["params"]] == [
-        id(p) for p in model.parameters()]
+        id(p) for p in model.parameters()
+    ]
 
 
 def conv_forward(x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -47,13 +57,24 @@ def conv_forward(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 def conv_backward(grad: Tensor, x: Tensor, conv: nn.Conv2d, need_input: bool) -> tuple:
     """(d input or None, d weight, d bias) of a 5x5 convolution with padding 2."""
-    return aten.convolution_backward(grad, x, conv.weight, [conv.out_channels], ONE, PAD, ONE,
-                                     False, ZERO, 1, [need_input, True, True])
+    return aten.convolution_backward(
+        grad,
+        x,
+        conv.weight,
+        [conv.out_channels],
+        ONE,
+        PAD,
+        ONE,
+        False,
+        ZERO,
+        1,
+        [need_input, True, True],
+    )
 
 
-def make_manual_backward_step(model: CifarNet, optimizer: torch.optim.SGD,
-                              check_finite: Callable[[Tensor], None]
-                              ) -> Callable[[Tensor, Tensor], Tensor]:
+def make_manual_backward_step(
+    model: CifarNet, optimizer: torch.optim.SGD, check_finite: Callable[[Tensor], None]
+) -> Callable[[Tensor, Tensor], Tensor]:
     """`step(images, labels) -> loss`: forward, loss, backward by hand, the one-call SGD update.
 
     `step.make_step` builds it after `step.unsupported` has found the model,
@@ -86,15 +107,32 @@ def make_manual_backward_step(model: CifarNet, optimizer: torch.optim.SGD,
         d_hidden = d_logits @ fc2.weight  # (N, 64)
         d_flat = (d_hidden @ fc1.weight).view(p3.shape)  # (N, 64, 4, 4), NCHW order
         d_a3 = aten.max_pool2d_with_indices_backward(
-            d_flat.contiguous(memory_format=suggest_format(p3)), a3, POOL, POOL, ZERO, ONE,
-            False, i3)
+            d_flat.contiguous(memory_format=suggest_format(p3)),
+            a3,
+            POOL,
+            POOL,
+            ZERO,
+            ONE,
+            False,
+            i3,
+        )
         d_p2, d_w3, d_b3 = conv_backward(d_a3, p2, conv3, need_input=True)
         d_a2 = aten.max_pool2d_with_indices_backward(d_p2, a2, POOL, POOL, ZERO, ONE, False, i2)
         d_p1, d_w2, d_b2 = conv_backward(d_a2, p1, conv2, need_input=True)
         d_a1 = aten.max_pool2d_with_indices_backward(d_p1, a1, POOL, POOL, ZERO, ONE, False, i1)
         _, d_w1, d_b1 = conv_backward(d_a1, images, conv1, need_input=False)  # no d images
-        grads = [d_w1, d_b1, d_w2, d_b2, d_w3, d_b3, d_hidden.t() @ flat, d_hidden.sum(0),
-                 d_logits.t() @ hidden, d_logits.sum(0)]
+        grads = [
+            d_w1,
+            d_b1,
+            d_w2,
+            d_b2,
+            d_w3,
+            d_b3,
+            d_hidden.t() @ flat,
+            d_hidden.sum(0),
+            d_logits.t() @ hidden,
+            d_logits.sum(0),
+        ]
         torch._foreach_add_(params, grads, alpha=-optimizer.param_groups[0]["lr"])
         return loss
 
@@ -102,5 +140,8 @@ def make_manual_backward_step(model: CifarNet, optimizer: torch.optim.SGD,
 
 
 def suggest_format(t: Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) \
-        and not t.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+        else torch.contiguous_format
+    )

@@ -29,7 +29,11 @@ def check_images(images: Tensor, dtype: torch.dtype | None = None) -> None:
             "create them on cpu or cuda"
         )
     if images.dim() != 4:
-        hint = " (one image? add a batch dimension with images.unsqueeze(0))" if images.dim() == 3 else ""
+        hint = (
+            " (one image? add a batch dimension with images.unsqueeze(0))"
+            if images.dim() == 3
+            else ""
+        )
         raise ValueError(
             f"expected a batch of images of shape (N, 3, 32, 32), got {images.dim()} dimensions "
             f"{tuple(images.shape)}{hint}"
@@ -85,8 +89,10 @@ def count_parameters(model: nn.Module) -> int:
 def short_name(layer: nn.Module) -> str:
     """The layer as the tutorial writes it, e.g. ``Conv2d(3, 32, 5, padding=2)``."""
     if isinstance(layer, nn.Conv2d):
-        return (f"Conv2d({layer.in_channels}, {layer.out_channels}, "
-                f"{layer.kernel_size[0]}, padding={layer.padding[0]})")
+        return (
+            f"Conv2d({layer.in_channels}, {layer.out_channels}, "
+            f"{layer.kernel_size[0]}, padding={layer.padding[0]})"
+        )
     if isinstance(layer, nn.MaxPool2d):
         return f"MaxPool2d({layer.kernel_size})"
     if isinstance(layer, nn.Linear):

@@ -53,16 +53,31 @@ def throughput_chart(rows: list[dict], path: Path) -> Path | None:
         mine = [r for r in rows if r["device"] == device]
         batches = sorted({r["batch"] for r in mine})
         for variant in sorted({r["variant"] for r in mine}):
-            points = sorted((r["batch"], r["images_per_s"]) for r in mine if r["variant"] == variant)
+            points = sorted(
+                (r["batch"], r["images_per_s"]) for r in mine if r["variant"] == variant
+            )
             ax.plot(*zip(*points), marker="o", label=variant)
         for dtype, style in (("float32", "--"), ("tfloat32", "-."), ("bfloat16", ":")):
-            peaks = [r["peak_flops"] / r["train_flops_per_image"] for r in mine
-                     if r["peak_dtype"] == dtype]
+            peaks = [
+                r["peak_flops"] / r["train_flops_per_image"]
+                for r in mine
+                if r["peak_dtype"] == dtype
+            ]
             if peaks:
-                ax.axhline(max(peaks), color="grey", linestyle=style,
-                           label=f"roofline ({dtype} matmul peak)")
-        ax.set(xscale="log", yscale="log", xticks=batches, xlabel="batch size",
-               ylabel="images/s", title=f"Training step throughput, {device}")
+                ax.axhline(
+                    max(peaks),
+                    color="grey",
+                    linestyle=style,
+                    label=f"roofline ({dtype} matmul peak)",
+                )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xticks=batches,
+            xlabel="batch size",
+            ylabel="images/s",
+            title=f"Training step throughput, {device}",
+        )
         ax.set_xticklabels([str(b) for b in batches])
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, which="both")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from cifar_spec import manual_backward
 from cifar_spec.cuda_graph import cuda_graphed
-from cifar_spec.model import NUM_CLASSES, CifarNet, check_images
+from cifar_spec.model import NUM_CLASSES, check_images
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Step = Callable[[Tensor, Tensor], Tensor]
@@ -127,7 +127,9 @@ def options_conflict(options: StepOptions) -> str | None:
 
 
 def training_conflict(
-    options: StepOptions, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+    options: StepOptions,
+    model: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
     loss_fn: LossFn,
 ) -> str | None:
     """Why these options cannot train this model with this optimizer and loss, or None."""
@@ -140,8 +142,10 @@ def training_conflict(
             return "manual_backward writes out cross-entropy's gradient; other losses need autograd"
         if model is not None and not manual_backward.applies_to(model):
             return "manual_backward is written for CifarNet as the tutorial defines it"
-        if optimizer is not None and model is not None and not manual_backward.updates_all(
-            model, optimizer
+        if (
+            optimizer is not None
+            and model is not None
+            and not manual_backward.updates_all(model, optimizer)
         ):
             return "manual_backward updates every parameter: give SGD exactly model.parameters()"
     if options.cuda_graph and model is not None and model_device(model).type != "cuda":
@@ -178,8 +182,9 @@ SPEED_UPS = (
 )
 
 
-def fastest_step(device: str | torch.device, bf16: bool = False, compile: bool = False
-                 ) -> StepOptions:
+def fastest_step(
+    device: str | torch.device, bf16: bool = False, compile: bool = False
+) -> StepOptions:
     """The fastest options that run on `device` with the precision and compilation asked for.
 
     Never drops what was asked: if nothing runs (no compiler, say), the last
@@ -195,8 +200,8 @@ def fastest_step(device: str | torch.device, bf16: bool = False, compile: bool =
 def fast_exact_step(device: str | torch.device) -> StepOptions:
     """The fastest options that keep the tutorial's float32 result: the library's default.
 
-    On a CPU: NHWC, the one-call update and the written-out backward
-    (manual_backward). On a GPU: NHWC, the one-call update and the whole step
+    On a CPU: NHWC, the one-call update and manual_backward (the backward written
+    out). On a GPU: NHWC, the one-call update and the whole step
     replayed as a CUDA graph.
     """
     on_gpu = torch.device(device).type == "cuda"
@@ -237,7 +242,7 @@ def make_step(
     loss_fn: LossFn = nn.functional.cross_entropy,
     check_finite: bool = True,
 ) -> Step:
-    """A function `step(images, labels) -> detached loss`: the tutorial's step, run as `options` say.
+    """`step(images, labels) -> detached loss`: the tutorial's step, run as `options` say.
 
     With `check_finite`, a NaN or infinite loss raises before its backward, so
     the parameters never take a NaN step. Reading the loss stalls a GPU's
@@ -259,7 +264,10 @@ def make_step(
 
 
 def autograd_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions, loss_fn: LossFn,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: StepOptions,
+    loss_fn: LossFn,
     check: Callable[[Tensor], None],
 ) -> Step:
     """The tutorial's step through autograd, with the layout, precision and update asked for."""
@@ -267,7 +275,9 @@ def autograd_step(
     def loss_of(images: Tensor, labels: Tensor) -> Tensor:
         # A graph must not keep autocast's cache of cast weights: it would replay stale casts.
         with torch.autocast(
-            images.device.type, dtype=torch.bfloat16, enabled=options.bf16,
+            images.device.type,
+            dtype=torch.bfloat16,
+            enabled=options.bf16,
             cache_enabled=not options.cuda_graph,
         ):
             return loss_fn(model(images), labels)

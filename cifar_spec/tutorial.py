@@ -32,8 +32,9 @@ def tutorial_setup(root: str | Path, n_images: int, seed: int = 0) -> tuple:
     return model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01)
 
 
-def tutorial_epoch(model: nn.Module, loader: DataLoader, loss: nn.Module,
-                   optim: torch.optim.Optimizer) -> float:
+def tutorial_epoch(
+    model: nn.Module, loader: DataLoader, loss: nn.Module, optim: torch.optim.Optimizer
+) -> float:
     """One epoch of the tutorial's loop; returns its loss sum."""
     loss_sum = 0.0
     for imgs, targets in loader:

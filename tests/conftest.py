@@ -1,4 +1,4 @@
-"""The spec's shared data: one small synthetic set per worker, written once, read by many modules."""
+"""The spec's shared data: one small synthetic set per worker, written once, read by many."""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ STORED = Path(__file__).parent / "data"
 
 def test_the_forward_pass_costs_24_7_mflop_per_image():
     # conv: 2*3*25*32*32*32 + 2*32*25*32*16*16 + 2*32*25*64*8*8; linear: 2*1024*64 + 2*64*10
-    assert sum(bench.layer_flops(CifarNet())) == 4_915_200 + 13_107_200 + 6_553_600 + 131_072 + 1_280
+    assert (
+        sum(bench.layer_flops(CifarNet())) == 4_915_200 + 13_107_200 + 6_553_600 + 131_072 + 1_280
+    )
 
 
 def test_a_training_step_costs_three_forwards_less_the_first_layers_input_gradient():
@@ -32,9 +34,13 @@ def test_the_peak_is_the_best_of_several_timed_matrix_products():
     assert peak.precision == "float32"
 
 
-@pytest.mark.parametrize("options, device, reason", [
-    (StepOptions(one_call_sgd=True, cuda_graph=True), "cpu", "CUDA graphs need a CUDA device"),
-], ids=["cuda-graph-on-cpu"])
+@pytest.mark.parametrize(
+    "options, device, reason",
+    [
+        (StepOptions(one_call_sgd=True, cuda_graph=True), "cpu", "CUDA graphs need a CUDA device"),
+    ],
+    ids=["cuda-graph-on-cpu"],
+)
 def test_a_variant_the_device_cannot_run_says_why(options, device, reason):
     assert bench.unsupported(options, device) == reason
 
@@ -50,13 +56,25 @@ def test_each_variant_has_a_unique_name_and_eager_is_the_baseline():
 
 
 def row(variant, batch, rate, device="cpu", roofline=0.5):
-    return {"device": device, "variant": variant, "batch": batch, "images_per_s": rate,
-            "roofline_fraction": roofline}
+    return {
+        "device": device,
+        "variant": variant,
+        "batch": batch,
+        "images_per_s": rate,
+        "roofline_fraction": roofline,
+    }
 
 
 def test_speed_ups_compare_with_eager_of_the_same_device_and_batch_only():
-    rows = bench.add_speedups([row("eager", 1, 100), row("bf16", 1, 300), row("eager", 64, 1000),
-                               row("bf16", 64, 1500), row("bf16", 64, 9000, device="cuda")])
+    rows = bench.add_speedups(
+        [
+            row("eager", 1, 100),
+            row("bf16", 1, 300),
+            row("eager", 64, 1000),
+            row("bf16", 64, 1500),
+            row("bf16", 64, 9000, device="cuda"),
+        ]
+    )
     assert [r["speedup"] for r in rows] == [1.0, 3.0, 1.0, 1.5, None]
     table = bench.format_table(rows)
     assert "3.00x" in table and "1.50x" in table and "50.0%" in table
@@ -75,7 +93,9 @@ def test_the_figures_follow_from_the_step_time_and_the_peak():
 def test_the_fingerprint_differs_by_hardware_and_torch_version():
     info = {"cpu_model": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1"}
     assert bench.fingerprint(info) == "AMD_EPYC-2t-torch2.14.1"
-    assert bench.fingerprint({**info, "gpu_name": "NVIDIA H100 80GB HBM3"}).startswith("NVIDIA_H100")
+    assert bench.fingerprint({**info, "gpu_name": "NVIDIA H100 80GB HBM3"}).startswith(
+        "NVIDIA_H100"
+    )
     assert bench.fingerprint({**info, "torch": "2.15.0"}) != bench.fingerprint(info)
 
 
@@ -125,23 +145,31 @@ def scale_baseline(storage: Path, factor: float) -> None:
     saved = bench.find_baseline(storage)
     data = json.loads(saved.read_text())
     for b in data["benchmarks"]:
-        b["stats"] = {k: v * factor if k in {"min", "max", "mean", "median", "stddev", "iqr",
-                                              "q1", "q3", "total"} else v
-                      for k, v in b["stats"].items()}
+        b["stats"] = {
+            k: v * factor
+            if k in {"min", "max", "mean", "median", "stddev", "iqr", "q1", "q3", "total"}
+            else v
+            for k, v in b["stats"].items()
+        }
     saved.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("factor, regressed", [(0.1, True), (10.0, False)],
-                         ids=["baseline-10x-faster-fails", "baseline-10x-slower-passes"])
+@pytest.mark.parametrize(
+    "factor, regressed",
+    [(0.1, True), (10.0, False)],
+    ids=["baseline-10x-faster-fails", "baseline-10x-slower-passes"],
+)
 def test_the_baseline_comparison_fails_on_a_regression_and_passes_otherwise(
-        pytester, monkeypatch, factor, regressed):
+    pytester, monkeypatch, factor, regressed
+):
     # Under xdist the inner pytest would see the worker's variables and turn timing off.
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
         monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(INNER_BENCHMARK)
     storage = bench.baseline_storage(pytester.path / ".benchmarks")
-    saved = pytester.runpytest_subprocess("--benchmark-only", f"--benchmark-storage={storage}",
-                                          "--benchmark-save=baseline")
+    saved = pytester.runpytest_subprocess(
+        "--benchmark-only", f"--benchmark-storage={storage}", "--benchmark-save=baseline"
+    )
     assert saved.ret == 0 and bench.find_baseline(storage) is not None
     scale_baseline(storage, factor)
     result = pytester.runpytest_subprocess(*bench.compare_args(storage, 50))
@@ -162,6 +190,9 @@ def test_the_workflows_are_valid_github_actions_files():
         checker = shutil.which("check-jsonschema")
     workflows = sorted((Path(__file__).parents[1] / ".github" / "workflows").glob("*.yml"))
     assert len(workflows) == 2
-    done = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows",
-                           *map(str, workflows)], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.github-workflows", *map(str, workflows)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

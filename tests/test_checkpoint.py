@@ -1,4 +1,4 @@
-"""The run folder: checkpoints resume exactly, nothing earlier is overwritten, every stop is clean."""
+"""The run folder: checkpoints resume exactly, nothing earlier is lost, every stop is clean."""
 
 import errno
 import json
@@ -28,8 +28,12 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, test_split
     settings = dict(limit=40, shuffle=True, batch_size=4)
     whole = fit(TrainConfig(epochs=4, out=str(tmp_path / "a"), **settings), test_split, log=None)
     fit(TrainConfig(epochs=2, out=str(tmp_path / "b"), **settings), test_split, log=None)
-    resumed = fit(TrainConfig(epochs=4, out=str(tmp_path / "b"), **settings), test_split,
-                  resume=True, log=None)
+    resumed = fit(
+        TrainConfig(epochs=4, out=str(tmp_path / "b"), **settings),
+        test_split,
+        resume=True,
+        log=None,
+    )
     assert resumed == whole
     a, b = (checkpoint_params(tmp_path / n / "checkpoint.pt") for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -49,10 +53,12 @@ def test_a_nan_mid_run_stops_it_and_leaves_the_last_checkpoint_loadable(tmp_path
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None],
-                         ids=["empty", "garbage", "truncated"])
-def test_a_broken_checkpoint_gives_a_clear_error_not_a_pickle_traceback(tmp_path, test_split,
-                                                                        content):
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint at all", None], ids=["empty", "garbage", "truncated"]
+)
+def test_a_broken_checkpoint_gives_a_clear_error_not_a_pickle_traceback(
+    tmp_path, test_split, content
+):
     config = TrainConfig(epochs=2, limit=8, out=str(tmp_path))
     if content is None:
         fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
@@ -73,8 +79,12 @@ def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path, test_split)
 def test_resuming_with_other_settings_is_refused_and_says_which(tmp_path, test_split):
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     with pytest.raises(CheckpointError, match=r"lr=0.01 there, 0.1 here"):
-        fit(TrainConfig(epochs=2, limit=8, lr=0.1, out=str(tmp_path)), test_split,
-            resume=True, log=None)
+        fit(
+            TrainConfig(epochs=2, limit=8, lr=0.1, out=str(tmp_path)),
+            test_split,
+            resume=True,
+            log=None,
+        )
 
 
 def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
@@ -111,9 +121,12 @@ def test_resuming_on_other_data_is_refused_naming_both(tmp_path, synthetic_root,
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     before = snapshot(tmp_path)
     train_split = to_device(load_cifar10(synthetic_root, train=True))
-    with pytest.raises(CheckpointError, match=r"on other data: it trained on the synthetic test "
-                                              r"split .*8 images.*this run has the synthetic "
-                                              r"train split .*8 images"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"on other data: it trained on the synthetic test "
+        r"split .*8 images.*this run has the synthetic "
+        r"train split .*8 images",
+    ):
         fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), train_split, resume=True, log=None)
     assert snapshot(tmp_path) == before
 
@@ -125,10 +138,14 @@ def rewrite_checkpoint(path, change):
 
 
 BAD_PARTS = {
-    "another-model": (lambda s: s.update(model={"fc.weight": torch.zeros(10, 3072)}),
-                      "its model is not the tutorial's CifarNet"),
-    "a-reshaped-layer": (lambda s: s["model"].update({"layers.0.weight": torch.zeros(8, 3, 5, 5)}),
-                         r"not the tutorial's CifarNet \(layers.0.weight differs\)"),
+    "another-model": (
+        lambda s: s.update(model={"fc.weight": torch.zeros(10, 3072)}),
+        "its model is not the tutorial's CifarNet",
+    ),
+    "a-reshaped-layer": (
+        lambda s: s["model"].update({"layers.0.weight": torch.zeros(8, 3, 5, 5)}),
+        r"not the tutorial's CifarNet \(layers.0.weight differs\)",
+    ),
     "epoch-as-text": (lambda s: s.update(epoch="1"), "its epoch is a str"),
     "history-as-dict": (lambda s: s.update(history={}), "its history is a dict"),
     "epoch-past-history": (lambda s: s.update(epoch=5), "epoch 5 does not match its 1 epochs"),
@@ -137,8 +154,9 @@ BAD_PARTS = {
 
 
 @pytest.mark.parametrize("change, message", BAD_PARTS.values(), ids=BAD_PARTS.keys())
-def test_a_checkpoint_with_wrong_parts_is_refused_naming_the_part(tmp_path, test_split, change,
-                                                                   message):
+def test_a_checkpoint_with_wrong_parts_is_refused_naming_the_part(
+    tmp_path, test_split, change, message
+):
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     path = tmp_path / "checkpoint.pt"
     if change is None:
@@ -166,19 +184,24 @@ def interrupt_at(monkeypatch, epoch):
 
 
 def test_ctrl_c_keeps_the_last_complete_epochs_checkpoint_and_says_how_to_resume(
-        tmp_path, test_split, monkeypatch):
+    tmp_path, test_split, monkeypatch
+):
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     saved = (tmp_path / "checkpoint.pt").read_bytes()
     interrupt_at(monkeypatch, 2)
-    with pytest.raises(Interrupted, match=r"interrupted in epoch 2; .*checkpoint.pt holds epoch 1: "
-                                          r"continue with `cifar-spec train --out .* --resume`"):
+    with pytest.raises(
+        Interrupted,
+        match=r"interrupted in epoch 2; .*checkpoint.pt holds epoch 1: "
+        r"continue with `cifar-spec train --out .* --resume`",
+    ):
         fit(TrainConfig(epochs=3, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_says_so(
-        tmp_path, test_split, monkeypatch):
+    tmp_path, test_split, monkeypatch
+):
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     before = snapshot(tmp_path)
 
@@ -186,16 +209,20 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_says_so(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(files.os, "fsync", full)
-    with pytest.raises(CheckpointError, match=r"could not save epoch 2 in .* \(No space left on "
-                                              r"device\); .*checkpoint.pt holds epoch 1"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not save epoch 2 in .* \(No space left on "
+        r"device\); .*checkpoint.pt holds epoch 1",
+    ):
         fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
     assert snapshot(tmp_path) == before  # no half file, no temporary left behind
 
 
 def test_a_run_folder_in_use_is_refused_naming_the_holders_pid(tmp_path, test_split):
     with folder_lock(tmp_path, "a training run"):
-        with pytest.raises(FolderBusy, match=f"in use by another cifar-spec process "
-                                             f"\\(pid {os.getpid()}\\)"):
+        with pytest.raises(
+            FolderBusy, match=f"in use by another cifar-spec process \\(pid {os.getpid()}\\)"
+        ):
             fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     assert not (tmp_path / "checkpoint.pt").exists()
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)  # released

@@ -1,4 +1,4 @@
-"""The CUDA graph: refused where its capture would be wrong, and trains like the step it captures."""
+"""The CUDA graph: refused where its capture would be wrong; trains like the step it captures."""
 
 import pytest
 import torch
@@ -12,8 +12,11 @@ REFUSALS = {
     "on-a-cpu": (lambda ps: torch.optim.SGD(ps, lr=0.1), GRAPH, "needs the model on a CUDA device"),
     "momentum": (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), GRAPH, "plain SGD"),
     "adam": (lambda ps: torch.optim.Adam(ps), GRAPH, "plain SGD"),
-    "compiled": (lambda ps: torch.optim.SGD(ps, lr=0.1),
-                 StepOptions(one_call_sgd=True, cuda_graph=True, compile=True), "not compile"),
+    "compiled": (
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        StepOptions(one_call_sgd=True, cuda_graph=True, compile=True),
+        "not compile",
+    ),
 }
 
 
@@ -56,13 +59,18 @@ def test_the_cuda_graph_step_trains_like_the_step_it_captures(bf16, cudnn, tol):
     # A new batch every step (the graph must read it), a last batch of another
     # size (a second graph) and a learning rate changed mid-run (a third).
     sizes, lrs = [32, 32, 32, 32, 7], [0.01, 0.01, 0.05, 0.05, 0.05]
-    batches = [(torch.rand(n, 3, 32, 32, device="cuda"), torch.randint(0, 10, (n,), device="cuda"))
-               for n in sizes]
+    batches = [
+        (torch.rand(n, 3, 32, 32, device="cuda"), torch.randint(0, 10, (n,), device="cuda"))
+        for n in sizes
+    ]
     plain = StepOptions(channels_last=True, one_call_sgd=True, bf16=bf16)
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, **cudnn):
         expected = graph_run(plain, batches, lrs)
-        graphed = graph_run(StepOptions(channels_last=True, one_call_sgd=True, bf16=bf16,
-                                        cuda_graph=True), batches, lrs)
+        graphed = graph_run(
+            StepOptions(channels_last=True, one_call_sgd=True, bf16=bf16, cuda_graph=True),
+            batches,
+            lrs,
+        )
     torch.testing.assert_close(graphed[0], expected[0], **tol)
     for a, b in zip(graphed[1], expected[1]):
         torch.testing.assert_close(a, b, **tol)

@@ -9,8 +9,15 @@ import torch
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import ToTensor
 
-from cifar_spec.data import (CLASSES, CheckedCIFAR10, DataError, DeviceData, load_cifar10,
-                             to_device, write_synthetic_cifar10)
+from cifar_spec.data import (
+    CLASSES,
+    CheckedCIFAR10,
+    DataError,
+    DeviceData,
+    load_cifar10,
+    to_device,
+    write_synthetic_cifar10,
+)
 from cifar_spec.files import UnsafeFile
 
 
@@ -63,8 +70,10 @@ def test_the_safe_reader_gives_what_torchvisions_own_unchecked_parser_gives(root
 
 
 def test_the_same_seed_writes_the_same_bytes(tmp_path):
-    a, b, c = (write_synthetic_cifar10(tmp_path / n, 10, 5, seed=s) for n, s in
-               [("a", 1), ("b", 1), ("c", 2)])
+    a, b, c = (
+        write_synthetic_cifar10(tmp_path / n, 10, 5, seed=s)
+        for n, s in [("a", 1), ("b", 1), ("c", 2)]
+    )
     assert (a / "test_batch").read_bytes() == (b / "test_batch").read_bytes()
     assert (a / "test_batch").read_bytes() != (c / "test_batch").read_bytes()
 
@@ -75,7 +84,7 @@ def test_each_class_has_its_own_pattern(root):
     labels = torch.tensor(dataset.targets)
     means = [images[labels == c].mean(0) for c in labels.unique()]
     # Class means differ by far more than the noise left in a mean of ~5 images.
-    assert min((a - b).abs().mean() for i, a in enumerate(means) for b in means[i + 1:]) > 5
+    assert min((a - b).abs().mean() for i, a in enumerate(means) for b in means[i + 1 :]) > 5
 
 
 def test_the_device_split_equals_totensor_bit_for_bit(root):
@@ -147,8 +156,11 @@ def relabel(labels):
 DAMAGE = {
     "missing-file": (lambda f: (f / "test_batch").unlink(), "--synthetic"),
     "truncated-file": (truncate, "test_batch is truncated or not in CIFAR-10's format"),
-    "wrong-format": (wrong_format, r"test_batch is not in CIFAR-10's format: 'data' is not a "
-                                   r"uint8 array of shape \(N, 3072\)"),
+    "wrong-format": (
+        wrong_format,
+        r"test_batch is not in CIFAR-10's format: 'data' is not a "
+        r"uint8 array of shape \(N, 3072\)",
+    ),
     "labels-out-of-range": (bad_labels, r"labels from 12 to 12, not in \[0, 10\)"),
     "float-labels": (relabel(lambda n: [1.0] * n), "integer class indices, found float 1.0"),
     "string-labels": (relabel(lambda n: ["cat"] * n), "integer class indices, found str 'cat'"),
@@ -211,17 +223,20 @@ PLANTED = {
     "test-batch": plant("test_batch"),
     "a-train-batch-read-for-the-test-split": plant("data_batch_3"),
     "batches-meta": plant("batches.meta"),
-    "inside-a-valid-batch": plant("test_batch", lambda p: {"data": np.zeros((1, 3072), np.uint8),
-                                                           "labels": [p]}),
+    "inside-a-valid-batch": plant(
+        "test_batch", lambda p: {"data": np.zeros((1, 3072), np.uint8), "labels": [p]}
+    ),
 }
 
 
 @pytest.mark.parametrize("damage", PLANTED.values(), ids=PLANTED.keys())
 def test_a_planted_pickle_in_a_synthetic_folder_runs_nothing_and_names_the_file(
-        tmp_path, root, damage):
+    tmp_path, root, damage
+):
     copy = broken_copy(tmp_path, root, damage)
-    name = next(p.name for p in (copy / "cifar-10-batches-py").iterdir()
-                if b"system" in p.read_bytes())
+    name = next(
+        p.name for p in (copy / "cifar-10-batches-py").iterdir() if b"system" in p.read_bytes()
+    )
     if name == "data_batch_3":  # only its md5 is read for the test split: load the train split
         with pytest.raises(UnsafeFile, match=f"{name} was refused unread: it names posix.system"):
             load_cifar10(copy, train=True)
@@ -253,8 +268,9 @@ def test_the_tutorials_own_loader_reads_through_the_same_checks(tmp_path, root):
 
 
 def test_a_synthetic_set_whose_writing_never_finished_is_refused(tmp_path, root):
-    copy = broken_copy(tmp_path, root, lambda f: (f / "synthetic.json").write_text(
-        '{"complete": false}'))
+    copy = broken_copy(
+        tmp_path, root, lambda f: (f / "synthetic.json").write_text('{"complete": false}')
+    )
     with pytest.raises(DataError, match="never completed.*data synth --root"):
         load_cifar10(copy, train=False)
 

@@ -28,7 +28,8 @@ def test_a_link_planted_at_the_target_is_replaced_and_its_target_is_unchanged(tm
 
 
 def test_a_link_planted_at_the_temporary_name_is_refused_and_its_target_is_unchanged(
-        tmp_path, victim, monkeypatch):
+    tmp_path, victim, monkeypatch
+):
     monkeypatch.setattr(files.secrets, "token_hex", lambda n: "guessed")  # the attacker's best case
     (tmp_path / ".loss.png.guessed.tmp").symlink_to(victim)
     with pytest.raises(FileExistsError):
@@ -62,11 +63,19 @@ with folder_lock(sys.argv[1], "a test"):
 
 def test_a_folder_locked_by_another_process_is_refused_naming_its_pid_until_it_ends(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "held\n"
-        with pytest.raises(FolderBusy, match=f"cannot write another in .*: it is in use by another cifar-spec process \\(pid {holder.pid}\\)"):
+        with pytest.raises(
+            FolderBusy,
+            match=f"cannot write another in .*: it is in use by .* process \\(pid {holder.pid}\\)",
+        ):
             with folder_lock(tmp_path, "another"):
                 pass
     finally:

@@ -1,4 +1,4 @@
-"""The manual backward: CifarNet's backward written out trains like autograd, and refuses the rest."""
+"""The manual backward: CifarNet's backward written out trains like autograd; refuses the rest."""
 
 import pytest
 import torch
@@ -22,8 +22,11 @@ def run_steps(options, images, labels, steps=5):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
 def test_the_manual_backward_trains_like_autograd_to_float32_rounding(batch, channels_last):
     images, labels = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    losses, params = run_steps(StepOptions(channels_last=channels_last, one_call_sgd=True,
-                                           manual_backward=True), images, labels)
+    losses, params = run_steps(
+        StepOptions(channels_last=channels_last, one_call_sgd=True, manual_backward=True),
+        images,
+        labels,
+    )
     expected_losses, expected_params = run_steps(StepOptions(), images, labels)
     # The same kernels; only a few roundings happen in another order (e.g. the
     # softmax gradient), ~1e-7 relative per step over five steps.
@@ -41,12 +44,18 @@ class TwoLayers(torch.nn.Module):
 
 
 REFUSALS = {
-    "another-model": (lambda: TwoLayers(), lambda ps: torch.optim.SGD(ps, lr=0.1),
-                      "for CifarNet as the tutorial defines it"),
+    "another-model": (
+        lambda: TwoLayers(),
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        "for CifarNet as the tutorial defines it",
+    ),
     "momentum": (CifarNet, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), "plain SGD"),
     "adam": (CifarNet, lambda ps: torch.optim.Adam(ps), "plain SGD"),
-    "some-parameters": (CifarNet, lambda ps: torch.optim.SGD(list(ps)[:2], lr=0.1),
-                        "give SGD exactly model.parameters()"),
+    "some-parameters": (
+        CifarNet,
+        lambda ps: torch.optim.SGD(list(ps)[:2], lr=0.1),
+        "give SGD exactly model.parameters()",
+    ),
 }
 
 
@@ -60,8 +69,12 @@ def test_the_manual_backward_refuses_what_it_was_not_written_for(model, optimize
 def test_the_manual_backward_refuses_another_loss():
     net = CifarNet()
     with pytest.raises(ValueError, match="other losses need autograd"):
-        make_step(net, torch.optim.SGD(net.parameters(), lr=0.1), MANUAL,
-                  loss_fn=torch.nn.functional.nll_loss)
+        make_step(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            MANUAL,
+            loss_fn=torch.nn.functional.nll_loss,
+        )
 
 
 def test_the_manual_backward_leaves_grad_alone():

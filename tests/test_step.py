@@ -1,4 +1,4 @@
-"""One training step: the tutorial's own (eager), each option's trade, and the one rule for options."""
+"""One training step: the tutorial's own (eager), each option's trade, the one rule for options."""
 
 import pytest
 import torch
@@ -7,9 +7,17 @@ from torch import nn
 from cifar_spec import bench
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet
-from cifar_spec.step import (StepOptions, check_memory, fast_exact_step, fastest_step,
-                             make_step, one_call_sgd_update, prepare_model, train_step,
-                             unsupported)
+from cifar_spec.step import (
+    StepOptions,
+    check_memory,
+    fast_exact_step,
+    fastest_step,
+    make_step,
+    one_call_sgd_update,
+    prepare_model,
+    train_step,
+    unsupported,
+)
 
 
 def make_run(device, seed=0, batch=4):
@@ -142,17 +150,23 @@ def test_the_one_call_sgd_update_follows_a_learning_rate_changed_mid_run():
 
 
 def test_the_default_step_adds_channels_last_and_the_one_call_update_to_the_tutorials():
-    assert fast_exact_step("cpu") == StepOptions(channels_last=True, one_call_sgd=True,
-                                                 manual_backward=True)
-    assert fast_exact_step("cuda") == StepOptions(channels_last=True, one_call_sgd=True,
-                                                  cuda_graph=True)
+    assert fast_exact_step("cpu") == StepOptions(
+        channels_last=True, one_call_sgd=True, manual_backward=True
+    )
+    assert fast_exact_step("cuda") == StepOptions(
+        channels_last=True, one_call_sgd=True, cuda_graph=True
+    )
     assert fastest_step("cpu") == fast_exact_step("cpu")
 
 
-@pytest.mark.parametrize("asked, expected", [
-    (dict(bf16=True), "channels_last+one_call_sgd+bf16"),
-    (dict(compile=True), "channels_last+one_call_sgd+compile"),
-], ids=["bf16", "compile"])
+@pytest.mark.parametrize(
+    "asked, expected",
+    [
+        (dict(bf16=True), "channels_last+one_call_sgd+bf16"),
+        (dict(compile=True), "channels_last+one_call_sgd+compile"),
+    ],
+    ids=["bf16", "compile"],
+)
 def test_the_fastest_step_keeps_what_was_asked_and_adds_only_what_runs_with_it(asked, expected):
     assert fastest_step("cpu", **asked).name == expected
 
@@ -163,29 +177,61 @@ def sgd(momentum=0.0):
 
 
 RULES = {
-    "manual-backward-with-bf16": (StepOptions(one_call_sgd=True, manual_backward=True, bf16=True),
-                                  sgd(), nn.functional.cross_entropy, "combines with channels_last only"),
-    "manual-backward-without-one-call-sgd": (StepOptions(manual_backward=True), sgd(),
-                                             nn.functional.cross_entropy, "needs one_call_sgd"),
-    "manual-backward-another-loss": (StepOptions(one_call_sgd=True, manual_backward=True), sgd(),
-                                     nn.functional.nll_loss, "other losses need autograd"),
-    "one-call-sgd-with-momentum": (StepOptions(one_call_sgd=True), sgd(0.9),
-                                   nn.functional.cross_entropy, "other optimizers need --eager"),
-    "one-call-sgd-with-adam": (StepOptions(one_call_sgd=True),
-                               lambda m: torch.optim.Adam(m.parameters()),
-                               nn.functional.cross_entropy, "other optimizers need --eager"),
-    "cuda-graph-without-one-call-sgd": (StepOptions(cuda_graph=True), sgd(),
-                                        nn.functional.cross_entropy, "turn on one_call_sgd"),
-    "cuda-graph-compiled": (StepOptions(one_call_sgd=True, cuda_graph=True, compile=True), sgd(),
-                            nn.functional.cross_entropy, "not compile"),
-    "cuda-graph-on-a-cpu": (StepOptions(one_call_sgd=True, cuda_graph=True), sgd(),
-                            nn.functional.cross_entropy, "CUDA device"),
+    "manual-backward-with-bf16": (
+        StepOptions(one_call_sgd=True, manual_backward=True, bf16=True),
+        sgd(),
+        nn.functional.cross_entropy,
+        "combines with channels_last only",
+    ),
+    "manual-backward-without-one-call-sgd": (
+        StepOptions(manual_backward=True),
+        sgd(),
+        nn.functional.cross_entropy,
+        "needs one_call_sgd",
+    ),
+    "manual-backward-another-loss": (
+        StepOptions(one_call_sgd=True, manual_backward=True),
+        sgd(),
+        nn.functional.nll_loss,
+        "other losses need autograd",
+    ),
+    "one-call-sgd-with-momentum": (
+        StepOptions(one_call_sgd=True),
+        sgd(0.9),
+        nn.functional.cross_entropy,
+        "other optimizers need --eager",
+    ),
+    "one-call-sgd-with-adam": (
+        StepOptions(one_call_sgd=True),
+        lambda m: torch.optim.Adam(m.parameters()),
+        nn.functional.cross_entropy,
+        "other optimizers need --eager",
+    ),
+    "cuda-graph-without-one-call-sgd": (
+        StepOptions(cuda_graph=True),
+        sgd(),
+        nn.functional.cross_entropy,
+        "turn on one_call_sgd",
+    ),
+    "cuda-graph-compiled": (
+        StepOptions(one_call_sgd=True, cuda_graph=True, compile=True),
+        sgd(),
+        nn.functional.cross_entropy,
+        "not compile",
+    ),
+    "cuda-graph-on-a-cpu": (
+        StepOptions(one_call_sgd=True, cuda_graph=True),
+        sgd(),
+        nn.functional.cross_entropy,
+        "CUDA device",
+    ),
 }
 
 
 @pytest.mark.parametrize("options, optimizer, loss_fn, reason", RULES.values(), ids=RULES.keys())
 def test_one_rule_says_why_a_combination_cannot_run_and_the_step_refuses_with_it(
-        options, optimizer, loss_fn, reason):
+    options, optimizer, loss_fn, reason
+):
     model = CifarNet()
     opt = optimizer(model)
     said = unsupported(options, "cpu", model, opt, loss_fn)
@@ -209,8 +255,11 @@ def test_a_batch_too_large_for_free_memory_is_refused_before_anything_is_allocat
 
     monkeypatch.setattr(step, "free_memory", lambda device: 64 * 2**20)  # 64 MiB free
     check_memory(1, 1000, "cpu")  # 12 MB of images and a 1 MB step fit
-    with pytest.raises(MemoryError, match=r"batch size 256 on 10000 images needs about 0.3 GiB, "
-                                          r"more than the 0.1 GiB free on cpu; use a smaller"):
+    with pytest.raises(
+        MemoryError,
+        match=r"batch size 256 on 10000 images needs about 0.3 GiB, "
+        r"more than the 0.1 GiB free on cpu; use a smaller",
+    ):
         check_memory(256, 10_000, "cpu")
 
 
@@ -219,9 +268,15 @@ def sums(test_split, **step):
     return fit(config, test_split, log=None)
 
 
-@pytest.mark.parametrize("step", [dict(channels_last=True), dict(one_call_sgd=True),
-                                  dict(channels_last=True, one_call_sgd=True)],
-                         ids=["channels-last", "one-call-sgd", "channels-last-one-call-sgd"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        dict(channels_last=True),
+        dict(one_call_sgd=True),
+        dict(channels_last=True, one_call_sgd=True),
+    ],
+    ids=["channels-last", "one-call-sgd", "channels-last-one-call-sgd"],
+)
 def test_the_exact_options_compute_the_same_loss_sums_as_the_tutorials_step(test_split, step):
     # Other kernels, other summation order: float32 rounding, nothing more.
     torch.testing.assert_close(sums(test_split, **step), sums(test_split), rtol=1e-5, atol=0)
@@ -241,5 +296,4 @@ def test_a_compiled_step_computes_the_same_loss_sums_as_the_tutorials_step(test_
     reason = unsupported(StepOptions(compile=True), "cpu")
     if reason:
         pytest.skip(reason)
-    torch.testing.assert_close(sums(test_split, compile=True), sums(test_split),
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(sums(test_split, compile=True), sums(test_split), rtol=1e-5, atol=0)

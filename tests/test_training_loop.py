@@ -38,7 +38,8 @@ def test_fit_with_the_tutorials_step_gives_the_tutorials_own_loop_sums(root, tes
 
 
 def test_fit_with_its_fast_default_gives_the_tutorials_sums_to_float32_rounding(
-        root, tutorial_sums):
+    root, tutorial_sums
+):
     expected = tutorials_own_loop(root, 200, 3, TUTORIAL.seed)
     # The default (channels_last, manual backward) runs other kernels, which
     # round differently (~1e-7 per operation); 600 SGD steps compound that to
@@ -53,7 +54,8 @@ def test_the_loss_falls_over_the_first_epochs_at_the_tutorials_settings(tutorial
 
 
 def test_a_learning_rate_far_too_large_makes_the_loss_diverge_where_001_does_not(
-        tutorial_sums, test_split):
+    tutorial_sums, test_split
+):
     with pytest.raises(NonFiniteLoss, match=r"nan at epoch 1, step \d+"):
         fit(TrainConfig(epochs=3, limit=200, lr=0.3), test_split, log=None)
     assert all(torch.isfinite(torch.tensor(tutorial_sums)))
@@ -83,8 +85,17 @@ def test_a_tiny_training_set_is_memorised_while_the_held_out_loss_turns_back_up(
     assert held_out[-1] > held_out[best] * 1.1  # ... and the loss has risen since
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("lr", -1.0),
-                                          ("lr", float("nan")), ("lr", 1e308), ("limit", 0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("lr", -1.0),
+        ("lr", float("nan")),
+        ("lr", 1e308),
+        ("limit", 0),
+    ],
+)
 def test_bad_settings_are_refused_before_any_work(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -101,11 +112,15 @@ def test_a_nan_found_after_the_epoch_is_still_reported_with_its_step(test_split)
         train_epoch(step, poisoned, 1, epoch=4)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d.head(0), "no images to train on"),
-    (lambda d: type(d)(d.images, d.labels.clone().fill_(10)), r"labels must lie in \[0, 10\)"),
-    (lambda d: type(d)((d.images * 255).to(torch.uint8), d.labels), "/ 255"),
-], ids=["empty", "label-out-of-range", "uint8-images"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d.head(0), "no images to train on"),
+        (lambda d: type(d)(d.images, d.labels.clone().fill_(10)), r"labels must lie in \[0, 10\)"),
+        (lambda d: type(d)((d.images * 255).to(torch.uint8), d.labels), "/ 255"),
+    ],
+    ids=["empty", "label-out-of-range", "uint8-images"],
+)
 def test_fit_refuses_data_it_cannot_train_on_before_any_step(tmp_path, test_split, make, message):
     with pytest.raises(ValueError, match=message):
         fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), make(test_split.head(8)), log=None)
