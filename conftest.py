@@ -30,11 +30,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # Benchmarks are timed only when asked (--benchmark-only or --benchmark-enable);
     # in a plain run, and under xdist, each runs once as a test. This runs before
     # pytest-benchmark reads the option (its pytest_configure is trylast).
-    if not (config.getoption("benchmark_only", False) or config.getoption("benchmark_enable", False)):
+    if not (
+        config.getoption("benchmark_only", False) or config.getoption("benchmark_enable", False)
+    ):
         config.option.benchmark_disable = True
 
 
-CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+CUDA_SKIP = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
 
 
 @pytest.fixture(

@@ -31,7 +31,7 @@ def time_in_this_process(benchmark, case: bench.StepBench) -> None:
 @pytest.mark.parametrize("device, variant, batch", CASES)
 def test_training_step_throughput(benchmark, suite, record, device, variant, batch):
     options = bench.VARIANTS[variant]
-    reason = bench.unsupported(options, device)
+    reason = bench.skip_reason(options, device)
     if reason:
         pytest.skip(reason)
     if benchmark.disabled and options.compile and batch != min(bench.BATCHES[device]):

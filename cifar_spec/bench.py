@@ -8,7 +8,6 @@ judge it; `worker.py` builds cases in fresh processes.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,42 +15,35 @@ import torch
 from torch import nn
 
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
-from cifar_spec.train import StepOptions, make_step, prepare_model
+from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
 
 # The variants every benchmark run measures, by name; "eager" (the tutorial's step)
 # is the baseline.
 VARIANTS = {v.name: v for v in [
     StepOptions(),
+    StepOptions(one_call_sgd=True),
     StepOptions(channels_last=True),
-    StepOptions(channels_last=True, manual_backward=True),  # the library's default on a CPU
+    StepOptions(channels_last=True, one_call_sgd=True),
+    StepOptions(channels_last=True, one_call_sgd=True, manual_backward=True),  # CPU default
     StepOptions(bf16=True),
     StepOptions(channels_last=True, bf16=True),
     StepOptions(compile=True),
-    StepOptions(channels_last=True, cuda_graph=True),  # the library's default on a GPU
-    StepOptions(channels_last=True, bf16=True, cuda_graph=True),
+    StepOptions(channels_last=True, one_call_sgd=True, cuda_graph=True),  # GPU default
+    StepOptions(channels_last=True, one_call_sgd=True, bf16=True, cuda_graph=True),
 ]}
 BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
 
 
-def unsupported(options: StepOptions, device: str | torch.device) -> str | None:
-    """Why `options` cannot run on `device` here, or None when it can."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device on this machine"
-    if options.cuda_graph and device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if options.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
-    if options.bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:
+    """Why a benchmark does not time `options` on `device`: it cannot run (`step.unsupported`,
+    the one rule), or it would only time an emulation."""
+    reason = unsupported(options, device)
+    if reason is None and options.bf16 and torch.device(device).type == "cpu" \
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         # Emulated, a bfloat16 step is 8-20x slower than float32 (measured on a Zen 1 EPYC):
         # timing it says nothing about bfloat16 and costs minutes.
-        return "this CPU has no native bfloat16 (AVX512-BF16 or AMX); torch would emulate it"
-    if options.compile:
-        if not torch._dynamo.is_dynamo_supported():
-            return "torch.compile is not supported on this Python or platform"
-        if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
-            return "torch.compile on the CPU needs a C++ compiler on PATH"
-    return None
+        reason = "this CPU has no native bfloat16 (AVX512-BF16 or AMX); torch would emulate it"
+    return reason
 
 
 @dataclass
@@ -112,7 +104,7 @@ def build_loop(name: str, root: str) -> LoopBench:
     Imports torchvision (through data.py), which a step case never needs.
     """
     from cifar_spec.data import is_synthetic, load_cifar10, to_device, write_synthetic_cifar10
-    from cifar_spec.train import TrainConfig, new_run, train_epoch
+    from cifar_spec.loop import TrainConfig, new_run, train_epoch
     from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 
     if not is_synthetic(root):

@@ -6,16 +6,17 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from cifar_spec import bench, data, losses
+from cifar_spec.checkpoint import CheckpointError, check_run_folder
+from cifar_spec.files import FolderBusy, UnsafeFile
+from cifar_spec.loop import Interrupted, TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
+from cifar_spec.step import NonFiniteLoss, StepOptions, check_memory, fastest_step, unsupported
 from cifar_spec.worker import WorkerError
-from cifar_spec.train import (CheckpointError, NonFiniteLoss, StepOptions, TrainConfig,
-                              fast_exact_step, fit)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -50,30 +51,67 @@ def positive_int(text: str) -> int:
     return value
 
 
+def check_data_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise data.DataError(f"--data-root {root} is a file, not a folder; pass the folder that "
+                             "holds (or is to hold) cifar-10-batches-py")
+
+
+def write_stand_in(root: Path) -> None:
+    """Write the default synthetic set in `root`, or say in one line why it cannot be."""
+    try:
+        data.write_synthetic_cifar10(root)
+    except OSError as error:
+        raise data.DataError(f"cannot write the synthetic stand-in in {root} ({error.strerror}); "
+                             "pass a --data-root you can write to") from None
+
+
 def pick_data_root(args: argparse.Namespace) -> Path:
-    """The real set where it is (or may be downloaded), else the synthetic one, said in a line."""
+    """The set `data synth` wrote in --data-root, the real one, or the stand-in, said in a line.
+
+    A complete synthetic set is never rewritten here: its settings are its
+    own (`data synth` chooses them), not this run's --seed.
+    """
     root = Path(args.data_root)
+    check_data_root(root)
+    if data.synthetic_settings(root) is not None:
+        print(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
+        return root
     real = (root / data.CIFAR10.base_folder).exists() and not data.is_synthetic(root)
-    if args.synthetic or not (real or args.download):
-        synthetic_root = root / "synthetic"
-        settings = data.synthetic_settings(synthetic_root)
-        if settings is None or settings["seed"] != args.seed:  # missing, cut short, other seed
-            data.write_synthetic_cifar10(synthetic_root, seed=args.seed)
-        reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
-        print(f"using the synthetic CIFAR-10 stand-in in {synthetic_root} ({reason})")
-        return synthetic_root
-    return root
+    if not args.synthetic and (real or args.download):
+        return root
+    stand_in = root / "synthetic"
+    if data.synthetic_settings(stand_in) is None:  # missing or cut short: ours to (re)write
+        write_stand_in(stand_in)
+    reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
+    print(f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason})")
+    return stand_in
 
 
 def step_options(args: argparse.Namespace, device: str) -> StepOptions:
-    """The library's fast exact step unless a flag trades exactness or asks for the plain step."""
-    base = StepOptions() if args.eager else fast_exact_step(device)
+    """The step the flags ask for, refused with the reason when it cannot run here.
+
+    --eager is the tutorial's step; otherwise the fastest step with the asked
+    precision and compilation. Nothing asked for is dropped or changed.
+    """
     bf16 = args.precision == "bf16"
-    # The written-out backward is float32 and uncompiled; a compiled step is not
-    # captured as a CUDA graph (the two are not tested together).
-    return replace(base, bf16=bf16, compile=args.compile,
-                   cuda_graph=base.cuda_graph and not args.compile,
-                   manual_backward=base.manual_backward and not (bf16 or args.compile))
+    if args.eager:
+        options = StepOptions(bf16=bf16, compile=args.compile)
+    else:
+        options = fastest_step(device, bf16=bf16, compile=args.compile)
+    reason = unsupported(options, device)
+    if reason:
+        raise ValueError(f"step {options.name} cannot run on {device}: {reason}")
+    return options
+
+
+def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
+    """Everything the run will write to, checked before any data is read or written."""
+    if args.resume and not args.out:
+        raise CheckpointError("--resume needs the run folder: pass --out DIR")
+    if args.out:
+        check_run_folder(Path(args.out), args.resume)
+    check_data_root(Path(args.data_root))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -83,11 +121,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, device=device, shuffle=args.shuffle, step=step_options(args, device),
         limit=min(args.limit or 64, 64) if args.dry_run else args.limit, out=args.out,
     )
-    root = pick_data_root(args)
-    split = data.load_cifar10(root, train=args.train_split, download=args.download)
-    print(f"training on {min(len(split), config.limit or len(split))} images "
-          f"({'train' if args.train_split else 'test'} split) on {config.device}, "
-          f"step: {config.step.name}")
+    check_before_work(args, config)
+    split = data.load_cifar10(pick_data_root(args), train=args.train_split,
+                              download=args.download)
+    size = min(len(split), config.limit or len(split))
+    check_memory(config.batch_size, size, config.device)  # before the split is moved
+    print(f"training on {size} images ({'train' if args.train_split else 'test'} split) on "
+          f"{config.device}, step: {config.step.name}")
     sums = fit(config, data.to_device(split, config.device, config.limit), resume=args.resume,
                progress=not args.no_progress)
     trend = " -> ".join(f"{value:.1f}" for value in (sums if len(sums) <= 4 else
@@ -198,8 +238,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         compare.check_python(python)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         "cpu" if args.device == "auto" else args.device
-    variants = args.variant or ["eager", "channels_last+manual_backward" if device == "cpu"
-                                else "channels_last+cuda_graph"]
+    variants = args.variant or ["eager", fastest_step(device).name]
     batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
     cases = [Case(device, v, b) for v in variants for b in batches]
     envs, results = compare.compare(args.baseline, args.candidate, cases, args.threshold,
@@ -301,9 +340,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                         "with native bfloat16, not bit-exact (the loss stays within 2%% of fp32's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the step")
     p.add_argument("--eager", action="store_true",
-                   help="the tutorial's plain step (NCHW, autograd, no CUDA graph) instead of "
-                        "the fast exact path (channels_last, plus the written-out backward on a "
-                        "CPU or a CUDA graph on a GPU)")
+                   help="the tutorial's step (NCHW, autograd, optimizer.step()) instead of the "
+                        "fastest one (channels_last and one_call_sgd, plus manual_backward on a "
+                        "CPU or cuda_graph on a GPU)")
     p.set_defaults(func=cmd_train)
 
 
@@ -335,10 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can cause and fix; each ends the command in one line, never a traceback.
+USER_ERRORS = (ValueError, TypeError, MemoryError, data.DataError, CheckpointError,
+               NonFiniteLoss, FolderBusy, UnsafeFile, Interrupted, WorkerError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, data.DataError, CheckpointError, NonFiniteLoss, WorkerError) as error:
+    except USER_ERRORS as error:
         print(f"cifar-spec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
+        print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)
         return 2

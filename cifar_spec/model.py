@@ -17,10 +17,23 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W) of one CIFAR-10 image
 
 
-def check_images(images: Tensor) -> None:
-    """Raise ValueError unless `images` is a float batch of shape (N, 3, 32, 32)."""
+def check_images(images: Tensor, dtype: torch.dtype | None = None) -> None:
+    """Raise ValueError unless `images` is a float batch of shape (N, 3, 32, 32) holding values.
+
+    With `dtype` (the model's), the images must be of that dtype too: a float64
+    or float16 batch would otherwise fail inside the first convolution.
+    """
+    if images.device.type == "meta":
+        raise ValueError(
+            "the images are on the meta device, which holds shapes but no values; "
+            "create them on cpu or cuda"
+        )
     if images.dim() != 4:
-        hint = " (one image? add a batch dimension with images.unsqueeze(0))" if images.dim() == 3 else ""
+        hint = (
+            " (one image? add a batch dimension with images.unsqueeze(0))"
+            if images.dim() == 3
+            else ""
+        )
         raise ValueError(
             f"expected a batch of images of shape (N, 3, 32, 32), got {images.dim()} dimensions "
             f"{tuple(images.shape)}{hint}"
@@ -39,6 +52,11 @@ def check_images(images: Tensor) -> None:
         raise ValueError(
             f"expected floating-point images, got dtype {images.dtype}; "
             "convert with images.float() / 255 (as ToTensor() does)"
+        )
+    if dtype is not None and images.dtype != dtype:
+        raise ValueError(
+            f"expected {dtype} images, the model's dtype, got {images.dtype}; "
+            f"convert with images.to({dtype})"
         )
 
 
@@ -60,7 +78,7 @@ class CifarNet(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        check_images(images)
+        check_images(images, self.layers[0].weight.dtype)
         return self.layers(images)
 
 
@@ -71,8 +89,10 @@ def count_parameters(model: nn.Module) -> int:
 def short_name(layer: nn.Module) -> str:
     """The layer as the tutorial writes it, e.g. ``Conv2d(3, 32, 5, padding=2)``."""
     if isinstance(layer, nn.Conv2d):
-        return (f"Conv2d({layer.in_channels}, {layer.out_channels}, "
-                f"{layer.kernel_size[0]}, padding={layer.padding[0]})")
+        return (
+            f"Conv2d({layer.in_channels}, {layer.out_channels}, "
+            f"{layer.kernel_size[0]}, padding={layer.padding[0]})"
+        )
     if isinstance(layer, nn.MaxPool2d):
         return f"MaxPool2d({layer.kernel_size})"
     if isinstance(layer, nn.Linear):

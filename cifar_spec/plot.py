@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cifar_spec.files import write_atomically
+
 INSTALL_HINT = "pip install 'cifar-spec[plot]'"
 
 
@@ -31,7 +33,7 @@ def loss_curve(history: list[dict], path: Path) -> Path | None:
     ax.set_title("Training loss per epoch")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path
 
@@ -51,21 +53,36 @@ def throughput_chart(rows: list[dict], path: Path) -> Path | None:
         mine = [r for r in rows if r["device"] == device]
         batches = sorted({r["batch"] for r in mine})
         for variant in sorted({r["variant"] for r in mine}):
-            points = sorted((r["batch"], r["images_per_s"]) for r in mine if r["variant"] == variant)
+            points = sorted(
+                (r["batch"], r["images_per_s"]) for r in mine if r["variant"] == variant
+            )
             ax.plot(*zip(*points), marker="o", label=variant)
         for dtype, style in (("float32", "--"), ("tfloat32", "-."), ("bfloat16", ":")):
-            peaks = [r["peak_flops"] / r["train_flops_per_image"] for r in mine
-                     if r["peak_dtype"] == dtype]
+            peaks = [
+                r["peak_flops"] / r["train_flops_per_image"]
+                for r in mine
+                if r["peak_dtype"] == dtype
+            ]
             if peaks:
-                ax.axhline(max(peaks), color="grey", linestyle=style,
-                           label=f"roofline ({dtype} matmul peak)")
-        ax.set(xscale="log", yscale="log", xticks=batches, xlabel="batch size",
-               ylabel="images/s", title=f"Training step throughput, {device}")
+                ax.axhline(
+                    max(peaks),
+                    color="grey",
+                    linestyle=style,
+                    label=f"roofline ({dtype} matmul peak)",
+                )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xticks=batches,
+            xlabel="batch size",
+            ylabel="images/s",
+            title=f"Training step throughput, {device}",
+        )
         ax.set_xticklabels([str(b) for b in batches])
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path

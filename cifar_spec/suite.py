@@ -151,7 +151,7 @@ def measure_all(suite: Suite, devices: list[str], variants: list[str] | None = N
         for batch in batches or bench.BATCHES[device]:
             for name in sorted(names, key=lambda n: n != "eager"):
                 case = Case(device, name, batch)
-                reason = bench.unsupported(bench.VARIANTS[name], device)
+                reason = bench.skip_reason(bench.VARIANTS[name], device)
                 try:
                     if reason:
                         raise Unsupported(reason)

@@ -14,21 +14,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import ToTensor
 
-from cifar_spec.data import SyntheticCIFAR10
+from cifar_spec.data import load_cifar10
 from cifar_spec.model import CifarNet
 
 
 def tutorial_setup(root: str | Path, n_images: int, seed: int = 0) -> tuple:
-    """(model, loader, loss, optim) as the tutorial builds them, on the synthetic test split."""
-    dataset = SyntheticCIFAR10(str(root), train=False, transform=ToTensor())
+    """(model, loader, loss, optim) as the tutorial builds them, on the test split under `root`.
+
+    The split is torchvision's CIFAR10, read after the safe checks of
+    `load_cifar10`, with the tutorial's ToTensor() transform.
+    """
+    dataset = load_cifar10(root, train=False)
+    dataset.transform = ToTensor()
     loader = DataLoader(Subset(dataset, range(n_images)), batch_size=1)
     torch.manual_seed(seed)
     model = CifarNet()
     return model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01)
 
 
-def tutorial_epoch(model: nn.Module, loader: DataLoader, loss: nn.Module,
-                   optim: torch.optim.Optimizer) -> float:
+def tutorial_epoch(
+    model: nn.Module, loader: DataLoader, loss: nn.Module, optim: torch.optim.Optimizer
+) -> float:
     """One epoch of the tutorial's loop; returns its loss sum."""
     loss_sum = 0.0
     for imgs, targets in loader:

@@ -86,7 +86,7 @@ def build(request: dict, cases: dict) -> dict:
         case = bench.build_loop(variant, root)
     elif variant in bench.VARIANTS:
         options = bench.VARIANTS[variant]
-        reason = bench.unsupported(options, request["device"])
+        reason = bench.skip_reason(options, request["device"])
         if reason:
             return {"unsupported": reason}
         case = bench.build(options, request["device"], request["batch"], request.get("seed", 0))

@@ -1,4 +1,5 @@
-"""Fixtures shared by the spec's modules."""
+"""The spec's shared fixtures: one small synthetic set per worker, written once, read by many;
+Pythons made slower or broken on purpose, for the measurement's tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from cifar_spec.data import DeviceData, load_cifar10, to_device, write_synthetic_cifar10
 
 # Loaded at start-up by every Python run with this folder on PYTHONPATH: each
 # convolution computes its result FACTOR times. A really slower step, through
@@ -65,3 +68,17 @@ def scripted_python(tmp_path: Path):
         return script
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic CIFAR-10 of 300 training and 300 test images, seed 0. Read it, never write it."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_cifar10(root, n_train=300, n_test=300, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def test_split(synthetic_root: Path) -> DeviceData:
+    """The tutorial's split (test) of the shared set, on the CPU."""
+    return to_device(load_cifar10(synthetic_root, train=False))

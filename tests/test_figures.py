@@ -5,7 +5,7 @@ import torch
 
 from cifar_spec import bench, figures
 from cifar_spec.model import CifarNet
-from cifar_spec.train import StepOptions
+from cifar_spec.step import StepOptions
 
 
 def test_the_forward_pass_costs_24_7_mflop_per_image():

@@ -166,64 +166,103 @@ NLL_INPUT_WITH_IGNORED = log_probs_and_indices(class_indices_with_ignored)
 
 # name: (input shapes, reductions, {variant: (keyword arguments, maker)})
 FAMILIES: dict[str, tuple[dict[str, Shape], tuple[str, ...], dict[str, tuple[dict, Maker]]]] = {
-    "l1_loss": (SCALAR_OR_BATCH, REDUCTIONS, {
-        "plain": ({}, regression),
-        "weight": ({"weight": weight_per_element}, regression),
-    }),
-    "mse_loss": (SCALAR_OR_BATCH, REDUCTIONS, {
-        "plain": ({}, regression),
-        "weight": ({"weight": weight_per_element}, regression),
-    }),
-    "cross_entropy": (CLASS_SHAPES, REDUCTIONS, {
-        "indices": ({}, class_indices),
-        "indices-weight": (CLASS_WEIGHT, class_indices),
-        "indices-ignored": ({}, class_indices_with_ignored),
-        "indices-ignore_index=2": ({"ignore_index": 2}, class_indices_with_ignored),
-        "indices-smoothing": (SMOOTH, class_indices),
-        "indices-weight-ignore_index=2-smoothing": (
-            {**CLASS_WEIGHT, "ignore_index": 2, **SMOOTH}, class_indices_with_ignored
-        ),
-        "probabilities": ({}, class_probabilities),
-        "probabilities-weight": (CLASS_WEIGHT, class_probabilities),
-        "probabilities-smoothing": (SMOOTH, class_probabilities),
-        "probabilities-weight-smoothing": ({**CLASS_WEIGHT, **SMOOTH}, class_probabilities),
-    }),
-    "nll_loss": (CLASS_SHAPES, REDUCTIONS, {
-        "plain": ({}, NLL_INPUT),
-        "weight": (CLASS_WEIGHT, NLL_INPUT),
-        "ignored": ({}, NLL_INPUT_WITH_IGNORED),
-        "weight-ignore_index=2": ({**CLASS_WEIGHT, "ignore_index": 2}, NLL_INPUT_WITH_IGNORED),
-    }),
-    "binary_cross_entropy": (SCALAR_OR_BATCH, REDUCTIONS, {
-        "plain": ({}, probabilities),
-        "weight": ({"weight": weight_per_last_dim}, probabilities),
-    }),
-    "binary_cross_entropy_with_logits": (SCALAR_OR_BATCH, REDUCTIONS, {
-        "plain": ({}, binary_logits),
-        "pos_weight": ({"pos_weight": weight_per_last_dim}, binary_logits),
-        "weight": ({"weight": weight_per_last_dim}, binary_logits),
-        "weight-pos_weight": (
-            {"weight": weight_per_element, "pos_weight": weight_per_last_dim}, binary_logits
-        ),
-    }),
-    "hinge_embedding_loss": (SCALAR_OR_BATCH, REDUCTIONS, {
-        "plain": ({}, signs),
-        "margin=0.5": ({"margin": 0.5}, signs),
-    }),
-    "multi_margin_loss": (MARGIN_SHAPES, REDUCTIONS, {
-        "plain": ({}, margin_targets),
-        "p=2": ({"p": 2}, margin_targets),
-        "margin=0.5": ({"margin": 0.5}, margin_targets),
-        "weight": ({"weight": weight_per_last_dim}, margin_targets),
-        "p=2-margin=2-weight": (
-            {"p": 2, "margin": 2.0, "weight": weight_per_last_dim}, margin_targets
-        ),
-    }),
+    "l1_loss": (
+        SCALAR_OR_BATCH,
+        REDUCTIONS,
+        {
+            "plain": ({}, regression),
+            "weight": ({"weight": weight_per_element}, regression),
+        },
+    ),
+    "mse_loss": (
+        SCALAR_OR_BATCH,
+        REDUCTIONS,
+        {
+            "plain": ({}, regression),
+            "weight": ({"weight": weight_per_element}, regression),
+        },
+    ),
+    "cross_entropy": (
+        CLASS_SHAPES,
+        REDUCTIONS,
+        {
+            "indices": ({}, class_indices),
+            "indices-weight": (CLASS_WEIGHT, class_indices),
+            "indices-ignored": ({}, class_indices_with_ignored),
+            "indices-ignore_index=2": ({"ignore_index": 2}, class_indices_with_ignored),
+            "indices-smoothing": (SMOOTH, class_indices),
+            "indices-weight-ignore_index=2-smoothing": (
+                {**CLASS_WEIGHT, "ignore_index": 2, **SMOOTH},
+                class_indices_with_ignored,
+            ),
+            "probabilities": ({}, class_probabilities),
+            "probabilities-weight": (CLASS_WEIGHT, class_probabilities),
+            "probabilities-smoothing": (SMOOTH, class_probabilities),
+            "probabilities-weight-smoothing": ({**CLASS_WEIGHT, **SMOOTH}, class_probabilities),
+        },
+    ),
+    "nll_loss": (
+        CLASS_SHAPES,
+        REDUCTIONS,
+        {
+            "plain": ({}, NLL_INPUT),
+            "weight": (CLASS_WEIGHT, NLL_INPUT),
+            "ignored": ({}, NLL_INPUT_WITH_IGNORED),
+            "weight-ignore_index=2": ({**CLASS_WEIGHT, "ignore_index": 2}, NLL_INPUT_WITH_IGNORED),
+        },
+    ),
+    "binary_cross_entropy": (
+        SCALAR_OR_BATCH,
+        REDUCTIONS,
+        {
+            "plain": ({}, probabilities),
+            "weight": ({"weight": weight_per_last_dim}, probabilities),
+        },
+    ),
+    "binary_cross_entropy_with_logits": (
+        SCALAR_OR_BATCH,
+        REDUCTIONS,
+        {
+            "plain": ({}, binary_logits),
+            "pos_weight": ({"pos_weight": weight_per_last_dim}, binary_logits),
+            "weight": ({"weight": weight_per_last_dim}, binary_logits),
+            "weight-pos_weight": (
+                {"weight": weight_per_element, "pos_weight": weight_per_last_dim},
+                binary_logits,
+            ),
+        },
+    ),
+    "hinge_embedding_loss": (
+        SCALAR_OR_BATCH,
+        REDUCTIONS,
+        {
+            "plain": ({}, signs),
+            "margin=0.5": ({"margin": 0.5}, signs),
+        },
+    ),
+    "multi_margin_loss": (
+        MARGIN_SHAPES,
+        REDUCTIONS,
+        {
+            "plain": ({}, margin_targets),
+            "p=2": ({"p": 2}, margin_targets),
+            "margin=0.5": ({"margin": 0.5}, margin_targets),
+            "weight": ({"weight": weight_per_last_dim}, margin_targets),
+            "p=2-margin=2-weight": (
+                {"p": 2, "margin": 2.0, "weight": weight_per_last_dim},
+                margin_targets,
+            ),
+        },
+    ),
     "soft_margin_loss": (SCALAR_OR_BATCH, REDUCTIONS, {"plain": ({}, signs)}),
-    "kl_div": (SCALAR_OR_BATCH, (*REDUCTIONS, "batchmean"), {
-        "probabilities": ({}, distributions),
-        "log_target": ({"log_target": True}, distributions),
-    }),
+    "kl_div": (
+        SCALAR_OR_BATCH,
+        (*REDUCTIONS, "batchmean"),
+        {
+            "probabilities": ({}, distributions),
+            "log_target": ({"log_target": True}, distributions),
+        },
+    ),
 }
 
 
@@ -449,9 +488,7 @@ BROADCAST_WARNING = r"target size .*\[4\].* input size .*\[4, 1\]"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize(
-    "name, pointwise", BROADCAST_LOSSES.values(), ids=BROADCAST_LOSSES.keys()
-)
+@pytest.mark.parametrize("name, pointwise", BROADCAST_LOSSES.values(), ids=BROADCAST_LOSSES.keys())
 def test_a_mismatched_target_shape_broadcasts_with_a_warning(engine, name, pointwise):
     gen = torch.Generator().manual_seed(0)
     prediction = torch.randn(4, 1, generator=gen)  # (N, 1), as a regression head gives

@@ -25,10 +25,15 @@ def test_the_model_has_exactly_145578_parameters(model):
 def test_each_layer_gives_the_shape_the_tutorial_describes(model):
     shapes = [shape for _, shape, _ in layer_summary(model)]
     assert shapes == [
-        (32, 32, 32), (32, 16, 16),
-        (32, 16, 16), (32, 8, 8),
-        (64, 8, 8), (64, 4, 4),
-        (1024,), (64,), (10,),
+        (32, 32, 32),
+        (32, 16, 16),
+        (32, 16, 16),
+        (32, 8, 8),
+        (64, 8, 8),
+        (64, 4, 4),
+        (1024,),
+        (64,),
+        (10,),
     ]
 
 
@@ -47,7 +52,9 @@ BAD_INPUTS = {
     "height-width-channels": (torch.rand(4, 32, 32, 3), "3 colour channels", "(4, 32, 32, 3)"),
     "mnist-28x28": (torch.rand(4, 3, 28, 28), "32x32 images", "got 28x28"),
     "uint8-from-disk": (
-        torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), "/ 255", "torch.uint8"
+        torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+        "/ 255",
+        "torch.uint8",
     ),
 }
 
@@ -71,8 +78,31 @@ def test_a_bad_input_is_refused_before_any_layer_runs(model):
 def test_the_summary_names_the_layers_as_the_tutorial_writes_them(model):
     names = [name for name, _, _ in layer_summary(model)]
     assert names == [
-        "Conv2d(3, 32, 5, padding=2)", "MaxPool2d(2)",
-        "Conv2d(32, 32, 5, padding=2)", "MaxPool2d(2)",
-        "Conv2d(32, 64, 5, padding=2)", "MaxPool2d(2)",
-        "Flatten()", "Linear(1024, 64)", "Linear(64, 10)",
+        "Conv2d(3, 32, 5, padding=2)",
+        "MaxPool2d(2)",
+        "Conv2d(32, 32, 5, padding=2)",
+        "MaxPool2d(2)",
+        "Conv2d(32, 64, 5, padding=2)",
+        "MaxPool2d(2)",
+        "Flatten()",
+        "Linear(1024, 64)",
+        "Linear(64, 10)",
     ]
+
+
+WRONG_KIND = {
+    "float64": (torch.rand(2, 3, 32, 32, dtype=torch.float64), "expected torch.float32 images"),
+    "float16": (torch.rand(2, 3, 32, 32).half(), "got torch.float16; convert with images.to"),
+    "meta": (torch.empty(2, 3, 32, 32, device="meta"), "meta device, which holds shapes but no"),
+}
+
+
+@pytest.mark.parametrize("images, message", WRONG_KIND.values(), ids=WRONG_KIND.keys())
+def test_images_of_another_dtype_or_on_the_meta_device_are_refused_at_the_door(
+    model, images, message
+):
+    ran = []
+    model.layers[0].register_forward_pre_hook(lambda *_: ran.append(True))
+    with pytest.raises(ValueError, match=message):
+        model(images)
+    assert ran == []

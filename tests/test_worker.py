@@ -41,7 +41,7 @@ def test_a_worker_builds_a_case_and_times_paired_rounds(worker):
 
 def test_a_case_the_device_cannot_run_is_unsupported_with_its_reason(worker):
     with pytest.raises(Unsupported, match="CUDA graphs need a CUDA device"):
-        build_arm(worker, Case("cpu", "channels_last+cuda_graph", 1))
+        build_arm(worker, Case("cpu", "channels_last+one_call_sgd+cuda_graph", 1))
 
 
 def test_an_unknown_variant_is_refused_naming_it(worker):
