@@ -23,9 +23,13 @@ ROWS_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--paired-workers", type=int, default=WORKERS,
-                     help="worker processes for the paired figures (speed-up, spread); 0 for "
-                          "pytest-benchmark's own per-step timing only. Default: %(default)s")
+    parser.addoption(
+        "--paired-workers",
+        type=int,
+        default=WORKERS,
+        help="worker processes for the paired figures (speed-up, spread); 0 for "
+        "pytest-benchmark's own per-step timing only. Default: %(default)s",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +70,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.write_line(
         "speed-up: the median of paired rounds against the baseline (eager, or the tutorial's "
         "loop), with its 95% interval (two-level bootstrap over worker processes and pairs); "
-        "spread: IQR / median of the step time; noisy: a spread above 10%")
+        "spread: IQR / median of the step time; noisy: a spread above 10%"
+    )
     chart = plot.throughput_chart(rows, config.rootpath / ".benchmarks" / "throughput.png")
     terminalreporter.write_line(
-        f"chart: {chart}" if chart else f"no chart: {plot.INSTALL_HINT} draws it")
+        f"chart: {chart}" if chart else f"no chart: {plot.INSTALL_HINT} draws it"
+    )

@@ -13,8 +13,13 @@ from cifar_spec.paired import Case
 ROUNDS = 10  # pytest-benchmark's rounds in this process, each ROUND_SECONDS or one step
 
 CASES = [
-    pytest.param(device, name, batch, id=f"{device}-{name}-{batch}",
-                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    pytest.param(
+        device,
+        name,
+        batch,
+        id=f"{device}-{name}-{batch}",
+        marks=[pytest.mark.cuda] if device == "cuda" else [],
+    )
     for device, batches in bench.BATCHES.items()
     for name in bench.VARIANTS
     for batch in batches
@@ -24,8 +29,12 @@ CASES = [
 def time_in_this_process(benchmark, case: bench.StepBench) -> None:
     """pytest-benchmark's record: the time of one step, rounds of several steps."""
     steps = measure.steps_per_round(measure.warm_up(case.step, case.device))
-    benchmark.pedantic(measure.synchronized_every(case.step, case.device, steps),
-                       rounds=ROUNDS, iterations=steps, warmup_rounds=1)
+    benchmark.pedantic(
+        measure.synchronized_every(case.step, case.device, steps),
+        rounds=ROUNDS,
+        iterations=steps,
+        warmup_rounds=1,
+    )
 
 
 @pytest.mark.parametrize("device, variant, batch", CASES)

@@ -19,18 +19,21 @@ from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
 
 # The variants every benchmark run measures, by name; "eager" (the tutorial's step)
 # is the baseline.
-VARIANTS = {v.name: v for v in [
-    StepOptions(),
-    StepOptions(one_call_sgd=True),
-    StepOptions(channels_last=True),
-    StepOptions(channels_last=True, one_call_sgd=True),
-    StepOptions(channels_last=True, one_call_sgd=True, manual_backward=True),  # CPU default
-    StepOptions(bf16=True),
-    StepOptions(channels_last=True, bf16=True),
-    StepOptions(compile=True),
-    StepOptions(channels_last=True, one_call_sgd=True, cuda_graph=True),  # GPU default
-    StepOptions(channels_last=True, one_call_sgd=True, bf16=True, cuda_graph=True),
-]}
+VARIANTS = {
+    v.name: v
+    for v in [
+        StepOptions(),
+        StepOptions(one_call_sgd=True),
+        StepOptions(channels_last=True),
+        StepOptions(channels_last=True, one_call_sgd=True),
+        StepOptions(channels_last=True, one_call_sgd=True, manual_backward=True),  # CPU default
+        StepOptions(bf16=True),
+        StepOptions(channels_last=True, bf16=True),
+        StepOptions(compile=True),
+        StepOptions(channels_last=True, one_call_sgd=True, cuda_graph=True),  # GPU default
+        StepOptions(channels_last=True, one_call_sgd=True, bf16=True, cuda_graph=True),
+    ]
+}
 BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
 
 
@@ -38,8 +41,12 @@ def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:
     """Why a benchmark does not time `options` on `device`: it cannot run (`step.unsupported`,
     the one rule), or it would only time an emulation."""
     reason = unsupported(options, device)
-    if reason is None and options.bf16 and torch.device(device).type == "cpu" \
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if (
+        reason is None
+        and options.bf16
+        and torch.device(device).type == "cpu"
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
         # Emulated, a bfloat16 step is 8-20x slower than float32 (measured on a Zen 1 EPYC):
         # timing it says nothing about bfloat16 and costs minutes.
         reason = "this CPU has no native bfloat16 (AVX512-BF16 or AMX); torch would emulate it"
@@ -83,7 +90,10 @@ def precision(options: StepOptions) -> torch.dtype:
 # Whole loops at the tutorial's settings (batch 1, float32, CPU): the tutorial's own
 # (DataLoader, PIL images, ToTensor() on every image) against fit's (one tensor, the
 # fast exact step). One "step" of a loop case is an epoch of LOOP_IMAGES images.
-LOOPS = {"tutorial loop": "the tutorial's own loop", "fit loop": "fit's loop, the library's default"}
+LOOPS = {
+    "tutorial loop": "the tutorial's own loop",
+    "fit loop": "fit's loop, the library's default",
+}
 LOOP_BASELINE = "tutorial loop"
 LOOP_IMAGES = 100
 

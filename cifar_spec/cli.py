@@ -53,8 +53,10 @@ def positive_int(text: str) -> int:
 
 def check_data_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
-        raise data.DataError(f"--data-root {root} is a file, not a folder; pass the folder that "
-                             "holds (or is to hold) cifar-10-batches-py")
+        raise data.DataError(
+            f"--data-root {root} is a file, not a folder; pass the folder that "
+            "holds (or is to hold) cifar-10-batches-py"
+        )
 
 
 def write_stand_in(root: Path) -> None:
@@ -62,8 +64,10 @@ def write_stand_in(root: Path) -> None:
     try:
         data.write_synthetic_cifar10(root)
     except OSError as error:
-        raise data.DataError(f"cannot write the synthetic stand-in in {root} ({error.strerror}); "
-                             "pass a --data-root you can write to") from None
+        raise data.DataError(
+            f"cannot write the synthetic stand-in in {root} ({error.strerror}); "
+            "pass a --data-root you can write to"
+        ) from None
 
 
 def pick_data_root(args: argparse.Namespace) -> Path:
@@ -117,23 +121,38 @@ def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     config = TrainConfig(
-        epochs=1 if args.dry_run else args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, device=device, shuffle=args.shuffle, step=step_options(args, device),
-        limit=min(args.limit or 64, 64) if args.dry_run else args.limit, out=args.out,
+        epochs=1 if args.dry_run else args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=device,
+        shuffle=args.shuffle,
+        step=step_options(args, device),
+        limit=min(args.limit or 64, 64) if args.dry_run else args.limit,
+        out=args.out,
     )
     check_before_work(args, config)
-    split = data.load_cifar10(pick_data_root(args), train=args.train_split,
-                              download=args.download)
+    split = data.load_cifar10(pick_data_root(args), train=args.train_split, download=args.download)
     size = min(len(split), config.limit or len(split))
     check_memory(config.batch_size, size, config.device)  # before the split is moved
-    print(f"training on {size} images ({'train' if args.train_split else 'test'} split) on "
-          f"{config.device}, step: {config.step.name}")
-    sums = fit(config, data.to_device(split, config.device, config.limit), resume=args.resume,
-               progress=not args.no_progress)
-    trend = " -> ".join(f"{value:.1f}" for value in (sums if len(sums) <= 4 else
-                                                    [sums[0], sums[len(sums) // 2], sums[-1]]))
-    print(f"done: {len(sums)} epochs, loss sums {trend}"
-          + (f"; run folder {args.out}" if args.out else ""))
+    print(
+        f"training on {size} images ({'train' if args.train_split else 'test'} split) on "
+        f"{config.device}, step: {config.step.name}"
+    )
+    sums = fit(
+        config,
+        data.to_device(split, config.device, config.limit),
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    trend = " -> ".join(
+        f"{value:.1f}"
+        for value in (sums if len(sums) <= 4 else [sums[0], sums[len(sums) // 2], sums[-1]])
+    )
+    print(
+        f"done: {len(sums)} epochs, loss sums {trend}"
+        + (f"; run folder {args.out}" if args.out else "")
+    )
     return 0
 
 
@@ -174,8 +193,13 @@ def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
     from cifar_spec.suite import Suite, measure_all
 
     with Suite(workers=args.workers, threads=args.threads, log=log) as suite:
-        return measure_all(suite, bench_devices(args.device), args.variant, args.batch_size,
-                           skipped=lambda case, why: log(f"skipped {case.key}: {why}"))
+        return measure_all(
+            suite,
+            bench_devices(args.device),
+            args.variant,
+            args.batch_size,
+            skipped=lambda case, why: log(f"skipped {case.key}: {why}"),
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -196,13 +220,20 @@ def cmd_gate(args: argparse.Namespace) -> int:
     baseline = None
     if not args.save_baseline:
         if not path.exists():
-            print(f"cifar-spec: no baseline for this hardware ({gate.fingerprint(info)}) at "
-                  f"{path}; make one on this machine with `cifar-spec gate --save-baseline` (or "
-                  "restore that folder from an earlier run's artifacts)", file=sys.stderr)
+            print(
+                f"cifar-spec: no baseline for this hardware ({gate.fingerprint(info)}) at "
+                f"{path}; make one on this machine with `cifar-spec gate --save-baseline` (or "
+                "restore that folder from an earlier run's artifacts)",
+                file=sys.stderr,
+            )
             return 2
         baseline = gate.load_baseline(path)
-    floors = {d: gate.load_floors(Path(args.floors) / f"{d}.json" if args.floors
-                                  else gate.default_floors(d)) for d in bench_devices(args.device)}
+    floors = {
+        d: gate.load_floors(
+            Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
+        )
+        for d in bench_devices(args.device)
+    }
     rows = measure_rows(args)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine_info": info, "rows": rows}, indent=1))
@@ -236,75 +267,158 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     for python in (args.baseline, args.candidate):
         compare.check_python(python)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        "cpu" if args.device == "auto" else args.device
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     variants = args.variant or ["eager", fastest_step(device).name]
     batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
     cases = [Case(device, v, b) for v in variants for b in batches]
-    envs, results = compare.compare(args.baseline, args.candidate, cases, args.threshold,
-                                    args.seconds, args.workers, args.threads)
+    envs, results = compare.compare(
+        args.baseline,
+        args.candidate,
+        cases,
+        args.threshold,
+        args.seconds,
+        args.workers,
+        args.threads,
+    )
     print(compare.format_report(envs, results, args.threshold))
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"threshold": args.threshold, "environments": envs,
-             "results": [r.as_dict() for r in results]}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "threshold": args.threshold,
+                    "environments": envs,
+                    "results": [r.as_dict() for r in results],
+                },
+                indent=1,
+            )
+        )
     code = compare.exit_code(results)
-    print({0: "compare: no regression", 1: "compare: REGRESSION",
-           3: "compare: inconclusive (give it more --seconds)"}[code])
+    print(
+        {
+            0: "compare: no regression",
+            1: "compare: REGRESSION",
+            3: "compare: inconclusive (give it more --seconds)",
+        }[code]
+    )
     return code
 
 
 def add_measure_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="all", help="all (cpu, and cuda where there is one), "
-                                                   "cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=positive_int, action="append",
-                   help="batch size, repeatable (default: 1 64 256 on CPU, 1 256 1024 4096 on CUDA)")
-    p.add_argument("--variant", action="append", choices=list(bench.VARIANTS),
-                   help="variant, repeatable (default: all, and the two loops on the CPU)")
-    p.add_argument("--workers", type=positive_int, default=3,
-                   help="fresh worker processes each figure is drawn from")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads per worker (default: every core)")
+    p.add_argument(
+        "--device",
+        default="all",
+        help="all (cpu, and cuda where there is one), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help="batch size, repeatable (default: 1 64 256 on CPU, 1 256 1024 4096 on CUDA)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=list(bench.VARIANTS),
+        help="variant, repeatable (default: all, and the two loops on the CPU)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=3,
+        help="fresh worker processes each figure is drawn from",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per worker (default: every core)",
+    )
 
 
 def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = commands.add_parser("bench", help="time every case against its baseline, outside pytest",
-                            formatter_class=fmt)
+    p = commands.add_parser(
+        "bench", help="time every case against its baseline, outside pytest", formatter_class=fmt
+    )
     add_measure_options(p)
     p.add_argument("--json", default=None, help="also write the rows here")
     p.set_defaults(func=cmd_bench)
-    g = commands.add_parser("gate", formatter_class=fmt,
-                            help="time every case; fail on a regression against this hardware's "
-                                 "baseline or a speed-up below its floor")
+    g = commands.add_parser(
+        "gate",
+        formatter_class=fmt,
+        help="time every case; fail on a regression against this hardware's "
+        "baseline or a speed-up below its floor",
+    )
     add_measure_options(g)
-    g.add_argument("--save-baseline", action="store_true",
-                   help="save this run as this hardware's baseline instead of judging")
-    g.add_argument("--threshold", type=percent, default=gate_threshold(),
-                   help="a case regressed when its step time's 95%% interval lies wholly above "
-                        "1 + this (as a fraction or with %%)")
+    g.add_argument(
+        "--save-baseline",
+        action="store_true",
+        help="save this run as this hardware's baseline instead of judging",
+    )
+    g.add_argument(
+        "--threshold",
+        type=percent,
+        default=gate_threshold(),
+        help="a case regressed when its step time's 95%% interval lies wholly above "
+        "1 + this (as a fraction or with %%)",
+    )
     g.add_argument("--storage", default=".benchmarks", help="baselines, one folder per hardware")
-    g.add_argument("--floors", default=None,
-                   help="folder of DEVICE.json floors (default: those shipped with cifar_spec)")
+    g.add_argument(
+        "--floors",
+        default=None,
+        help="folder of DEVICE.json floors (default: those shipped with cifar_spec)",
+    )
     g.add_argument("--json", default=".benchmarks/latest.json", help="where this run's rows go")
     g.set_defaults(func=cmd_gate)
-    c = commands.add_parser("compare", formatter_class=fmt,
-                            help="A/B two Python environments side by side (a torch upgrade)")
+    c = commands.add_parser(
+        "compare",
+        formatter_class=fmt,
+        help="A/B two Python environments side by side (a torch upgrade)",
+    )
     c.add_argument("baseline", help="the baseline's python, e.g. old-venv/bin/python")
     c.add_argument("candidate", help="the candidate's python, e.g. .venv/bin/python")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: cuda where there is one")
-    c.add_argument("--batch-size", type=positive_int, action="append",
-                   help="batch size, repeatable (default: 1 64 on CPU, 1 256 on CUDA)")
-    c.add_argument("--variant", action="append",
-                   help="variant, repeatable (default: eager and the device's fast default)")
-    c.add_argument("--threshold", type=percent, default=0.05,
-                   help="no change within +-this; regression wholly above 1 + this")
-    c.add_argument("--seconds", type=finite_positive, default=120.0,
-                   help="time budget for all cases (inconclusive ones take more pairs)")
+    c.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: cuda where there is one",
+    )
+    c.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help="batch size, repeatable (default: 1 64 on CPU, 1 256 on CUDA)",
+    )
+    c.add_argument(
+        "--variant",
+        action="append",
+        help="variant, repeatable (default: eager and the device's fast default)",
+    )
+    c.add_argument(
+        "--threshold",
+        type=percent,
+        default=0.05,
+        help="no change within +-this; regression wholly above 1 + this",
+    )
+    c.add_argument(
+        "--seconds",
+        type=finite_positive,
+        default=120.0,
+        help="time budget for all cases (inconclusive ones take more pairs)",
+    )
     c.add_argument("--workers", type=positive_int, default=2, help="workers per environment")
-    c.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads per worker (default: every core)")
+    c.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per worker (default: every core)",
+    )
     c.add_argument("--json", default=None, help="write the verdicts here")
     c.set_defaults(func=cmd_compare)
 
@@ -316,8 +430,11 @@ def gate_threshold() -> float:
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train", help="train the tutorial's CNN (defaults: the tutorial's run)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = commands.add_parser(
+        "train",
+        help="train the tutorial's CNN (defaults: the tutorial's run)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--epochs", type=int, default=20, help="passes over the data")
     p.add_argument("--batch-size", type=int, default=1, help="images per step")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
@@ -325,32 +442,48 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data-root", default="data", help="folder holding cifar-10-batches-py")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
-    p.add_argument("--synthetic", action="store_true",
-                   help="train on the synthetic stand-in (written under DATA_ROOT/synthetic)")
-    p.add_argument("--train-split", action="store_true",
-                   help="use the 50,000-image train split, not the tutorial's test split")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="train on the synthetic stand-in (written under DATA_ROOT/synthetic)",
+    )
+    p.add_argument(
+        "--train-split",
+        action="store_true",
+        help="use the 50,000-image train split, not the tutorial's test split",
+    )
     p.add_argument("--shuffle", action="store_true", help="new order every epoch")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--dry-run", action="store_true", help="one epoch on 64 images, to smoke-test")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--out", default=None, help="run folder: checkpoint, history.json, loss.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 autocasts convolutions and matmuls: faster on GPUs and on CPUs "
-                        "with native bfloat16, not bit-exact (the loss stays within 2%% of fp32's)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 autocasts convolutions and matmuls: faster on GPUs and on CPUs "
+        "with native bfloat16, not bit-exact (the loss stays within 2%% of fp32's)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the step")
-    p.add_argument("--eager", action="store_true",
-                   help="the tutorial's step (NCHW, autograd, optimizer.step()) instead of the "
-                        "fastest one (channels_last and one_call_sgd, plus manual_backward on a "
-                        "CPU or cuda_graph on a GPU)")
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="the tutorial's step (NCHW, autograd, optimizer.step()) instead of the "
+        "fastest one (channels_last and one_call_sgd, plus manual_backward on a "
+        "CPU or cuda_graph on a GPU)",
+    )
     p.set_defaults(func=cmd_train)
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("data", help="manage data sets")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    synth = sub.add_parser("synth", help="write the synthetic CIFAR-10 stand-in",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    synth = sub.add_parser(
+        "synth",
+        help="write the synthetic CIFAR-10 stand-in",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     synth.add_argument("--root", required=True, help="folder to write cifar-10-batches-py in")
     synth.add_argument("--n-train", type=int, default=50_000, help="training images")
     synth.add_argument("--n-test", type=int, default=10_000, help="test images")
@@ -375,8 +508,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a user can cause and fix; each ends the command in one line, never a traceback.
-USER_ERRORS = (ValueError, TypeError, MemoryError, data.DataError, CheckpointError,
-               NonFiniteLoss, FolderBusy, UnsafeFile, Interrupted, WorkerError)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    MemoryError,
+    data.DataError,
+    CheckpointError,
+    NonFiniteLoss,
+    FolderBusy,
+    UnsafeFile,
+    Interrupted,
+    WorkerError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

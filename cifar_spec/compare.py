@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cifar_spec import stats
 from cifar_spec.paired import Case, Unsupported, build_arm, measure_pairs
-from cifar_spec.worker import Worker, WorkerError, start_workers, stop_all
+from cifar_spec.worker import Worker, start_workers, stop_all
 
 WORKERS = 2  # per environment: pairs come from 2 pairs of fresh processes
 MIN_PAIRS = 8  # per worker pair before a verdict may be taken
@@ -31,13 +31,23 @@ class BadEnvironment(ValueError):
 
 def check_python(python: str) -> None:
     """Refuse, before any work, a Python that does not exist or lacks torch or cifar_spec."""
-    probes = [("import sys", f"{python} is not a Python interpreter (no such file, or it does "
-                             "not run); give the path of a venv's bin/python"),
-              ("import torch", f"{python} cannot import torch; install it with "
-                               f"`{python} -m pip install torch`"),
-              ("import cifar_spec.worker", f"{python} cannot import cifar_spec; install this "
-                                           f"checkout there with `{python} -m pip install "
-                                           "--no-deps -e .` (torch alone is needed beside it)")]
+    probes = [
+        (
+            "import sys",
+            f"{python} is not a Python interpreter (no such file, or it does "
+            "not run); give the path of a venv's bin/python",
+        ),
+        (
+            "import torch",
+            f"{python} cannot import torch; install it with `{python} -m pip install torch`",
+        ),
+        (
+            "import cifar_spec.worker",
+            f"{python} cannot import cifar_spec; install this "
+            f"checkout there with `{python} -m pip install "
+            "--no-deps -e .` (torch alone is needed beside it)",
+        ),
+    ]
     for code, message in probes:
         try:
             done = subprocess.run([python, "-c", code], capture_output=True, timeout=120)
@@ -59,16 +69,22 @@ class Result:
     reason: str = ""
 
     def as_dict(self) -> dict:
-        out = {"device": self.case.device, "variant": self.case.variant,
-               "batch": self.case.batch, "verdict": self.verdict, "reason": self.reason}
+        out = {
+            "device": self.case.device,
+            "variant": self.case.variant,
+            "batch": self.case.batch,
+            "verdict": self.verdict,
+            "reason": self.reason,
+        }
         for name in ("ratio", "baseline", "candidate"):
             value = getattr(self, name)
             out[name] = value.as_dict() if value else None
         return out
 
 
-def start_side_by_side(baseline: str, candidate: str, workers: int,
-                       threads: int | None) -> tuple[list[Worker], list[Worker]]:
+def start_side_by_side(
+    baseline: str, candidate: str, workers: int, threads: int | None
+) -> tuple[list[Worker], list[Worker]]:
     """Workers of each environment, started alternately: b1, c1, b2, c2 ..."""
     base: list[Worker] = []
     cand: list[Worker] = []
@@ -82,16 +98,25 @@ def start_side_by_side(baseline: str, candidate: str, workers: int,
     return base, cand
 
 
-def compare_case(base: list[Worker], cand: list[Worker], case: Case, threshold: float,
-                 seconds: float, min_pairs: int = MIN_PAIRS) -> Result:
+def compare_case(
+    base: list[Worker],
+    cand: list[Worker],
+    case: Case,
+    threshold: float,
+    seconds: float,
+    min_pairs: int = MIN_PAIRS,
+) -> Result:
     try:
         arms = [(build_arm(b, case), build_arm(c, case)) for b, c in zip(base, cand)]
     except Unsupported as why:
         return Result(case, "skipped", reason=str(why))
     try:
         samples = measure_pairs(
-            arms, min_pairs, seconds,
-            done=lambda s: stats.verdict(s.ratio(), threshold) != stats.INCONCLUSIVE)
+            arms,
+            min_pairs,
+            seconds,
+            done=lambda s: stats.verdict(s.ratio(), threshold) != stats.INCONCLUSIVE,
+        )
     finally:
         for pair in arms:
             for arm in pair:
@@ -100,9 +125,16 @@ def compare_case(base: list[Worker], cand: list[Worker], case: Case, threshold: 
     return Result(case, stats.verdict(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
 
 
-def compare(baseline: str, candidate: str, cases: list[Case], threshold: float,
-            seconds: float, workers: int = WORKERS, threads: int | None = None,
-            log: Callable[[str], None] | None = None) -> tuple[dict, list[Result]]:
+def compare(
+    baseline: str,
+    candidate: str,
+    cases: list[Case],
+    threshold: float,
+    seconds: float,
+    workers: int = WORKERS,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict, list[Result]]:
     """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`."""
     start = time.perf_counter()
     base, cand = start_side_by_side(baseline, candidate, workers, threads)
@@ -139,17 +171,21 @@ def format_result(r: Result) -> str:
     if r.ratio is None:
         return f"{name:<44} {r.verdict}: {r.reason}"
     noisy = " noisy" if r.ratio.noisy else ""
-    return (f"{name:<44} {r.baseline.median * 1e3:>9.3f}ms {r.candidate.median * 1e3:>9.3f}ms "
-            f"{r.ratio.median:>7.3f} [{r.ratio.low:.3f}, {r.ratio.high:.3f}] "
-            f"{r.ratio.spread:>6.1%}{noisy}  {r.verdict}")
+    return (
+        f"{name:<44} {r.baseline.median * 1e3:>9.3f}ms {r.candidate.median * 1e3:>9.3f}ms "
+        f"{r.ratio.median:>7.3f} [{r.ratio.low:.3f}, {r.ratio.high:.3f}] "
+        f"{r.ratio.spread:>6.1%}{noisy}  {r.verdict}"
+    )
 
 
 def format_report(envs: dict, results: list[Result], threshold: float) -> str:
-    lines = [f"baseline:  {describe(envs['baseline'])}",
-             f"candidate: {describe(envs['candidate'])}",
-             f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
-             "above 1 is slower), median of paired rounds, two-level bootstrap",
-             f"{'case':<44} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
-             f"{'spread':>6}  verdict"]
+    lines = [
+        f"baseline:  {describe(envs['baseline'])}",
+        f"candidate: {describe(envs['candidate'])}",
+        f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
+        "above 1 is slower), median of paired rounds, two-level bootstrap",
+        f"{'case':<44} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
+        f"{'spread':>6}  verdict",
+    ]
     lines += [format_result(r) for r in results]
     return "\n".join(lines)

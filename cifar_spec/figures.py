@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import platform
-import time
 import statistics
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,15 +27,15 @@ from cifar_spec.measure import gc_off, synchronize
 from cifar_spec.model import IMAGE_SHAPE
 
 
-
-
 def layer_flops(model: nn.Module) -> list[int]:
     """Forward FLOPs of one image through each convolution and linear layer, in order."""
     flops = []
 
     def count(layer: nn.Module, _: tuple, out: torch.Tensor) -> None:
         if isinstance(layer, nn.Conv2d):
-            per_pixel = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            per_pixel = (
+                layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            )
             flops.append(2 * per_pixel * out[0].numel())
         elif isinstance(layer, nn.Linear):
             flops.append(2 * layer.in_features * layer.out_features)
@@ -123,7 +123,8 @@ def candidate_products(device: torch.device, dtype: torch.dtype):
         n *= 2
     batch = 1024 if device.type == "cuda" else 64
     x = torch.randn(batch, 32, 16, 16, device=device, dtype=dtype).to(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     conv = nn.Conv2d(32, 64, 5, padding=2).to(device, dtype, memory_format=torch.channels_last)
     with torch.no_grad():
         yield "conv 32->64 5x5", (lambda: conv(x)), 2 * 32 * 25 * 64 * 16 * 16 * batch
@@ -149,14 +150,21 @@ def measure_peak(device: str | torch.device, dtype: torch.dtype, tries: int = 3)
     return Peak(best[0], best[1], best[2], tries, precision)
 
 
-def rate_figures(device: str, variant: str, batch: int, images_per_s: float,
-                 flops_per_image: int, peak: Peak) -> dict:
+def rate_figures(
+    device: str, variant: str, batch: int, images_per_s: float, flops_per_image: int, peak: Peak
+) -> dict:
     """The figures of one measured rate, as stored in pytest-benchmark's extra_info."""
     fraction = images_per_s * flops_per_image / peak.best
     return {
-        "device": device, "variant": variant, "batch": batch, "images_per_s": images_per_s,
-        "train_flops_per_image": flops_per_image, "achieved_flops": images_per_s * flops_per_image,
-        "peak_flops": peak.best, "peak_flops_median": peak.median, "peak_shape": peak.shape,
+        "device": device,
+        "variant": variant,
+        "batch": batch,
+        "images_per_s": images_per_s,
+        "train_flops_per_image": flops_per_image,
+        "achieved_flops": images_per_s * flops_per_image,
+        "peak_flops": peak.best,
+        "peak_flops_median": peak.median,
+        "peak_shape": peak.shape,
         "peak_dtype": peak.precision,
         # Above 1 the peak was not an upper bound after all: no fraction, say so.
         "roofline_fraction": fraction if fraction <= 1 else None,
@@ -184,14 +192,18 @@ def format_ratio(row: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """One line per measured case: rate, spread, speed-up with its 95% CI, roofline fraction."""
-    lines = [f"{'device':<6} {'variant':<30} {'batch':>5} {'images/s':>10} {'spread':>7} "
-             f"{'speed-up [95% CI]':>22} {'roofline':>19}"]
+    lines = [
+        f"{'device':<6} {'variant':<30} {'batch':>5} {'images/s':>10} {'spread':>7} "
+        f"{'speed-up [95% CI]':>22} {'roofline':>19}"
+    ]
     for r in sorted(rows, key=lambda r: (r["device"], r["batch"], r["variant"] != "eager")):
         spread = f"{r['spread']:.1%}" if r.get("spread") is not None else "-"
         noisy = " noisy" if r.get("noisy") else ""
-        lines.append(f"{r['device']:<6} {r['variant']:<30} {r['batch']:>5} "
-                     f"{r['images_per_s']:>10,.0f} {spread:>7} {format_ratio(r):>22} "
-                     f"{format_fraction(r):>19}{noisy}")
+        lines.append(
+            f"{r['device']:<6} {r['variant']:<30} {r['batch']:>5} "
+            f"{r['images_per_s']:>10,.0f} {spread:>7} {format_ratio(r):>22} "
+            f"{format_fraction(r):>19}{noisy}"
+        )
     return "\n".join(lines)
 
 
@@ -209,10 +221,15 @@ def cpu_model() -> str:
 def gpu_info() -> dict:
     """The GPU's name, memory, clocks and power limit, where NVML can tell (pynvml or torch)."""
     props = torch.cuda.get_device_properties(0)
-    info = {"gpu_name": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-            "gpu_count": torch.cuda.device_count()}
-    for key, read in (("gpu_clock_mhz", torch.cuda.clock_rate),
-                      ("gpu_power_draw_mw", torch.cuda.power_draw)):
+    info = {
+        "gpu_name": props.name,
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "gpu_count": torch.cuda.device_count(),
+    }
+    for key, read in (
+        ("gpu_clock_mhz", torch.cuda.clock_rate),
+        ("gpu_power_draw_mw", torch.cuda.power_draw),
+    ):
         try:
             info[key] = read(0)
         except Exception:  # no NVML on this machine: the figure is simply not recorded
@@ -223,9 +240,12 @@ def gpu_info() -> dict:
 def machine_info() -> dict:
     """Hardware and software of this process; torchvision only where it is installed."""
     info = {
-        "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
     }
     try:
         import torchvision

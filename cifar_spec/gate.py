@@ -62,8 +62,10 @@ def load_json(path: Path, what: str) -> object:
         # NaN and Infinity are not JSON; Python would accept them and compare nothing.
         return json.loads(text, parse_constant=lambda name: _refuse_constant(path, name))
     except json.JSONDecodeError as error:
-        raise GateError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
-                        f"fix or delete the {what}") from None
+        raise GateError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
+            f"fix or delete the {what}"
+        ) from None
 
 
 def _refuse_constant(path: Path, name: str) -> None:
@@ -78,19 +80,31 @@ def load_baseline(path: Path) -> dict:
         raise GateError(f"{path} is not a cifar-spec baseline (no list of rows); {fix}")
     for i, row in enumerate(data["rows"]):
         times = row.get("step_times") if isinstance(row, dict) else None
-        ok = (isinstance(row, dict) and all(isinstance(row.get(k), t) for k, t in
-                                            (("device", str), ("variant", str), ("batch", int)))
-              and isinstance(times, list) and times
-              and all(isinstance(g, list) and g and all(_positive(v) for v in g) for g in times))
+        ok = (
+            isinstance(row, dict)
+            and all(
+                isinstance(row.get(k), t)
+                for k, t in (("device", str), ("variant", str), ("batch", int))
+            )
+            and isinstance(times, list)
+            and times
+            and all(isinstance(g, list) and g and all(_positive(v) for v in g) for g in times)
+        )
         if not ok:
-            raise GateError(f"{path}: row {i} is not a measured case (device, variant, batch "
-                            f"and positive step_times per worker); {fix}")
+            raise GateError(
+                f"{path}: row {i} is not a measured case (device, variant, batch "
+                f"and positive step_times per worker); {fix}"
+            )
     return data
 
 
 def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and value > 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def save_baseline(path: Path, info: dict, rows: list[dict]) -> None:
@@ -134,12 +148,20 @@ def judge_times(baseline_rows: list[dict], rows: list[dict], threshold: float) -
             continue
         ratio = stats.ratio_of_medians(before["step_times"], row["step_times"])
         base_median = statistics.median(v for g in before["step_times"] for v in g)
-        judged.append(Judged(case_key(row), base_median, row["seconds_per_step"], ratio,
-                             stats.verdict(ratio, threshold)))
+        judged.append(
+            Judged(
+                case_key(row),
+                base_median,
+                row["seconds_per_step"],
+                ratio,
+                stats.verdict(ratio, threshold),
+            )
+        )
     return judged
 
 
 # Floors: {"_note": "...", variant: {batch: {"speedup": floor}}}, per device.
+
 
 def default_floors(device: str) -> Path:
     """The floors shipped with the package (benchmarks/floors in a checkout links here)."""
@@ -155,27 +177,33 @@ def load_floors(path: Path) -> dict:
         if variant.startswith("_"):
             continue  # a note
         if not isinstance(batches, dict):
-            raise GateError(f"{path}: {variant!r} must be an object of batch sizes, "
-                            f"got {type(batches).__name__}")
+            raise GateError(
+                f"{path}: {variant!r} must be an object of batch sizes, "
+                f"got {type(batches).__name__}"
+            )
         for batch, limits in batches.items():
             where = f"{variant!r} batch {batch!r}"
             if not batch.isdigit():
                 raise GateError(f"{path}: {where}: a batch size must be a whole number")
             if not isinstance(limits, dict):
-                raise GateError(f"{path}: {where} must be an object of figures, "
-                                f"got {type(limits).__name__}")
+                raise GateError(
+                    f"{path}: {where} must be an object of figures, got {type(limits).__name__}"
+                )
             for figure, floor in limits.items():
                 if figure != "speedup":
-                    raise GateError(f"{path}: {where}: unknown figure {figure!r}; "
-                                    "floors hold 'speedup' only")
+                    raise GateError(
+                        f"{path}: {where}: unknown figure {figure!r}; floors hold 'speedup' only"
+                    )
                 if not _positive(floor):
-                    raise GateError(f"{path}: {where} {figure}: the floor must be a positive "
-                                    f"finite number, got {floor!r}")
+                    raise GateError(
+                        f"{path}: {where} {figure}: the floor must be a positive "
+                        f"finite number, got {floor!r}"
+                    )
     return data
 
 
 def check_floors(rows: list[dict], floors: dict) -> tuple[list[str], list[str]]:
-    """(failed, inconclusive) messages: a speed-up's whole interval below its floor, or straddling."""
+    """(failed, inconclusive): a speed-up's whole interval below its floor, or straddling it."""
     failed, unsure = [], []
     for row in rows:
         limits = floors.get(row["variant"], {}).get(str(row["batch"]), {})
@@ -183,8 +211,10 @@ def check_floors(rows: list[dict], floors: dict) -> tuple[list[str], list[str]]:
         if floor is None or not row.get("speedup_ci"):
             continue
         low, high = row["speedup_ci"]
-        text = (f"{row['device']} {row['variant']} batch {row['batch']}: speed-up "
-                f"{row['speedup']:.2f}x [{low:.2f}, {high:.2f}] against the floor {floor:g}")
+        text = (
+            f"{row['device']} {row['variant']} batch {row['batch']}: speed-up "
+            f"{row['speedup']:.2f}x [{low:.2f}, {high:.2f}] against the floor {floor:g}"
+        )
         if high < floor:
             failed.append(text)
         elif low < floor:
@@ -195,17 +225,23 @@ def check_floors(rows: list[dict], floors: dict) -> tuple[list[str], list[str]]:
 def unmeasured_floors(rows: list[dict], floors: dict) -> list[str]:
     """Floors no row was measured for: a skipped variant, or a renamed one to look at."""
     measured = {(r["variant"], str(r["batch"])) for r in rows}
-    return [f"{variant} batch {batch}" for variant, batches in floors.items()
-            if not variant.startswith("_") for batch in batches
-            if (variant, batch) not in measured]
+    return [
+        f"{variant} batch {batch}"
+        for variant, batches in floors.items()
+        if not variant.startswith("_")
+        for batch in batches
+        if (variant, batch) not in measured
+    ]
 
 
 def format_judged(judged: list[Judged]) -> str:
     lines = [f"{'case':<44} {'baseline':>10} {'now':>10} {'now/baseline [95% CI]':>26}  verdict"]
     for j in judged:
         name = " ".join(map(str, j.key))
-        lines.append(f"{name:<44} {j.baseline * 1e3:>8.3f}ms {j.new * 1e3:>8.3f}ms "
-                     f"{j.ratio.median:>9.3f} [{j.ratio.low:.3f}, {j.ratio.high:.3f}]  {j.verdict}")
+        lines.append(
+            f"{name:<44} {j.baseline * 1e3:>8.3f}ms {j.new * 1e3:>8.3f}ms "
+            f"{j.ratio.median:>9.3f} [{j.ratio.low:.3f}, {j.ratio.high:.3f}]  {j.verdict}"
+        )
     return "\n".join(lines)
 
 

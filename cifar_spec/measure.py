@@ -78,8 +78,9 @@ def time_round(step: Callable[[], object], device: torch.device, steps: int) -> 
     return Round(host / steps, gpu)
 
 
-def warm_up(step: Callable[[], object], device: torch.device,
-            seconds: float = WARMUP_SECONDS) -> float:
+def warm_up(
+    step: Callable[[], object], device: torch.device, seconds: float = WARMUP_SECONDS
+) -> float:
     """Step until the time per step settles; return that time.
 
     The first steps pay for compilation, cuDNN's choice of algorithms, the
@@ -109,8 +110,9 @@ def paired_order(pair: int) -> tuple[int, int]:
     return (0, 1) if pair % 2 == 0 else (1, 0)
 
 
-def synchronized_every(step: Callable[[], object], device: torch.device,
-                       n: int) -> Callable[[], object]:
+def synchronized_every(
+    step: Callable[[], object], device: torch.device, n: int
+) -> Callable[[], object]:
     """`step`, with the device synchronized after every n-th call.
 
     For pytest-benchmark's `pedantic(..., iterations=n)`, which times n calls

@@ -38,8 +38,13 @@ class Case:
         return f"{self.device}-{self.variant}-{self.batch}"
 
     def request(self) -> dict:
-        return {"op": "build", "key": self.key, "device": self.device,
-                "variant": self.variant, "batch": self.batch}
+        return {
+            "op": "build",
+            "key": self.key,
+            "device": self.device,
+            "variant": self.variant,
+            "batch": self.batch,
+        }
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,9 @@ class Arm:
 
     def round(self) -> tuple[float, float | None]:
         timeout = max(30.0, ROUND_TIMEOUT_FACTOR * self.steps * self.seconds_per_step)
-        reply = self.worker.call({"op": "round", "key": self.case.key, "steps": self.steps},
-                                 timeout)
+        reply = self.worker.call(
+            {"op": "round", "key": self.case.key, "steps": self.steps}, timeout
+        )
         return reply["host"], reply["gpu"]
 
 
@@ -105,8 +111,12 @@ def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: i
         samples.gpu_groups[group].append((timed[0][1], timed[1][1]))
 
 
-def measure_pairs(arms: list[tuple[Arm, Arm]], min_pairs: int, seconds: float,
-                  done: Callable[[Samples], bool] | None = None) -> Samples:
+def measure_pairs(
+    arms: list[tuple[Arm, Arm]],
+    min_pairs: int,
+    seconds: float,
+    done: Callable[[Samples], bool] | None = None,
+) -> Samples:
     """Pairs from each worker pair in turn until each has `min_pairs` and `done` says so,
     or `seconds` have passed (at least `min_pairs` each even then)."""
     samples = Samples([[] for _ in arms], [[] for _ in arms])

@@ -69,9 +69,12 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
     return ordered[lo], ordered[hi]
 
 
-def clustered_median_ci(groups: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
-                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
-                        ) -> tuple[float, float]:
+def clustered_median_ci(
+    groups: Sequence[Sequence[float]],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the pooled median, drawing groups, then values in each.
 
     With one group this is the order-statistics interval (the bootstrap adds
@@ -108,15 +111,23 @@ class Estimate:
 
     def inverted(self) -> Estimate:
         """The same estimate of 1/x (a time ratio as a speed-up); the interval flips."""
-        return Estimate(1 / self.median, 1 / self.high, 1 / self.low, self.spread,
-                        self.samples, self.processes)
+        return Estimate(
+            1 / self.median, 1 / self.high, 1 / self.low, self.spread, self.samples, self.processes
+        )
 
     def as_dict(self) -> dict:
-        return {"median": self.median, "ci_low": self.low, "ci_high": self.high,
-                "spread": self.spread, "noisy": self.noisy, "samples": self.samples,
-                "processes": self.processes,
-                "ci_method": "order statistics" if self.processes == 1
-                else "two-level bootstrap (processes, then samples)"}
+        return {
+            "median": self.median,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "spread": self.spread,
+            "noisy": self.noisy,
+            "samples": self.samples,
+            "processes": self.processes,
+            "ci_method": "order statistics"
+            if self.processes == 1
+            else "two-level bootstrap (processes, then samples)",
+        }
 
 
 def estimate(groups: Sequence[Sequence[float]]) -> Estimate:
@@ -125,13 +136,23 @@ def estimate(groups: Sequence[Sequence[float]]) -> Estimate:
     if not pooled:
         raise ValueError("no samples to estimate from")
     low, high = clustered_median_ci(groups)
-    return Estimate(statistics.median(pooled), low, high, spread(pooled), len(pooled),
-                    sum(1 for g in groups if len(g)))
+    return Estimate(
+        statistics.median(pooled),
+        low,
+        high,
+        spread(pooled),
+        len(pooled),
+        sum(1 for g in groups if len(g)),
+    )
 
 
 # Verdicts on a ratio candidate / baseline of step times (above 1: the candidate is slower).
-REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE = ("regression", "improvement", "no change",
-                                                    "inconclusive")
+REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE = (
+    "regression",
+    "improvement",
+    "no change",
+    "inconclusive",
+)
 
 
 def verdict(ratio: Estimate, threshold: float) -> str:
@@ -150,9 +171,13 @@ def verdict(ratio: Estimate, threshold: float) -> str:
     return INCONCLUSIVE
 
 
-def ratio_of_medians(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]],
-                     confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = 0) -> Estimate:
+def ratio_of_medians(
+    base: Sequence[Sequence[float]],
+    new: Sequence[Sequence[float]],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> Estimate:
     """new / base of two unpaired samples (runs minutes apart), each grouped by process.
 
     Percentile bootstrap: each resample draws processes, then values within
@@ -174,6 +199,11 @@ def ratio_of_medians(base: Sequence[Sequence[float]], new: Sequence[Sequence[flo
     pooled_new = [v for g in new for v in g]
     pooled_base = [v for g in base for v in g]
     tail = (1 - confidence) / 2
-    return Estimate(statistics.median(pooled_new) / statistics.median(pooled_base),
-                    quantile(ratios, tail), quantile(ratios, 1 - tail), spread(pooled_new),
-                    len(pooled_new), len(new))
+    return Estimate(
+        statistics.median(pooled_new) / statistics.median(pooled_base),
+        quantile(ratios, tail),
+        quantile(ratios, 1 - tail),
+        spread(pooled_new),
+        len(pooled_new),
+        len(new),
+    )

@@ -48,8 +48,9 @@ class Suite:
 
     def start(self) -> Suite:
         if not self._workers:
-            self._workers = start_workers(self.python, self.workers, "w",
-                                          self.threads or available_cores())
+            self._workers = start_workers(
+                self.python, self.workers, "w", self.threads or available_cores()
+            )
         return self
 
     def stop(self) -> None:
@@ -107,11 +108,14 @@ class Suite:
         key = (device, str(dtype))
         if key not in self._peaks:
             name = str(dtype).removeprefix("torch.")
-            replies = [w.call({"op": "peak", "device": device, "dtype": name}, 600)
-                       for w in self.start()._workers]
+            replies = [
+                w.call({"op": "peak", "device": device, "dtype": name}, 600)
+                for w in self.start()._workers
+            ]
             best = max(replies, key=lambda r: r["best"])
-            self._peaks[key] = figures.Peak(best["best"], best["median"], best["shape"],
-                                            best["tries"], best["precision"])
+            self._peaks[key] = figures.Peak(
+                best["best"], best["median"], best["shape"], best["tries"], best["precision"]
+            )
         return self._peaks[key]
 
     def row(self, case: Case, samples: Samples, steps: int) -> dict:
@@ -121,14 +125,24 @@ class Suite:
         # A loop runs the step at batch 1: its arithmetic per image is the eager step's.
         options = bench.VARIANTS["eager" if is_loop else case.variant]
         peak = self.peak(case.device, bench.precision(options))
-        row = figures.rate_figures(case.device, case.variant, case.batch, images / time.median,
-                                   figures.counted_flops_per_image(options), peak)
+        row = figures.rate_figures(
+            case.device,
+            case.variant,
+            case.batch,
+            images / time.median,
+            figures.counted_flops_per_image(options),
+            peak,
+        )
         speedup = samples.ratio().inverted()
         is_baseline = case == self.baseline_of(case)
         row.update(
-            seconds_per_step=time.median, seconds_per_step_ci=[time.low, time.high],
-            spread=time.spread, samples=time.samples, processes=time.processes,
-            steps_per_round=steps, speedup=1.0 if is_baseline else speedup.median,
+            seconds_per_step=time.median,
+            seconds_per_step_ci=[time.low, time.high],
+            spread=time.spread,
+            samples=time.samples,
+            processes=time.processes,
+            steps_per_round=steps,
+            speedup=1.0 if is_baseline else speedup.median,
             speedup_ci=None if is_baseline else [speedup.low, speedup.high],
             speedup_spread=None if is_baseline else speedup.spread,
             baseline=self.baseline_of(case).variant,
@@ -141,9 +155,14 @@ class Suite:
         return row
 
 
-def measure_all(suite: Suite, devices: list[str], variants: list[str] | None = None,
-                batches: list[int] | None = None, loops: bool = True,
-                skipped: Callable[[Case, str], None] | None = None) -> list[dict]:
+def measure_all(
+    suite: Suite,
+    devices: list[str],
+    variants: list[str] | None = None,
+    batches: list[int] | None = None,
+    loops: bool = True,
+    skipped: Callable[[Case, str], None] | None = None,
+) -> list[dict]:
     """Every case on `devices` (eager first in each batch, then the others, then the loops)."""
     rows = []
     for device in devices:
@@ -162,4 +181,3 @@ def measure_all(suite: Suite, devices: list[str], variants: list[str] | None = N
         if loops and device == "cpu" and variants is None and batches is None:
             rows += [suite.measure(Case("cpu", name, 1)) for name in bench.LOOPS]
     return rows
-

@@ -38,6 +38,7 @@ HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
 
 # The worker's side.
 
+
 def environment() -> dict:
     """Which torch, cifar_spec and machine this worker runs on."""
     import platform
@@ -48,10 +49,14 @@ def environment() -> dict:
     from cifar_spec.figures import cpu_model
 
     info = {
-        "python": sys.executable, "python_version": platform.python_version(),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(), "threads": torch.get_num_threads(),
-        "cifar_spec": str(Path(cifar_spec.__file__).parent), "git": git_revision(),
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "threads": torch.get_num_threads(),
+        "cifar_spec": str(Path(cifar_spec.__file__).parent),
+        "git": git_revision(),
         "cpu_model": cpu_model(),
     }
     if torch.cuda.is_available():
@@ -65,10 +70,18 @@ def git_revision() -> str | None:
 
     folder = Path(cifar_spec.__file__).parent
     try:
-        rev = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "."],
-                               capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if rev.returncode:
@@ -102,8 +115,13 @@ def peak(request: dict) -> dict:
     from cifar_spec.figures import measure_peak
 
     p = measure_peak(request["device"], getattr(torch, request["dtype"]))
-    return {"best": p.best, "median": p.median, "shape": p.shape, "tries": p.tries,
-            "precision": p.precision}
+    return {
+        "best": p.best,
+        "median": p.median,
+        "shape": p.shape,
+        "tries": p.tries,
+        "precision": p.precision,
+    }
 
 
 def handle(request: dict, cases: dict) -> dict:
@@ -158,6 +176,7 @@ def serve(threads: int | None = None) -> None:
 
 # The controller's side.
 
+
 class WorkerError(RuntimeError):
     """A worker crashed, hung or refused a request; the message says which and why."""
 
@@ -180,8 +199,14 @@ class Worker:
         if self.threads:
             command += ["--threads", str(self.threads)]
         # A session of its own, so that stopping it stops whatever it started.
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.stderr, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=self.env,
+            start_new_session=True,
+        )
         self.info = self.call({"op": "hello"}, HELLO_TIMEOUT)
 
     def call(self, request: dict, timeout: float) -> dict:
@@ -194,8 +219,10 @@ class Worker:
         line = self.read_line(timeout)
         if line is None:
             self.stop(polite=False)  # a hung worker would not read an exit request
-            raise WorkerError(f"{self.name} did not answer '{request['op']}' within "
-                              f"{timeout:.0f} s and was stopped")
+            raise WorkerError(
+                f"{self.name} did not answer '{request['op']}' within "
+                f"{timeout:.0f} s and was stopped"
+            )
         if not line:
             self.fail(f"exited during '{request['op']}'")
         reply = json.loads(line)
@@ -220,8 +247,9 @@ class Worker:
         self.stderr.seek(0)
         tail = self.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
         self.stop()
-        raise WorkerError(f"{self.name} {what} with exit code {code}"
-                          + (f": {' | '.join(tail)}" if tail else ""))
+        raise WorkerError(
+            f"{self.name} {what} with exit code {code}" + (f": {' | '.join(tail)}" if tail else "")
+        )
 
     def stop(self, polite: bool = True) -> None:
         """End the worker and everything it started; safe to call twice."""
@@ -251,8 +279,9 @@ class Worker:
         self.stop()
 
 
-def start_workers(python: str, count: int, label: str, threads: int | None = None,
-                  env: dict | None = None) -> list[Worker]:
+def start_workers(
+    python: str, count: int, label: str, threads: int | None = None, env: dict | None = None
+) -> list[Worker]:
     """`count` workers, started one after another so their imports do not compete."""
     workers: list[Worker] = []
     try:
@@ -272,10 +301,13 @@ def stop_all(workers: list[Worker]) -> None:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m cifar_spec.worker",
-                                     description="Build and time training steps on request "
-                                                 "(JSON lines on stdin and stdout).")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_spec.worker",
+        description="Build and time training steps on request (JSON lines on stdin and stdout).",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     serve(parser.parse_args(argv).threads)
 
 

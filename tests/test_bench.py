@@ -12,9 +12,13 @@ def test_each_variant_has_a_unique_name_and_eager_is_the_baseline():
     assert len(set(bench.VARIANTS)) == len(bench.VARIANTS) == 10
 
 
-@pytest.mark.parametrize("options, device, reason", [
-    (StepOptions(one_call_sgd=True, cuda_graph=True), "cpu", "CUDA graphs need a CUDA device"),
-], ids=["cuda-graph-on-cpu"])
+@pytest.mark.parametrize(
+    "options, device, reason",
+    [
+        (StepOptions(one_call_sgd=True, cuda_graph=True), "cpu", "CUDA graphs need a CUDA device"),
+    ],
+    ids=["cuda-graph-on-cpu"],
+)
 def test_a_variant_the_device_cannot_run_says_why(options, device, reason):
     assert bench.skip_reason(options, device) == reason
 
@@ -24,8 +28,9 @@ def test_cuda_variants_are_skipped_with_a_reason_where_there_is_no_gpu():
     assert bench.skip_reason(StepOptions(), "cuda") == "no CUDA device on this machine"
 
 
-@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                    reason="this CPU computes bfloat16 natively")
+@pytest.mark.skipif(
+    torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU computes bfloat16 natively"
+)
 def test_bfloat16_is_not_timed_on_a_cpu_that_would_emulate_it():
     assert "no native bfloat16" in bench.skip_reason(StepOptions(bf16=True), "cpu")
     assert bench.unsupported(StepOptions(bf16=True), "cpu") is None  # it can run, slowly

@@ -67,8 +67,26 @@ def test_an_unknown_command_is_an_argparse_error(capsys):
 
 
 def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
-    assert main(["bench", "--device", "cpu", "--batch-size", "2", "--variant", "channels_last",
-                 "--variant", "eager", "--workers", "1", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--variant",
+                "channels_last",
+                "--variant",
+                "eager",
+                "--workers",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "images/s" in out and "speed-up [95% CI]" in out and "roofline" in out
     lines = [line.split() for line in out.splitlines() if line.startswith("cpu")]

@@ -10,8 +10,9 @@ from cifar_spec.step import StepOptions
 
 def test_the_forward_pass_costs_24_7_mflop_per_image():
     # conv: 2*3*25*32*32*32 + 2*32*25*32*16*16 + 2*32*25*64*8*8; linear: 2*1024*64 + 2*64*10
-    assert sum(figures.layer_flops(CifarNet())) == \
-        4_915_200 + 13_107_200 + 6_553_600 + 131_072 + 1_280
+    assert (
+        sum(figures.layer_flops(CifarNet())) == 4_915_200 + 13_107_200 + 6_553_600 + 131_072 + 1_280
+    )
 
 
 def test_a_training_step_costs_three_forwards_less_the_first_layers_input_gradient():
@@ -48,9 +49,12 @@ def test_a_rate_above_the_peak_is_shown_as_an_underestimated_peak_not_a_fraction
 def test_the_table_shows_each_speed_up_with_its_interval_and_marks_noisy_rows():
     base = figures.rate_figures("cpu", "eager", 1, 250.0, 69_209_856, PEAK)
     fast = figures.rate_figures("cpu", "channels_last", 1, 300.0, 69_209_856, PEAK)
-    table = figures.format_table([
-        {**base, "speedup": 1.0, "spread": 0.03},
-        {**fast, "speedup": 1.2, "speedup_ci": [1.15, 1.26], "spread": 0.14, "noisy": True}])
+    table = figures.format_table(
+        [
+            {**base, "speedup": 1.0, "spread": 0.03},
+            {**fast, "speedup": 1.2, "speedup_ci": [1.15, 1.26], "spread": 0.14, "noisy": True},
+        ]
+    )
     eager_line, fast_line = table.splitlines()[1:]
     assert "1.00x" in eager_line and "noisy" not in eager_line and "3.0%" in eager_line
     assert "1.20x [1.15, 1.26]" in fast_line and fast_line.endswith("noisy")
@@ -58,8 +62,15 @@ def test_the_table_shows_each_speed_up_with_its_interval_and_marks_noisy_rows():
 
 def test_machine_info_names_the_hardware_and_every_version():
     info = figures.machine_info()
-    assert {"cpu_model", "torch_threads", "torch", "torchvision", "cuda", "cudnn",
-            "python"} <= info.keys()
+    assert {
+        "cpu_model",
+        "torch_threads",
+        "torch",
+        "torchvision",
+        "cuda",
+        "cudnn",
+        "python",
+    } <= info.keys()
     assert info["torch"] == torch.__version__
 
 

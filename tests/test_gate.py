@@ -19,8 +19,10 @@ def test_a_baseline_is_kept_per_hardware_and_survives_a_torch_upgrade():
     assert gate.fingerprint(INFO) == "AMD_EPYC-2t"
     assert gate.fingerprint({**INFO, "torch": "2.15.0", "node": "runner-7"}) == "AMD_EPYC-2t"
     assert gate.fingerprint({**INFO, "torch_threads": 4}) != gate.fingerprint(INFO)
-    assert gate.fingerprint({**INFO, "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8}) == \
-        "NVIDIA_H100_80GB_HBM3-x8"
+    assert (
+        gate.fingerprint({**INFO, "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8})
+        == "NVIDIA_H100_80GB_HBM3-x8"
+    )
 
 
 def step_times(*pythons: str) -> list[list[list[float]]]:
@@ -41,8 +43,13 @@ def step_times(*pythons: str) -> list[list[list[float]]]:
 
 
 def row(times):
-    return {"device": "cpu", "variant": "eager", "batch": 1, "step_times": times,
-            "seconds_per_step": stats.estimate(times).median}
+    return {
+        "device": "cpu",
+        "variant": "eager",
+        "batch": 1,
+        "step_times": times,
+        "seconds_per_step": stats.estimate(times).median,
+    }
 
 
 @pytest.mark.slow
@@ -50,8 +57,11 @@ def test_the_gate_calls_a_step_with_five_times_the_convolutions_a_regression(slo
     # Forward convolutions only: about a quarter of an eager step at batch 1, so ~2x in all.
     baseline, slower = step_times(sys.executable, str(slow_python(5)))
     [judged] = gate.judge_times([row(baseline)], [row(slower)], gate.DEFAULT_THRESHOLD)
-    assert judged.verdict == stats.REGRESSION and judged.ratio.low > 1 + gate.DEFAULT_THRESHOLD, \
-        (judged, baseline, slower)
+    assert judged.verdict == stats.REGRESSION and judged.ratio.low > 1 + gate.DEFAULT_THRESHOLD, (
+        judged,
+        baseline,
+        slower,
+    )
 
 
 def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
@@ -74,15 +84,23 @@ def test_saving_a_baseline_never_writes_through_a_planted_link(tmp_path):
     assert target.read_text() == "keep me" and not path.is_symlink()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "is not valid JSON"),
-    ('{"rows": NaN}', "NaN is not a number a gate can compare"),
-    ('[1, 2]', "is not a cifar-spec baseline"),
-    ('{"rows": [{"device": "cpu", "variant": "eager", "batch": 1, "step_times": [[0.0]]}]}',
-     "row 0 is not a measured case"),
-    ('{"rows": [{"device": "cpu", "variant": "eager", "batch": "1", "step_times": [[1]]}]}',
-     "row 0 is not a measured case"),
-], ids=["invalid", "nan", "list", "zero-time", "string-batch"])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"rows": NaN}', "NaN is not a number a gate can compare"),
+        ("[1, 2]", "is not a cifar-spec baseline"),
+        (
+            '{"rows": [{"device": "cpu", "variant": "eager", "batch": 1, "step_times": [[0.0]]}]}',
+            "row 0 is not a measured case",
+        ),
+        (
+            '{"rows": [{"device": "cpu", "variant": "eager", "batch": "1", "step_times": [[1]]}]}',
+            "row 0 is not a measured case",
+        ),
+    ],
+    ids=["invalid", "nan", "list", "zero-time", "string-batch"],
+)
 def test_a_damaged_baseline_is_refused_naming_the_file_and_the_fix(tmp_path, text, message):
     path = tmp_path / "baseline.json"
     path.write_text(text)
@@ -91,17 +109,21 @@ def test_a_damaged_baseline_is_refused_naming_the_file_and_the_fix(tmp_path, tex
     assert str(path) in str(error.value)
 
 
-@pytest.mark.parametrize("floors, message", [
-    ('{"eager": {"1": {"speedup": NaN}}}', "NaN is not a number"),
-    ('{"eager": {"1": {"speedup": "fast"}}}', "'eager' batch '1' speedup: the floor must be"),
-    ('{"eager": {"1": {"speedup": null}}}', "'eager' batch '1' speedup: the floor must be"),
-    ('{"eager": {"1": [1.05]}}', "'eager' batch '1' must be an object of figures, got list"),
-    ('{"eager": 1.05}', "'eager' must be an object of batch sizes, got float"),
-    ('{"eager": {"one": {"speedup": 1}}}', "a batch size must be a whole number"),
-    ('{"eager": {"1": {"roofline": 0.5}}}', "unknown figure 'roofline'"),
-    ("[]", "the floors must be an object"),
-    ("{oops", "is not valid JSON"),
-], ids=["nan", "string", "null", "list", "number", "batch-name", "figure", "top-list", "invalid"])
+@pytest.mark.parametrize(
+    "floors, message",
+    [
+        ('{"eager": {"1": {"speedup": NaN}}}', "NaN is not a number"),
+        ('{"eager": {"1": {"speedup": "fast"}}}', "'eager' batch '1' speedup: the floor must be"),
+        ('{"eager": {"1": {"speedup": null}}}', "'eager' batch '1' speedup: the floor must be"),
+        ('{"eager": {"1": [1.05]}}', "'eager' batch '1' must be an object of figures, got list"),
+        ('{"eager": 1.05}', "'eager' must be an object of batch sizes, got float"),
+        ('{"eager": {"one": {"speedup": 1}}}', "a batch size must be a whole number"),
+        ('{"eager": {"1": {"roofline": 0.5}}}', "unknown figure 'roofline'"),
+        ("[]", "the floors must be an object"),
+        ("{oops", "is not valid JSON"),
+    ],
+    ids=["nan", "string", "null", "list", "number", "batch-name", "figure", "top-list", "invalid"],
+)
 def test_a_bad_floors_file_is_refused_naming_the_file_and_the_key(tmp_path, floors, message):
     path = tmp_path / "cpu.json"
     path.write_text(floors)
@@ -117,15 +139,24 @@ def test_the_shipped_floors_are_valid_and_found_outside_a_checkout():
 
 
 def sped(variant, low, high):
-    return {"device": "cpu", "variant": variant, "batch": 1, "speedup": (low + high) / 2,
-            "speedup_ci": [low, high]}
+    return {
+        "device": "cpu",
+        "variant": variant,
+        "batch": 1,
+        "speedup": (low + high) / 2,
+        "speedup_ci": [low, high],
+    }
 
 
 def test_a_floor_fails_only_when_the_whole_interval_lies_below_it():
-    floors = {"a": {"1": {"speedup": 1.1}}, "b": {"1": {"speedup": 1.1}},
-              "c": {"1": {"speedup": 1.1}}}
-    failed, unsure = gate.check_floors([sped("a", 0.9, 1.05), sped("b", 1.0, 1.2),
-                                        sped("c", 1.15, 1.3)], floors)
+    floors = {
+        "a": {"1": {"speedup": 1.1}},
+        "b": {"1": {"speedup": 1.1}},
+        "c": {"1": {"speedup": 1.1}},
+    }
+    failed, unsure = gate.check_floors(
+        [sped("a", 0.9, 1.05), sped("b", 1.0, 1.2), sped("c", 1.15, 1.3)], floors
+    )
     assert failed == ["cpu a batch 1: speed-up 0.98x [0.90, 1.05] against the floor 1.1"]
     assert unsure == ["cpu b batch 1: speed-up 1.10x [1.00, 1.20] against the floor 1.1"]
 
@@ -140,14 +171,18 @@ def judged(verdict):
     return gate.Judged(("cpu", "eager", 1), 0.01, 0.01, stats.estimate([[1.0] * 6]), verdict)
 
 
-@pytest.mark.parametrize("verdicts, failed, unsure, code, line", [
-    ([stats.NO_CHANGE], [], [], 0, "gate: passed"),
-    ([stats.IMPROVEMENT], [], [], 0, "gate: passed"),
-    ([stats.REGRESSION, stats.INCONCLUSIVE], [], [], 1, "gate: FAILED (1 regression(s))"),
-    ([stats.NO_CHANGE], ["x"], [], 1, "gate: FAILED (1 speed-up(s) below the floor)"),
-    ([stats.INCONCLUSIVE], [], [], 3, "gate: inconclusive (1 case(s) straddle the threshold"),
-    ([stats.NO_CHANGE], [], ["x"], 3, "gate: inconclusive (1 speed-up(s) straddle the floor"),
-], ids=["passed", "improved", "regressed", "floor", "straddles", "floor-straddles"])
+@pytest.mark.parametrize(
+    "verdicts, failed, unsure, code, line",
+    [
+        ([stats.NO_CHANGE], [], [], 0, "gate: passed"),
+        ([stats.IMPROVEMENT], [], [], 0, "gate: passed"),
+        ([stats.REGRESSION, stats.INCONCLUSIVE], [], [], 1, "gate: FAILED (1 regression(s))"),
+        ([stats.NO_CHANGE], ["x"], [], 1, "gate: FAILED (1 speed-up(s) below the floor)"),
+        ([stats.INCONCLUSIVE], [], [], 3, "gate: inconclusive (1 case(s) straddle the threshold"),
+        ([stats.NO_CHANGE], [], ["x"], 3, "gate: inconclusive (1 speed-up(s) straddle the floor"),
+    ],
+    ids=["passed", "improved", "regressed", "floor", "straddles", "floor-straddles"],
+)
 def test_every_outcome_ends_in_one_line_and_its_exit_code(verdicts, failed, unsure, code, line):
     got_code, got_line = gate.outcome([judged(v) for v in verdicts], failed, unsure)
     assert got_code == code and got_line.startswith(line)
@@ -171,8 +206,21 @@ def test_the_gate_on_a_damaged_baseline_ends_in_one_line_not_a_traceback(tmp_pat
 
 def test_a_nan_floor_in_a_floors_folder_stops_the_gate_before_any_measurement(tmp_path, capsys):
     (tmp_path / "cpu.json").write_text('{"eager": {"1": {"speedup": NaN}}}')
-    assert main(["gate", "--save-baseline", "--storage", str(tmp_path / "store"),
-                 "--floors", str(tmp_path), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "gate",
+                "--save-baseline",
+                "--storage",
+                str(tmp_path / "store"),
+                "--floors",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "NaN is not a number" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
 

@@ -65,13 +65,17 @@ def ratio(low, high):
     return stats.Estimate((low + high) / 2, low, high, 0.01, 20, 2)
 
 
-@pytest.mark.parametrize("low, high, expected", [
-    (1.08, 1.20, stats.REGRESSION),  # wholly above 1.05
-    (0.80, 0.93, stats.IMPROVEMENT),  # wholly below 0.95
-    (0.97, 1.04, stats.NO_CHANGE),  # inside both bounds
-    (1.02, 1.09, stats.INCONCLUSIVE),  # straddles 1.05
-    (0.90, 1.00, stats.INCONCLUSIVE),  # straddles 0.95
-], ids=["regression", "improvement", "no-change", "straddles-above", "straddles-below"])
+@pytest.mark.parametrize(
+    "low, high, expected",
+    [
+        (1.08, 1.20, stats.REGRESSION),  # wholly above 1.05
+        (0.80, 0.93, stats.IMPROVEMENT),  # wholly below 0.95
+        (0.97, 1.04, stats.NO_CHANGE),  # inside both bounds
+        (1.02, 1.09, stats.INCONCLUSIVE),  # straddles 1.05
+        (0.90, 1.00, stats.INCONCLUSIVE),  # straddles 0.95
+    ],
+    ids=["regression", "improvement", "no-change", "straddles-above", "straddles-below"],
+)
 def test_the_verdict_reads_the_interval_against_the_threshold(low, high, expected):
     assert stats.verdict(ratio(low, high), 0.05) == expected
 

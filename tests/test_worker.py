@@ -56,10 +56,12 @@ def test_a_worker_that_dies_at_start_is_reported_with_its_exit_code(scripted_pyt
 
 
 def test_a_worker_that_hangs_is_stopped_within_the_timeout_and_leaves_nothing_running(
-        scripted_python):
+    scripted_python,
+):
     # Answers hello, then swallows every request: a deadlocked step.
     python = scripted_python(
-        "read line; echo '{\"torch\": \"x\"}'; while read line; do :; done; sleep 600")
+        'read line; echo \'{"torch": "x"}\'; while read line; do :; done; sleep 600'
+    )
     w = Worker(str(python), "hung")
     start = time.perf_counter()
     with pytest.raises(WorkerError, match="did not answer 'round' within 1 s and was stopped"):
@@ -69,7 +71,7 @@ def test_a_worker_that_hangs_is_stopped_within_the_timeout_and_leaves_nothing_ru
 
 
 def test_a_worker_that_crashes_mid_round_is_reported(scripted_python):
-    python = scripted_python("read line; echo '{\"torch\": \"x\"}'; read line; exit 9")
+    python = scripted_python('read line; echo \'{"torch": "x"}\'; read line; exit 9')
     w = Worker(str(python), "crash")
     with pytest.raises(WorkerError, match="exited during 'round' with exit code 9"):
         w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
