@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 # machine's devices, print the table, save the JSON and draw the chart.
 run: $(VENV)/.installed
 	$(BIN)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider \
-		--benchmark-columns=median,rounds --benchmark-json=.benchmarks/latest.json
+		--benchmark-disable-gc --benchmark-columns=median,iqr,rounds,iterations \
+		--benchmark-json=.benchmarks/latest.json
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n auto

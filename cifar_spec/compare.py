@@ -169,10 +169,10 @@ def describe(info: dict) -> str:
 def format_result(r: Result) -> str:
     name = f"{r.case.device} {r.case.variant} batch {r.case.batch}"
     if r.ratio is None:
-        return f"{name:<44} {r.verdict}: {r.reason}"
+        return f"{name:<58} {r.verdict}: {r.reason}"
     noisy = " noisy" if r.ratio.noisy else ""
     return (
-        f"{name:<44} {r.baseline.median * 1e3:>9.3f}ms {r.candidate.median * 1e3:>9.3f}ms "
+        f"{name:<58} {r.baseline.median * 1e3:>9.3f}ms {r.candidate.median * 1e3:>9.3f}ms "
         f"{r.ratio.median:>7.3f} [{r.ratio.low:.3f}, {r.ratio.high:.3f}] "
         f"{r.ratio.spread:>6.1%}{noisy}  {r.verdict}"
     )
@@ -184,7 +184,7 @@ def format_report(envs: dict, results: list[Result], threshold: float) -> str:
         f"candidate: {describe(envs['candidate'])}",
         f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
         "above 1 is slower), median of paired rounds, two-level bootstrap",
-        f"{'case':<44} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
+        f"{'case':<58} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
         f"{'spread':>6}  verdict",
     ]
     lines += [format_result(r) for r in results]

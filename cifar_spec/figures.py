@@ -193,14 +193,14 @@ def format_ratio(row: dict) -> str:
 def format_table(rows: list[dict]) -> str:
     """One line per measured case: rate, spread, speed-up with its 95% CI, roofline fraction."""
     lines = [
-        f"{'device':<6} {'variant':<30} {'batch':>5} {'images/s':>10} {'spread':>7} "
+        f"{'device':<6} {'variant':<44} {'batch':>5} {'images/s':>10} {'spread':>7} "
         f"{'speed-up [95% CI]':>22} {'roofline':>19}"
     ]
     for r in sorted(rows, key=lambda r: (r["device"], r["batch"], r["variant"] != "eager")):
         spread = f"{r['spread']:.1%}" if r.get("spread") is not None else "-"
         noisy = " noisy" if r.get("noisy") else ""
         lines.append(
-            f"{r['device']:<6} {r['variant']:<30} {r['batch']:>5} "
+            f"{r['device']:<6} {r['variant']:<44} {r['batch']:>5} "
             f"{r['images_per_s']:>10,.0f} {spread:>7} {format_ratio(r):>22} "
             f"{format_fraction(r):>19}{noisy}"
         )

@@ -235,11 +235,11 @@ def unmeasured_floors(rows: list[dict], floors: dict) -> list[str]:
 
 
 def format_judged(judged: list[Judged]) -> str:
-    lines = [f"{'case':<44} {'baseline':>10} {'now':>10} {'now/baseline [95% CI]':>26}  verdict"]
+    lines = [f"{'case':<58} {'baseline':>10} {'now':>10} {'now/baseline [95% CI]':>26}  verdict"]
     for j in judged:
         name = " ".join(map(str, j.key))
         lines.append(
-            f"{name:<44} {j.baseline * 1e3:>8.3f}ms {j.new * 1e3:>8.3f}ms "
+            f"{name:<58} {j.baseline * 1e3:>8.3f}ms {j.new * 1e3:>8.3f}ms "
             f"{j.ratio.median:>9.3f} [{j.ratio.low:.3f}, {j.ratio.high:.3f}]  {j.verdict}"
         )
     return "\n".join(lines)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-ROUND_SECONDS = 0.025  # >= 100x the cost of a clock read plus a CUDA synchronize (~50 us)
+ROUND_SECONDS = 0.05  # >= 1000x a clock read plus a CUDA synchronize (~50 us); long enough
+# to average out a 2-core VM's timer ticks and steal over several steps
 WARMUP_SECONDS = 0.3
 
 
