@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test clean
+.PHONY: run test gpu-check clean
 
 # The install runs again when pyproject.toml is newer than the last one, so a new
 # dependency reaches an existing .venv; `make clean` starts from nothing.
@@ -21,6 +21,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n auto
+
+# On a GPU machine: the CUDA half of the spec, the CUDA benchmarks and a training run,
+# with this checkout's venv where there is one, else the machine's python3 (a GPU box
+# often has torch already and no network to install it).
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) .ci/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks
