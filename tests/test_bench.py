@@ -1,5 +1,8 @@
 """The benchmark cases: which variants exist, which a device cannot run and why, what a case is."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,3 +58,52 @@ def test_a_loop_case_is_one_epoch_of_the_synthetic_test_split(tmp_path, name):
 def test_an_unknown_loop_is_refused_naming_the_loops(tmp_path):
     with pytest.raises(ValueError, match="tutorial loop, fit loop"):
         bench.build_loop("my loop", str(tmp_path))
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_step_benchmark(pytester, storage: Path, *extra: str):
+    """The project's own eager batch-1 benchmark, timed, in a fresh pytest."""
+    return pytester.runpytest_subprocess(
+        str(ROOT / "benchmarks" / "test_throughput.py"),
+        "-k",
+        "cpu-eager-1",
+        "--benchmark-only",
+        "--paired-workers",
+        "0",
+        f"--benchmark-storage={storage}",
+        "-p",
+        "no:cacheprovider",
+        *extra,
+    )
+
+
+@pytest.mark.slow
+def test_pytest_benchmarks_comparison_of_step_times_fails_on_a_really_slower_step(
+    pytester, monkeypatch, slow_site
+):
+    # Under xdist the inner pytest would see the worker's variables.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    # One thread: two busy threads on a core another test is using would time the
+    # scheduler (a batch-1 step of 4 ms was seen taking 300 ms), not the step.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    storage = pytester.path / "storage"
+    saved = run_step_benchmark(pytester, storage, "--benchmark-save=before")
+    assert saved.ret == 0, saved.stdout.str()
+    [stored] = storage.glob("*/*.json")
+    bench_json = json.loads(stored.read_text())["benchmarks"][0]
+    # pytest-benchmark holds the time of one step: rounds of several steps, divided.
+    assert bench_json["stats"]["iterations"] > 1
+    assert bench_json["stats"]["median"] < 0.05  # a batch-1 step, not a round
+
+    # No check that the same code passes: two runs seconds apart on a loaded machine were
+    # seen 1.6x apart, which is why `compare` interleaves its rounds. A step with its
+    # forward convolutions 10x (about 3-4x in all) is beyond that.
+    monkeypatch.setenv("PYTHONPATH", str(slow_site(10)))
+    slower = run_step_benchmark(
+        pytester, storage, "--benchmark-compare", "--benchmark-compare-fail=median:50%"
+    )
+    assert slower.ret != 0
+    assert "Performance has regressed" in slower.stdout.str() + slower.stderr.str()
