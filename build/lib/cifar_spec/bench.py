@@ -1,0 +1,131 @@
+"""The cases every benchmark measures: which variants of the step, at which batch sizes.
+
+A case is one variant of the training step (`StepOptions`) on one device at
+one batch size, built on one fixed random batch and ready to run. `measure.py`
+times it, `figures.py` says what the time means, `gate.py` and `compare.py`
+judge it; `worker.py` builds cases in fresh processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cifar_spec.model import IMAGE_SHAPE, CifarNet
+from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
+
+# The variants every benchmark run measures, by name; "eager" (the tutorial's step)
+# is the baseline.
+VARIANTS = {
+    v.name: v
+    for v in [
+        StepOptions(),
+        StepOptions(one_call_sgd=True),
+        StepOptions(channels_last=True),
+        StepOptions(channels_last=True, one_call_sgd=True),
+        StepOptions(channels_last=True, one_call_sgd=True, manual_backward=True),  # CPU default
+        StepOptions(bf16=True),
+        StepOptions(channels_last=True, bf16=True),
+        StepOptions(compile=True),
+        StepOptions(channels_last=True, one_call_sgd=True, cuda_graph=True),  # GPU default
+        StepOptions(channels_last=True, one_call_sgd=True, bf16=True, cuda_graph=True),
+    ]
+}
+BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
+
+
+def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:
+    """Why a benchmark does not time `options` on `device`: it cannot run (`step.unsupported`,
+    the one rule), or it would only time an emulation."""
+    reason = unsupported(options, device)
+    if (
+        reason is None
+        and options.bf16
+        and torch.device(device).type == "cpu"
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
+        # Emulated, a bfloat16 step is 8-20x slower than float32 (measured on a Zen 1 EPYC):
+        # timing it says nothing about bfloat16 and costs minutes.
+        reason = "this CPU has no native bfloat16 (AVX512-BF16 or AMX); torch would emulate it"
+    return reason
+
+
+@dataclass
+class StepBench:
+    """One variant's training step on one fixed random batch, ready to time."""
+
+    options: StepOptions
+    device: torch.device
+    batch: int
+    model: nn.Module
+    step: Callable[[], torch.Tensor]
+
+    def steps(self, n: int) -> torch.Tensor:
+        for _ in range(n):
+            loss = self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return loss
+
+
+def build(options: StepOptions, device: str | torch.device, batch: int, seed: int = 0) -> StepBench:
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = prepare_model(CifarNet().to(device), options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = make_step(model, optimizer, options, check_finite=False)
+    # Random pixels and labels: zeros would let kernels skip work they do on real data.
+    images = torch.rand(batch, *IMAGE_SHAPE, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    return StepBench(options, device, batch, model, lambda: step(images, labels))
+
+
+def precision(options: StepOptions) -> torch.dtype:
+    return torch.bfloat16 if options.bf16 else torch.float32
+
+
+# Whole loops at the tutorial's settings (batch 1, float32, CPU): the tutorial's own
+# (DataLoader, PIL images, ToTensor() on every image) against fit's (one tensor, the
+# fast exact step). One "step" of a loop case is an epoch of LOOP_IMAGES images.
+LOOPS = {
+    "tutorial loop": "the tutorial's own loop",
+    "fit loop": "fit's loop, the library's default",
+}
+LOOP_BASELINE = "tutorial loop"
+LOOP_IMAGES = 100
+
+
+@dataclass
+class LoopBench:
+    """One epoch of a training loop over LOOP_IMAGES synthetic images, ready to time."""
+
+    name: str
+    device: torch.device
+    images: int
+    step: Callable[[], float]
+
+
+def build_loop(name: str, root: str) -> LoopBench:
+    """The loop `name` on the synthetic test split under `root` (written there if missing).
+
+    Imports torchvision (through data.py), which a step case never needs.
+    """
+    from cifar_spec.data import is_synthetic, load_cifar10, to_device, write_synthetic_cifar10
+    from cifar_spec.loop import TrainConfig, new_run, train_epoch
+    from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
+
+    if not is_synthetic(root):
+        write_synthetic_cifar10(root, n_train=5, n_test=LOOP_IMAGES)
+    if name == "tutorial loop":
+        model, loader, loss, optim = tutorial_setup(root, LOOP_IMAGES)
+        epoch = lambda: tutorial_epoch(model, loader, loss, optim)  # noqa: E731
+    elif name == "fit loop":
+        run = new_run(TrainConfig())  # the defaults: the tutorial's settings, the fast exact step
+        data = to_device(load_cifar10(root, train=False))
+        epoch = lambda: train_epoch(run.step, data, 1, epoch=1)  # noqa: E731
+    else:
+        raise ValueError(f"no loop {name!r}; the loops are {', '.join(LOOPS)}")
+    return LoopBench(name, torch.device("cpu"), LOOP_IMAGES, epoch)

@@ -1,0 +1,62 @@
+"""Images per second of one training step, per device, variant and batch size.
+
+Timed only under `pytest --benchmark-only`; otherwise each runs once as a
+check that the variant trains (its loss is finite and the weights move).
+"""
+
+import pytest
+import torch
+
+from cifar_spec import bench, measure
+from cifar_spec.paired import Case
+
+ROUNDS = 10  # pytest-benchmark's rounds in this process, each ROUND_SECONDS or one step
+
+CASES = [
+    pytest.param(
+        device,
+        name,
+        batch,
+        id=f"{device}-{name}-{batch}",
+        marks=[pytest.mark.cuda] if device == "cuda" else [],
+    )
+    for device, batches in bench.BATCHES.items()
+    for name in bench.VARIANTS
+    for batch in batches
+]
+
+
+def time_in_this_process(benchmark, case: bench.StepBench) -> None:
+    """pytest-benchmark's record: the time of one step, rounds of several steps."""
+    steps = measure.steps_per_round(measure.warm_up(case.step, case.device))
+    benchmark.pedantic(
+        measure.synchronized_every(case.step, case.device, steps),
+        rounds=ROUNDS,
+        iterations=steps,
+        warmup_rounds=1,
+    )
+
+
+@pytest.mark.parametrize("device, variant, batch", CASES)
+def test_training_step_throughput(benchmark, suite, record, device, variant, batch):
+    options = bench.VARIANTS[variant]
+    reason = bench.skip_reason(options, device)
+    if reason:
+        pytest.skip(reason)
+    if benchmark.disabled and options.compile and batch != min(bench.BATCHES[device]):
+        # Each batch size compiles anew (15-30 s on 2 cores); the untimed check
+        # compiles the smallest only, the timed run compiles them all.
+        pytest.skip("untimed run: torch.compile is checked at the smallest batch only")
+    case = bench.build(options, device, batch)
+    before = [p.detach().clone() for p in case.model.parameters()]
+    if benchmark.disabled:
+        benchmark(case.step)
+    else:
+        time_in_this_process(benchmark, case)
+        if suite is not None:
+            row = suite.measure(Case(device, variant, batch))
+            benchmark.extra_info.update(row)
+            record(row)
+    loss = case.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, case.model.parameters()))

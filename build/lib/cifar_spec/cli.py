@@ -1,0 +1,534 @@
+"""The ``cifar-spec`` command: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from cifar_spec import bench, data, losses
+from cifar_spec.checkpoint import CheckpointError, check_run_folder
+from cifar_spec.files import FolderBusy, UnsafeFile
+from cifar_spec.loop import Interrupted, TrainConfig, fit
+from cifar_spec.model import CifarNet, format_summary
+from cifar_spec.step import NonFiniteLoss, StepOptions, check_memory, fastest_step, unsupported
+from cifar_spec.worker import WorkerError
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    l1, mse = losses.tutorial_example()
+    print("The tutorial's loss example: inputs [1, 2, 3], targets [1, 2, 5]")
+    print(f"  L1Loss  = {l1.item():.4f}  (2/3)")
+    print(f"  MSELoss = {mse.item():.4f}  (4/3)")
+    print()
+    print("The tutorial's CNN, one 3x32x32 image:")
+    print(format_summary(CifarNet()))
+    return 0
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+    return name
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_data_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise data.DataError(
+            f"--data-root {root} is a file, not a folder; pass the folder that "
+            "holds (or is to hold) cifar-10-batches-py"
+        )
+
+
+def write_stand_in(root: Path) -> None:
+    """Write the default synthetic set in `root`, or say in one line why it cannot be."""
+    try:
+        data.write_synthetic_cifar10(root)
+    except OSError as error:
+        raise data.DataError(
+            f"cannot write the synthetic stand-in in {root} ({error.strerror}); "
+            "pass a --data-root you can write to"
+        ) from None
+
+
+def pick_data_root(args: argparse.Namespace) -> Path:
+    """The set `data synth` wrote in --data-root, the real one, or the stand-in, said in a line.
+
+    A complete synthetic set is never rewritten here: its settings are its
+    own (`data synth` chooses them), not this run's --seed.
+    """
+    root = Path(args.data_root)
+    check_data_root(root)
+    if data.synthetic_settings(root) is not None:
+        print(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
+        return root
+    real = (root / data.CIFAR10.base_folder).exists() and not data.is_synthetic(root)
+    if not args.synthetic and (real or args.download):
+        return root
+    stand_in = root / "synthetic"
+    if data.synthetic_settings(stand_in) is None:  # missing or cut short: ours to (re)write
+        write_stand_in(stand_in)
+    reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
+    print(f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason})")
+    return stand_in
+
+
+def step_options(args: argparse.Namespace, device: str) -> StepOptions:
+    """The step the flags ask for, refused with the reason when it cannot run here.
+
+    --eager is the tutorial's step; otherwise the fastest step with the asked
+    precision and compilation. Nothing asked for is dropped or changed.
+    """
+    bf16 = args.precision == "bf16"
+    if args.eager:
+        options = StepOptions(bf16=bf16, compile=args.compile)
+    else:
+        options = fastest_step(device, bf16=bf16, compile=args.compile)
+    reason = unsupported(options, device)
+    if reason:
+        raise ValueError(f"step {options.name} cannot run on {device}: {reason}")
+    return options
+
+
+def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
+    """Everything the run will write to, checked before any data is read or written."""
+    if args.resume and not args.out:
+        raise CheckpointError("--resume needs the run folder: pass --out DIR")
+    if args.out:
+        check_run_folder(Path(args.out), args.resume)
+    check_data_root(Path(args.data_root))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    config = TrainConfig(
+        epochs=1 if args.dry_run else args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=device,
+        shuffle=args.shuffle,
+        step=step_options(args, device),
+        limit=min(args.limit or 64, 64) if args.dry_run else args.limit,
+        out=args.out,
+    )
+    check_before_work(args, config)
+    split = data.load_cifar10(pick_data_root(args), train=args.train_split, download=args.download)
+    size = min(len(split), config.limit or len(split))
+    check_memory(config.batch_size, size, config.device)  # before the split is moved
+    print(
+        f"training on {size} images ({'train' if args.train_split else 'test'} split) on "
+        f"{config.device}, step: {config.step.name}"
+    )
+    sums = fit(
+        config,
+        data.to_device(split, config.device, config.limit),
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    trend = " -> ".join(
+        f"{value:.1f}"
+        for value in (sums if len(sums) <= 4 else [sums[0], sums[len(sums) // 2], sums[-1]])
+    )
+    print(
+        f"done: {len(sums)} epochs, loss sums {trend}"
+        + (f"; run folder {args.out}" if args.out else "")
+    )
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    folder = data.write_synthetic_cifar10(args.root, args.n_train, args.n_test, args.seed)
+    print(f"wrote {args.n_train} training and {args.n_test} test images to {folder}")
+    return 0
+
+
+def finite_positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def percent(text: str) -> float:
+    value = finite_positive(text.rstrip("%"))
+    if value >= 100:
+        raise argparse.ArgumentTypeError(f"must be under 100%, got {text}")
+    return value / 100
+
+
+def bench_devices(name: str) -> list[str]:
+    if name == "all":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [torch.device(pick_device(name)).type]
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr)  # stdout keeps the table alone
+
+
+def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
+    from cifar_spec.suite import Suite, measure_all
+
+    with Suite(workers=args.workers, threads=args.threads, log=log) as suite:
+        return measure_all(
+            suite,
+            bench_devices(args.device),
+            args.variant,
+            args.batch_size,
+            skipped=lambda case, why: log(f"skipped {case.key}: {why}"),
+        )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cifar_spec import figures
+
+    rows = measure_rows(args)
+    print(figures.format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from cifar_spec import figures, gate
+
+    info = figures.machine_info()
+    path = gate.baseline_path(Path(args.storage), info)
+    baseline = None
+    if not args.save_baseline:
+        if not path.exists():
+            print(
+                f"cifar-spec: no baseline for this hardware ({gate.fingerprint(info)}) at "
+                f"{path}; make one on this machine with `cifar-spec gate --save-baseline` (or "
+                "restore that folder from an earlier run's artifacts)",
+                file=sys.stderr,
+            )
+            return 2
+        baseline = gate.load_baseline(path)
+    floors = {
+        d: gate.load_floors(
+            Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
+        )
+        for d in bench_devices(args.device)
+    }
+    rows = measure_rows(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine_info": info, "rows": rows}, indent=1))
+    if args.save_baseline:
+        gate.save_baseline(path, info, rows)
+        print(f"gate: baseline saved to {path} ({len(rows)} cases, torch {info['torch']})")
+        return 0
+    was = baseline.get("machine_info", {})
+    print(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
+    judged = gate.judge_times(baseline["rows"], rows, args.threshold)
+    print(gate.format_judged(judged))
+    failed, unsure = [], []
+    for device, limits in floors.items():
+        mine = [r for r in rows if r["device"] == device]
+        f, u = gate.check_floors(mine, limits)
+        failed, unsure = failed + f, unsure + u
+        for name in gate.unmeasured_floors(mine, limits):
+            print(f"note: {device} floor for {name} not checked: no such case in this run")
+    for text in failed:
+        print(f"below the floor: {text}")
+    for text in unsure:
+        print(f"straddles the floor: {text}")
+    code, line = gate.outcome(judged, failed, unsure)
+    print(line)
+    return code
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cifar_spec import compare
+    from cifar_spec.paired import Case
+
+    for python in (args.baseline, args.candidate):
+        compare.check_python(python)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
+    variants = args.variant or ["eager", fastest_step(device).name]
+    batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
+    cases = [Case(device, v, b) for v in variants for b in batches]
+    envs, results = compare.compare(
+        args.baseline,
+        args.candidate,
+        cases,
+        args.threshold,
+        args.seconds,
+        args.workers,
+        args.threads,
+    )
+    print(compare.format_report(envs, results, args.threshold))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "threshold": args.threshold,
+                    "environments": envs,
+                    "results": [r.as_dict() for r in results],
+                },
+                indent=1,
+            )
+        )
+    code = compare.exit_code(results)
+    print(
+        {
+            0: "compare: no regression",
+            1: "compare: REGRESSION",
+            3: "compare: inconclusive (give it more --seconds)",
+        }[code]
+    )
+    return code
+
+
+def add_measure_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="all",
+        help="all (cpu, and cuda where there is one), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help="batch size, repeatable (default: 1 64 256 on CPU, 1 256 1024 4096 on CUDA)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=list(bench.VARIANTS),
+        help="variant, repeatable (default: all, and the two loops on the CPU)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=3,
+        help="fresh worker processes each figure is drawn from",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per worker (default: every core)",
+    )
+
+
+def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = commands.add_parser(
+        "bench", help="time every case against its baseline, outside pytest", formatter_class=fmt
+    )
+    add_measure_options(p)
+    p.add_argument("--json", default=None, help="also write the rows here")
+    p.set_defaults(func=cmd_bench)
+    g = commands.add_parser(
+        "gate",
+        formatter_class=fmt,
+        help="time every case; fail on a regression against this hardware's "
+        "baseline or a speed-up below its floor",
+    )
+    add_measure_options(g)
+    g.add_argument(
+        "--save-baseline",
+        action="store_true",
+        help="save this run as this hardware's baseline instead of judging",
+    )
+    g.add_argument(
+        "--threshold",
+        type=percent,
+        default=gate_threshold(),
+        help="a case regressed when its step time's 95%% interval lies wholly above "
+        "1 + this (as a fraction or with %%)",
+    )
+    g.add_argument("--storage", default=".benchmarks", help="baselines, one folder per hardware")
+    g.add_argument(
+        "--floors",
+        default=None,
+        help="folder of DEVICE.json floors (default: those shipped with cifar_spec)",
+    )
+    g.add_argument("--json", default=".benchmarks/latest.json", help="where this run's rows go")
+    g.set_defaults(func=cmd_gate)
+    c = commands.add_parser(
+        "compare",
+        formatter_class=fmt,
+        help="A/B two Python environments side by side (a torch upgrade)",
+    )
+    c.add_argument("baseline", help="the baseline's python, e.g. old-venv/bin/python")
+    c.add_argument("candidate", help="the candidate's python, e.g. .venv/bin/python")
+    c.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: cuda where there is one",
+    )
+    c.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help="batch size, repeatable (default: 1 64 on CPU, 1 256 on CUDA)",
+    )
+    c.add_argument(
+        "--variant",
+        action="append",
+        help="variant, repeatable (default: eager and the device's fast default)",
+    )
+    c.add_argument(
+        "--threshold",
+        type=percent,
+        default=0.05,
+        help="no change within +-this; regression wholly above 1 + this",
+    )
+    c.add_argument(
+        "--seconds",
+        type=finite_positive,
+        default=120.0,
+        help="time budget for all cases (inconclusive ones take more pairs)",
+    )
+    c.add_argument("--workers", type=positive_int, default=2, help="workers per environment")
+    c.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per worker (default: every core)",
+    )
+    c.add_argument("--json", default=None, help="write the verdicts here")
+    c.set_defaults(func=cmd_compare)
+
+
+def gate_threshold() -> float:
+    from cifar_spec.gate import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train the tutorial's CNN (defaults: the tutorial's run)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--epochs", type=int, default=20, help="passes over the data")
+    p.add_argument("--batch-size", type=int, default=1, help="images per step")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffle order")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--data-root", default="data", help="folder holding cifar-10-batches-py")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="train on the synthetic stand-in (written under DATA_ROOT/synthetic)",
+    )
+    p.add_argument(
+        "--train-split",
+        action="store_true",
+        help="use the 50,000-image train split, not the tutorial's test split",
+    )
+    p.add_argument("--shuffle", action="store_true", help="new order every epoch")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--dry-run", action="store_true", help="one epoch on 64 images, to smoke-test")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--out", default=None, help="run folder: checkpoint, history.json, loss.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 autocasts convolutions and matmuls: faster on GPUs and on CPUs "
+        "with native bfloat16, not bit-exact (the loss stays within 2%% of fp32's)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the step")
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="the tutorial's step (NCHW, autograd, optimizer.step()) instead of the "
+        "fastest one (channels_last and one_call_sgd, plus manual_backward on a "
+        "CPU or cuda_graph on a GPU)",
+    )
+    p.set_defaults(func=cmd_train)
+
+
+def add_data_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("data", help="manage data sets")
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = sub.add_parser(
+        "synth",
+        help="write the synthetic CIFAR-10 stand-in",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    synth.add_argument("--root", required=True, help="folder to write cifar-10-batches-py in")
+    synth.add_argument("--n-train", type=int, default=50_000, help="training images")
+    synth.add_argument("--n-test", type=int, default=10_000, help="test images")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    synth.set_defaults(func=cmd_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifar-spec",
+        description="The executable spec and benchmarks of a PyTorch CIFAR-10 tutorial.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    summary = commands.add_parser(
+        "summary", help="print the tutorial's two loss values and a summary of its model"
+    )
+    summary.set_defaults(func=cmd_summary)
+    add_train_parser(commands)
+    add_data_parser(commands)
+    add_bench_parsers(commands)
+    return parser
+
+
+# What a user can cause and fix; each ends the command in one line, never a traceback.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    MemoryError,
+    data.DataError,
+    CheckpointError,
+    NonFiniteLoss,
+    FolderBusy,
+    UnsafeFile,
+    Interrupted,
+    WorkerError,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"cifar-spec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
+        print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)
+        return 2

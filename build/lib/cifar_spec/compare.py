@@ -1,0 +1,191 @@
+"""A/B of two Python environments in one run: the gate for a PyTorch upgrade.
+
+Two environments (two venvs with two torch builds, or the venvs of two
+checkouts) are measured side by side, not on different days: workers of each
+are started in turn, every case is built in a worker of each, and their
+rounds alternate, baseline and candidate, one running at a time. Each adjacent
+pair gives one ratio candidate / baseline of seconds per step; the median over
+all pairs, its 95% interval (`stats.estimate`, clustered by worker pair) and
+the threshold give the verdict. An inconclusive case gets more pairs until the
+time budget is spent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cifar_spec import stats
+from cifar_spec.paired import Case, Unsupported, build_arm, measure_pairs
+from cifar_spec.worker import Worker, start_workers, stop_all
+
+WORKERS = 2  # per environment: pairs come from 2 pairs of fresh processes
+MIN_PAIRS = 8  # per worker pair before a verdict may be taken
+
+
+class BadEnvironment(ValueError):
+    """A Python that cannot run the workers; the message says which and how to fix it."""
+
+
+def check_python(python: str) -> None:
+    """Refuse, before any work, a Python that does not exist or lacks torch or cifar_spec."""
+    probes = [
+        (
+            "import sys",
+            f"{python} is not a Python interpreter (no such file, or it does "
+            "not run); give the path of a venv's bin/python",
+        ),
+        (
+            "import torch",
+            f"{python} cannot import torch; install it with `{python} -m pip install torch`",
+        ),
+        (
+            "import cifar_spec.worker",
+            f"{python} cannot import cifar_spec; install this "
+            f"checkout there with `{python} -m pip install "
+            "--no-deps -e .` (torch alone is needed beside it)",
+        ),
+    ]
+    for code, message in probes:
+        try:
+            done = subprocess.run([python, "-c", code], capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            raise BadEnvironment(probes[0][1]) from None
+        if done.returncode:
+            raise BadEnvironment(message)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One case's verdict, or why it was not measured."""
+
+    case: Case
+    verdict: str
+    ratio: stats.Estimate | None = None
+    baseline: stats.Estimate | None = None  # seconds per step
+    candidate: stats.Estimate | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        out = {
+            "device": self.case.device,
+            "variant": self.case.variant,
+            "batch": self.case.batch,
+            "verdict": self.verdict,
+            "reason": self.reason,
+        }
+        for name in ("ratio", "baseline", "candidate"):
+            value = getattr(self, name)
+            out[name] = value.as_dict() if value else None
+        return out
+
+
+def start_side_by_side(
+    baseline: str, candidate: str, workers: int, threads: int | None
+) -> tuple[list[Worker], list[Worker]]:
+    """Workers of each environment, started alternately: b1, c1, b2, c2 ..."""
+    base: list[Worker] = []
+    cand: list[Worker] = []
+    try:
+        for _ in range(workers):
+            base += start_workers(baseline, 1, f"baseline{len(base) + 1}-", threads)
+            cand += start_workers(candidate, 1, f"candidate{len(cand) + 1}-", threads)
+    except BaseException:
+        stop_all(base + cand)
+        raise
+    return base, cand
+
+
+def compare_case(
+    base: list[Worker],
+    cand: list[Worker],
+    case: Case,
+    threshold: float,
+    seconds: float,
+    min_pairs: int = MIN_PAIRS,
+) -> Result:
+    try:
+        arms = [(build_arm(b, case), build_arm(c, case)) for b, c in zip(base, cand)]
+    except Unsupported as why:
+        return Result(case, "skipped", reason=str(why))
+    try:
+        samples = measure_pairs(
+            arms,
+            min_pairs,
+            seconds,
+            done=lambda s: stats.verdict(s.ratio(), threshold) != stats.INCONCLUSIVE,
+        )
+    finally:
+        for pair in arms:
+            for arm in pair:
+                arm.worker.call({"op": "drop", "key": case.key}, 60)
+    ratio = samples.ratio()
+    return Result(case, stats.verdict(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
+
+
+def compare(
+    baseline: str,
+    candidate: str,
+    cases: list[Case],
+    threshold: float,
+    seconds: float,
+    workers: int = WORKERS,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict, list[Result]]:
+    """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`."""
+    start = time.perf_counter()
+    base, cand = start_side_by_side(baseline, candidate, workers, threads)
+    try:
+        envs = {"baseline": base[0].info, "candidate": cand[0].info}
+        results = []
+        for i, case in enumerate(cases):
+            left = seconds - (time.perf_counter() - start)
+            result = compare_case(base, cand, case, threshold, max(0.0, left / (len(cases) - i)))
+            results.append(result)
+            if log:
+                log(format_result(result))
+        return envs, results
+    finally:
+        stop_all(base + cand)
+
+
+def exit_code(results: list[Result]) -> int:
+    """1 on any regression, else 3 when any case is inconclusive, else 0."""
+    verdicts = {r.verdict for r in results}
+    if stats.REGRESSION in verdicts:
+        return 1
+    return 3 if stats.INCONCLUSIVE in verdicts else 0
+
+
+def describe(info: dict) -> str:
+    where = info.get("gpu_name") or f"{info['cpu_model']}, {info['threads']} threads"
+    rev = info.get("git") or "not a checkout"
+    return f"torch {info['torch']}, cifar_spec {rev}, {where} ({info['python']})"
+
+
+def format_result(r: Result) -> str:
+    name = f"{r.case.device} {r.case.variant} batch {r.case.batch}"
+    if r.ratio is None:
+        return f"{name:<58} {r.verdict}: {r.reason}"
+    noisy = " noisy" if r.ratio.noisy else ""
+    return (
+        f"{name:<58} {r.baseline.median * 1e3:>9.3f}ms {r.candidate.median * 1e3:>9.3f}ms "
+        f"{r.ratio.median:>7.3f} [{r.ratio.low:.3f}, {r.ratio.high:.3f}] "
+        f"{r.ratio.spread:>6.1%}{noisy}  {r.verdict}"
+    )
+
+
+def format_report(envs: dict, results: list[Result], threshold: float) -> str:
+    lines = [
+        f"baseline:  {describe(envs['baseline'])}",
+        f"candidate: {describe(envs['candidate'])}",
+        f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
+        "above 1 is slower), median of paired rounds, two-level bootstrap",
+        f"{'case':<58} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
+        f"{'spread':>6}  verdict",
+    ]
+    lines += [format_result(r) for r in results]
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""How the project writes a file, locks a folder, and reads a pickle it did not make.
+
+Every file the project writes goes through ``write_atomically``: a fresh name
+beside the target, created exclusively (so a link planted there is never
+followed), fsynced, then renamed over the target (which replaces a link at the
+target instead of writing through it). A crash leaves the old file or the new
+one, never half of one.
+
+``folder_lock`` holds an exclusive ``flock`` on a folder while a run writes
+into it; a second writer is refused, named by the holder's pid.
+
+CIFAR-10's python format is pickle, which can run any code it names. Every
+data file is read by ``load_pickle``, whose unpickler admits only what
+CIFAR-10 holds: dicts, lists, strings, bytes, ints and numpy arrays of
+integer dtypes. Anything else is refused before it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import pickle
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+# Open flags for a file of ours: never through a link, never inherited by a child.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+LOCK_FILE = ".cifar-spec.lock"
+
+
+class UnsafeFile(RuntimeError):
+    """A file is not what the project may read or write; the message names it."""
+
+
+def open_folder(folder: Path) -> int:
+    """A descriptor of `folder` itself: a folder swapped for a link mid-write is not followed."""
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write `write` (bytes, or a function given the open file) to `path`, atomically."""
+    path = Path(path)
+    folder = open_folder(path.parent)
+    try:
+        # A random name no one can plant a link at in advance; O_EXCL refuses one anyway.
+        tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, NEW_FILE, 0o644, dir_fd=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(write) if isinstance(write, bytes) else write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)  # the rename itself survives a crash
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):  # gone if the rename was done
+                os.unlink(tmp, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
+    return path
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise OSError unless a new file can be made in `folder`; the probe is removed again.
+
+    Trying is the only true test: permissions say nothing of a read-only file
+    system, or of root, who ignores them.
+    """
+    fd = open_folder(Path(folder))
+    try:
+        probe = f".probe.{secrets.token_hex(8)}"
+        os.close(os.open(probe, NEW_FILE, 0o644, dir_fd=fd))
+        os.unlink(probe, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    return write_atomically(path, text.encode())
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock; the message names its pid."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if missing) until the block ends.
+
+    The lock file keeps the holder's pid for the refusal's message. It stays
+    in place afterwards: deleting it would let a third process lock a new
+    file while a second still waits on the old one.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(
+            folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+    except OSError as error:  # ELOOP: a link planted where the lock file goes
+        raise UnsafeFile(
+            f"cannot lock {folder / LOCK_FILE} ({error.strerror}); remove it"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusy(
+                f"cannot write {what} in {folder}: it is in use by another cifar-spec process "
+                f"(pid {holder}); wait for it to end, or choose another folder"
+            ) from None
+        # Written in place, not renamed: the lock belongs to this file's inode.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock, on every exit
+
+
+class Refused(pickle.UnpicklingError):
+    """The pickle asks for something CIFAR-10 never holds (as opposed to being merely damaged)."""
+
+
+def reconstruct_array(subtype: object, shape: tuple, dtype: object) -> np.ndarray:
+    """numpy's own pickle entry point, for plain arrays only (no subclass, no objects)."""
+    if subtype is not NDARRAY or shape != (0,) or dtype not in (b"b", "b"):
+        raise Refused(f"an array built as {subtype!r}{shape!r} with {dtype!r}")
+    return np.ndarray((0,), np.int8)
+
+
+def make_dtype(code: object, align: bool = False, copy: bool = False) -> np.dtype:
+    if code not in ARRAY_DTYPES:
+        raise Refused(f"an array of dtype {code!r}; CIFAR-10 holds {ARRAY_DTYPES}")
+    return np.dtype(code, align, copy)
+
+
+def latin1_bytes(text: object, encoding: str = "latin1") -> bytes:
+    """Protocol 2 stores bytes as _codecs.encode(text, 'latin1'); no other codec is admitted."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise Refused(f"an encode of {type(text).__name__} with {encoding!r}")
+    return text.encode("latin1")
+
+
+NDARRAY = object()  # stands for numpy.ndarray: named in a pickle, never called from one
+ARRAY_DTYPES = ("u1", "i4", "i8")  # the pixels, and labels where a tool stored them as arrays
+ADMITTED = {
+    ("numpy.core.multiarray", "_reconstruct"): reconstruct_array,  # numpy < 2, real CIFAR-10
+    ("numpy._core.multiarray", "_reconstruct"): reconstruct_array,  # numpy >= 2
+    ("numpy", "ndarray"): NDARRAY,
+    ("numpy", "dtype"): make_dtype,
+    ("_codecs", "encode"): latin1_bytes,
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can build CIFAR-10's contents and nothing that runs code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in ADMITTED:
+            raise Refused(f"it names {module}.{name}, which CIFAR-10 never holds")
+        return ADMITTED[module, name]
+
+    def persistent_load(self, pid: object) -> object:
+        raise Refused("it refers to a persistent object")
+
+
+def load_pickle(raw: bytes, path: Path) -> object:
+    """Unpickle `raw` (the bytes of `path`) with CifarUnpickler; UnsafeFile names the file.
+
+    A refused pickle raises UnsafeFile; a merely damaged one raises what
+    pickle raises (UnpicklingError, EOFError, ...), for the caller to word.
+    """
+    try:
+        # latin1: Python 2 wrote the real CIFAR-10, numpy's buffers among its strings.
+        return CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Refused as error:
+        raise UnsafeFile(
+            f"{path} was refused unread: {error}; it is not a CIFAR-10 file (it may be planted "
+            "to run code): delete it and write or download the data set again"
+        ) from None

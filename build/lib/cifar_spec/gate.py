@@ -1,0 +1,260 @@
+"""The gate: this run's step times against this hardware's stored baseline, and the floors.
+
+Two checks, each ending in a verdict, never a traceback:
+
+1. Step times against a baseline saved earlier on the same hardware (baselines
+   are keyed by hardware alone, CPU model and threads or GPU name and count, so
+   a new torch is compared with the one before it; the versions of both are
+   shown). Runs are minutes apart, so each case's ratio new / baseline gets a
+   95% interval from a bootstrap over both runs' worker processes and rounds
+   (`stats.ratio_of_medians`), and the verdict of `stats.verdict` at the
+   threshold. `compare` is the better tool when both environments exist at
+   once: its rounds are interleaved, so drift between runs cannot enter.
+2. Floors on each speed-up over the baseline variant of the same run, a figure
+   that holds across machines of a class: fail when the whole 95% interval lies
+   below the floor, inconclusive when it straddles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from cifar_spec import stats
+
+# Chosen from the false-alarm rate measured by gating the same code against itself
+# (benchmarks/RESULTS.md): below it, a quiet shared 2-core runner cried wolf.
+DEFAULT_THRESHOLD = 0.10
+BASELINE_FILE = "baseline.json"
+
+
+class GateError(ValueError):
+    """A baseline or floors file that cannot be used; the message names the file and the fix."""
+
+
+def fingerprint(info: dict) -> str:
+    """A folder name for baselines: the same on the same hardware, whatever the software."""
+    if info.get("gpu_name"):
+        text = f"{info['gpu_name']}-x{info.get('gpu_count', 1)}"
+    else:
+        text = f"{info['cpu_model']}-{info['torch_threads']}t"
+    return re.sub(r"[^A-Za-z0-9.-]", "_", text)
+
+
+def baseline_path(storage: Path, info: dict) -> Path:
+    return Path(storage) / fingerprint(info) / BASELINE_FILE
+
+
+def load_json(path: Path, what: str) -> object:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise GateError(f"no {what} at {path}") from None
+    except OSError as error:
+        raise GateError(f"cannot read the {what} {path}: {error.strerror}") from None
+    try:
+        # NaN and Infinity are not JSON; Python would accept them and compare nothing.
+        return json.loads(text, parse_constant=lambda name: _refuse_constant(path, name))
+    except json.JSONDecodeError as error:
+        raise GateError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
+            f"fix or delete the {what}"
+        ) from None
+
+
+def _refuse_constant(path: Path, name: str) -> None:
+    raise GateError(f"{path}: {name} is not a number a gate can compare; use a finite value")
+
+
+def load_baseline(path: Path) -> dict:
+    """A saved baseline, checked: each row names its case and holds step times per worker."""
+    data = load_json(path, "baseline")
+    fix = "delete it and save a new one with `cifar-spec gate --save-baseline`"
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise GateError(f"{path} is not a cifar-spec baseline (no list of rows); {fix}")
+    for i, row in enumerate(data["rows"]):
+        times = row.get("step_times") if isinstance(row, dict) else None
+        ok = (
+            isinstance(row, dict)
+            and all(
+                isinstance(row.get(k), t)
+                for k, t in (("device", str), ("variant", str), ("batch", int))
+            )
+            and isinstance(times, list)
+            and times
+            and all(isinstance(g, list) and g and all(_positive(v) for v in g) for g in times)
+        )
+        if not ok:
+            raise GateError(
+                f"{path}: row {i} is not a measured case (device, variant, batch "
+                f"and positive step_times per worker); {fix}"
+            )
+    return data
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def save_baseline(path: Path, info: dict, rows: list[dict]) -> None:
+    """Write the baseline whole or not at all: a fresh file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never through a link
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"machine_info": info, "rows": rows}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def case_key(row: dict) -> tuple:
+    return row["device"], row["variant"], row["batch"]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One case's ratio new / baseline and what it says."""
+
+    key: tuple
+    baseline: float  # seconds per step, median
+    new: float
+    ratio: stats.Estimate
+    verdict: str
+
+
+def judge_times(baseline_rows: list[dict], rows: list[dict], threshold: float) -> list[Judged]:
+    """Each case measured in both runs, judged; cases in one run only are left out."""
+    old = {case_key(r): r for r in baseline_rows}
+    judged = []
+    for row in rows:
+        before = old.get(case_key(row))
+        if before is None:
+            continue
+        ratio = stats.ratio_of_medians(before["step_times"], row["step_times"])
+        base_median = statistics.median(v for g in before["step_times"] for v in g)
+        judged.append(
+            Judged(
+                case_key(row),
+                base_median,
+                row["seconds_per_step"],
+                ratio,
+                stats.verdict(ratio, threshold),
+            )
+        )
+    return judged
+
+
+# Floors: {"_note": "...", variant: {batch: {"speedup": floor}}}, per device.
+
+
+def default_floors(device: str) -> Path:
+    """The floors shipped with the package (benchmarks/floors in a checkout links here)."""
+    return Path(str(resources.files("cifar_spec") / "floors" / f"{device}.json"))
+
+
+def load_floors(path: Path) -> dict:
+    """Floors, checked key by key: every floor a finite number, every level an object."""
+    data = load_json(path, "floors file")
+    if not isinstance(data, dict):
+        raise GateError(f"{path}: the floors must be an object of variants")
+    for variant, batches in data.items():
+        if variant.startswith("_"):
+            continue  # a note
+        if not isinstance(batches, dict):
+            raise GateError(
+                f"{path}: {variant!r} must be an object of batch sizes, "
+                f"got {type(batches).__name__}"
+            )
+        for batch, limits in batches.items():
+            where = f"{variant!r} batch {batch!r}"
+            if not batch.isdigit():
+                raise GateError(f"{path}: {where}: a batch size must be a whole number")
+            if not isinstance(limits, dict):
+                raise GateError(
+                    f"{path}: {where} must be an object of figures, got {type(limits).__name__}"
+                )
+            for figure, floor in limits.items():
+                if figure != "speedup":
+                    raise GateError(
+                        f"{path}: {where}: unknown figure {figure!r}; floors hold 'speedup' only"
+                    )
+                if not _positive(floor):
+                    raise GateError(
+                        f"{path}: {where} {figure}: the floor must be a positive "
+                        f"finite number, got {floor!r}"
+                    )
+    return data
+
+
+def check_floors(rows: list[dict], floors: dict) -> tuple[list[str], list[str]]:
+    """(failed, inconclusive): a speed-up's whole interval below its floor, or straddling it."""
+    failed, unsure = [], []
+    for row in rows:
+        limits = floors.get(row["variant"], {}).get(str(row["batch"]), {})
+        floor = limits.get("speedup")
+        if floor is None or not row.get("speedup_ci"):
+            continue
+        low, high = row["speedup_ci"]
+        text = (
+            f"{row['device']} {row['variant']} batch {row['batch']}: speed-up "
+            f"{row['speedup']:.2f}x [{low:.2f}, {high:.2f}] against the floor {floor:g}"
+        )
+        if high < floor:
+            failed.append(text)
+        elif low < floor:
+            unsure.append(text)
+    return failed, unsure
+
+
+def unmeasured_floors(rows: list[dict], floors: dict) -> list[str]:
+    """Floors no row was measured for: a skipped variant, or a renamed one to look at."""
+    measured = {(r["variant"], str(r["batch"])) for r in rows}
+    return [
+        f"{variant} batch {batch}"
+        for variant, batches in floors.items()
+        if not variant.startswith("_")
+        for batch in batches
+        if (variant, batch) not in measured
+    ]
+
+
+def format_judged(judged: list[Judged]) -> str:
+    lines = [f"{'case':<58} {'baseline':>10} {'now':>10} {'now/baseline [95% CI]':>26}  verdict"]
+    for j in judged:
+        name = " ".join(map(str, j.key))
+        lines.append(
+            f"{name:<58} {j.baseline * 1e3:>8.3f}ms {j.new * 1e3:>8.3f}ms "
+            f"{j.ratio.median:>9.3f} [{j.ratio.low:.3f}, {j.ratio.high:.3f}]  {j.verdict}"
+        )
+    return "\n".join(lines)
+
+
+def outcome(judged: list[Judged], failed: list[str], unsure: list[str]) -> tuple[int, str]:
+    """(exit code, the one closing line): 0 passed, 1 FAILED, 3 inconclusive."""
+    regressions = [j for j in judged if j.verdict == stats.REGRESSION]
+    unclear = [j for j in judged if j.verdict == stats.INCONCLUSIVE]
+    if regressions or failed:
+        parts = [f"{len(regressions)} regression(s)"] if regressions else []
+        parts += [f"{len(failed)} speed-up(s) below the floor"] if failed else []
+        return 1, f"gate: FAILED ({', '.join(parts)})"
+    if unclear or unsure:
+        parts = [f"{len(unclear)} case(s) straddle the threshold"] if unclear else []
+        parts += [f"{len(unsure)} speed-up(s) straddle the floor"] if unsure else []
+        return 3, f"gate: inconclusive ({', '.join(parts)}; run again or use compare)"
+    return 0, "gate: passed"

@@ -1,0 +1,294 @@
+"""The training loop: the tutorial's epochs over a split held on the device, saved as they end.
+
+``fit`` checks everything it can before the first step (the data, the memory
+a step needs, the run folder), holds the run folder's lock while it trains,
+and saves a checkpoint after every epoch. Interrupted (Ctrl-C) or stopped by
+a full disk, it leaves the last complete epoch's checkpoint and says how to
+resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifar_spec import checkpoint, plot
+from cifar_spec.checkpoint import CheckpointError
+from cifar_spec.data import DeviceData
+from cifar_spec.files import folder_lock
+from cifar_spec.model import CifarNet, check_images
+from cifar_spec.step import (
+    NonFiniteLoss,
+    Step,
+    StepOptions,
+    check_labels,
+    check_memory,
+    fast_exact_step,
+    make_step,
+    prepare_model,
+)
+
+# float32 holds nothing larger; a bigger rate turns the first update into inf.
+MAX_LR = float(torch.finfo(torch.float32).max)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of one training run; the defaults are the tutorial's (and its fast step)."""
+
+    epochs: int = 20  # passes over the data
+    batch_size: int = 1  # images per step; the tutorial uses 1
+    lr: float = 0.01  # SGD learning rate
+    seed: int = 0  # seeds the model's initial weights and the shuffle order
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    shuffle: bool = False  # the tutorial's DataLoader does not shuffle
+    limit: int | None = None  # train on the first `limit` images only (None: all)
+    out: str | None = None  # run folder for checkpoints, history and plot (None: none)
+    step: StepOptions | None = None  # how each step runs; None: fast_exact_step(device)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.lr <= MAX_LR or not math.isfinite(self.lr):
+            raise ValueError(
+                f"lr must be a positive finite number a float32 can hold (at most "
+                f"{MAX_LR:.3g}), got {self.lr}; the tutorial uses 0.01"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 image, got {self.limit}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was saved and how to resume."""
+
+
+@dataclass
+class Run:
+    """Everything a training run carries from one epoch to the next."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Step
+    generator: torch.Generator | None
+    history: list[dict]
+
+    def state(self, config: TrainConfig, data: dict) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": len(self.history),
+            "history": self.history,
+            "config": asdict(config),
+            "data": data,
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": None if self.generator is None else self.generator.get_state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if self.generator is not None:
+                self.generator.set_state(state["shuffle_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"the checkpoint's parts do not fit this run ({error}); "
+                "move its folder away and start a new run"
+            ) from None
+        self.history = list(state["history"])
+
+
+def new_run(config: TrainConfig) -> Run:
+    torch.manual_seed(config.seed)
+    options = config.step or fast_exact_step(config.device)
+    model = prepare_model(CifarNet().to(config.device), options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    # On the CPU reading the loss is free, so each step checks it before its
+    # backward; on a GPU the epoch checks them all at its end instead.
+    step = make_step(
+        model, optimizer, options, check_finite=torch.device(config.device).type == "cpu"
+    )
+    generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
+    return Run(model, optimizer, step, generator, [])
+
+
+def start_run(config: TrainConfig, data: dict, resume: bool) -> Run:
+    """A fresh run, or the one saved in the run folder, checked against this run's settings."""
+    run = new_run(config)
+    if resume:
+        if not config.out:
+            raise CheckpointError("--resume needs the run folder: pass --out DIR")
+        path = Path(config.out) / checkpoint.CHECKPOINT
+        state = checkpoint.load_checkpoint(path, run.model)
+        checkpoint.check_resumable(state, asdict(config), data, path)
+        run.restore(state)
+    return run
+
+
+def non_finite(error: NonFiniteLoss, epoch: int, step: int) -> NonFiniteLoss:
+    return NonFiniteLoss(
+        f"{error} at epoch {epoch}, step {step}; the run stopped and the last checkpoint is "
+        "intact (a smaller --lr may help)"
+    )
+
+
+def train_epoch(
+    step: Step,
+    data: DeviceData,
+    batch_size: int,
+    epoch: int,
+    generator: torch.Generator | None = None,
+    progress: Any = None,
+) -> float:
+    """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it.
+
+    The losses stay on the device until the epoch ends (one host sync per
+    epoch); a non-finite one is then reported with its step, in case the step
+    did not check it itself.
+    """
+    losses = []
+    for index, (images, labels) in enumerate(data.batches(batch_size, generator)):
+        try:
+            losses.append(step(images, labels))
+        except NonFiniteLoss as error:
+            raise non_finite(error, epoch, index) from None
+        if progress is not None:
+            progress.update(len(labels))
+    losses = torch.stack(losses).double()  # (steps,)
+    bad = torch.nonzero(~torch.isfinite(losses))
+    if len(bad):
+        raise non_finite(
+            NonFiniteLoss(f"the loss is {losses[bad[0, 0]].item()}"), epoch, int(bad[0, 0])
+        )
+    return losses.sum().item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1000) -> float:
+    """Mean cross-entropy over `data`, without touching the parameters."""
+    total = torch.zeros((), dtype=torch.float64, device=data.images.device)
+    for images, labels in data.batches(batch_size):
+        total += nn.functional.cross_entropy(model(images), labels, reduction="sum")
+    return total.item() / len(data)
+
+
+def check_data(data: DeviceData) -> None:
+    """Refuse a data set that cannot train, once, before the first step."""
+    if len(data) == 0:
+        raise ValueError("no images to train on: the data set is empty")
+    check_images(data.images, torch.float32)
+    check_labels(data.labels.cpu(), len(data.images))
+
+
+def save_epoch(run: Run, config: TrainConfig, data: dict) -> None:
+    """The checkpoint, then the history; a failed write leaves the previous checkpoint."""
+    out = Path(config.out)
+    try:
+        checkpoint.save_checkpoint(out, run.state(config, data))
+        checkpoint.save_history(out, asdict(config), run.history)
+    except OSError as error:  # a full disk, a folder made read-only mid-run
+        raise CheckpointError(
+            f"could not save epoch {len(run.history)} in {out} ({error.strerror}); "
+            f"{saved_note(config, len(run.history) - 1)}"
+        ) from None
+
+
+def saved_note(config: TrainConfig, epochs: int) -> str:
+    """What is on disk after `epochs` complete epochs, and how to go on from it."""
+    if not config.out:
+        return "nothing was saved (no --out)"
+    if epochs == 0:
+        return f"no epoch was saved in {config.out}: start the run again"
+    return (
+        f"{Path(config.out) / checkpoint.CHECKPOINT} holds epoch {epochs}: continue with "
+        f"`cifar-spec train --out {config.out} --resume` and the same settings"
+    )
+
+
+def train(
+    config: TrainConfig,
+    data: DeviceData,
+    resume: bool,
+    log: Callable[[str], None] | None,
+    progress: bool,
+) -> list[float]:
+    """The epochs themselves, the run folder (if any) already checked and locked."""
+    record = data.record()
+    data = data.to(config.device)
+    run = start_run(config, record, resume)
+    from tqdm import tqdm  # imported here: a worker that only times steps needs torch alone
+
+    saved = len(run.history)
+    try:
+        for epoch in range(len(run.history), config.epochs):
+            start = time.perf_counter()
+            with tqdm(
+                total=len(data),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            ) as bar:
+                loss_sum = train_epoch(
+                    run.step, data, config.batch_size, epoch + 1, run.generator, bar
+                )
+            seconds = time.perf_counter() - start
+            run.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss_sum": loss_sum,
+                    "seconds": seconds,
+                    "images_per_s": len(data) / seconds,
+                }
+            )
+            if log is not None:
+                log(
+                    f"epoch {epoch + 1:>3}/{config.epochs}  loss sum {loss_sum:12.4f}  "
+                    f"{len(data) / seconds:8.0f} images/s"
+                )
+            if config.out:
+                save_epoch(run, config, record)
+                saved = len(run.history)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted in epoch {saved + 1}; {saved_note(config, saved)}"
+        ) from None
+    if config.out:
+        drawn = plot.loss_curve(run.history, Path(config.out) / checkpoint.LOSS_PLOT)
+        if log is not None:
+            log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
+    return [row["loss_sum"] for row in run.history]
+
+
+def fit(
+    config: TrainConfig,
+    data: DeviceData,
+    resume: bool = False,
+    log: Callable[[str], None] | None = print,
+    progress: bool = False,
+) -> list[float]:
+    """Train as configured; return every epoch's loss sum (resumed epochs included).
+
+    With `config.out`, the run folder is checked before any work and locked
+    while the run writes to it.
+    """
+    if config.limit is not None:
+        data = data.head(config.limit)
+    check_data(data)
+    check_memory(config.batch_size, len(data), config.device)
+    if not config.out:
+        return train(config, data, resume, log, progress)
+    out = Path(config.out)
+    checkpoint.check_run_folder(out, resume)
+    with folder_lock(out, "a training run"):
+        checkpoint.check_run_folder(out, resume)  # again: no one else can write there now
+        return train(config, data, resume, log, progress)

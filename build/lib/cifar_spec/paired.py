@@ -1,0 +1,130 @@
+"""Paired, interleaved measurement of two arms across several worker processes.
+
+An *arm* is one case built in one worker (a variant of the step, or a whole
+training loop). Two arms are compared by alternating their rounds, A B B A
+A B ..., each adjacent pair giving one ratio B / A of seconds per step, so that
+whatever the machine does meanwhile lands on both. Pairs are drawn from
+several pairs of workers in turn (a block from each, round robin), because one
+process's state can move all its timings at once; the statistics
+(`stats.py`) treat each worker pair as a cluster.
+
+Used alike by the pytest benchmarks, `cifar-spec bench`, `gate` and `compare`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cifar_spec import stats
+from cifar_spec.measure import ROUND_SECONDS, paired_order, steps_per_round
+from cifar_spec.worker import BUILD_TIMEOUT, Worker
+
+ROUND_TIMEOUT_FACTOR = 50  # a round this many times its planned length means a hung worker
+BLOCK = 4  # pairs taken from one worker pair before moving to the next
+
+
+@dataclass(frozen=True)
+class Case:
+    """What to build: a step variant at a batch size on a device, or a named loop."""
+
+    device: str
+    variant: str
+    batch: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.device}-{self.variant}-{self.batch}"
+
+    def request(self) -> dict:
+        return {
+            "op": "build",
+            "key": self.key,
+            "device": self.device,
+            "variant": self.variant,
+            "batch": self.batch,
+        }
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A case built and warmed up in one worker, with the steps one round takes."""
+
+    worker: Worker
+    case: Case
+    steps: int
+    seconds_per_step: float
+
+    def round(self) -> tuple[float, float | None]:
+        timeout = max(30.0, ROUND_TIMEOUT_FACTOR * self.steps * self.seconds_per_step)
+        reply = self.worker.call(
+            {"op": "round", "key": self.case.key, "steps": self.steps}, timeout
+        )
+        return reply["host"], reply["gpu"]
+
+
+class Unsupported(Exception):
+    """The case cannot run in this worker's environment; the message says why."""
+
+
+def build_arm(worker: Worker, case: Case, round_seconds: float = ROUND_SECONDS) -> Arm:
+    reply = worker.call(case.request(), BUILD_TIMEOUT)
+    if "unsupported" in reply:
+        raise Unsupported(reply["unsupported"])
+    per_step = reply["seconds_per_step"]
+    return Arm(worker, case, steps_per_round(per_step, round_seconds), per_step)
+
+
+@dataclass
+class Samples:
+    """Seconds per step of arms A and B, one list of (a, b) pairs per worker pair."""
+
+    groups: list[list[tuple[float, float]]] = field(default_factory=list)
+    gpu_groups: list[list[tuple[float, float]]] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    def ratio(self) -> stats.Estimate:
+        """B's time over A's: above 1, B is slower."""
+        return stats.estimate([[b / a for a, b in g] for g in self.groups])
+
+    def arm(self, index: int) -> stats.Estimate:
+        """One arm's seconds per step."""
+        return stats.estimate([[p[index] for p in g] for g in self.groups])
+
+    def gpu_arm(self, index: int) -> stats.Estimate | None:
+        """One arm's seconds per step by CUDA events; None off a GPU."""
+        if not any(self.gpu_groups) or any(p[index] is None for g in self.gpu_groups for p in g):
+            return None
+        return stats.estimate([[p[index] for p in g] for g in self.gpu_groups])
+
+
+def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: int) -> None:
+    for pair in range(first, first + pairs):
+        timed = {}
+        for index in paired_order(pair):
+            timed[index] = (a, b)[index].round()
+        samples.groups[group].append((timed[0][0], timed[1][0]))
+        samples.gpu_groups[group].append((timed[0][1], timed[1][1]))
+
+
+def measure_pairs(
+    arms: list[tuple[Arm, Arm]],
+    min_pairs: int,
+    seconds: float,
+    done: Callable[[Samples], bool] | None = None,
+) -> Samples:
+    """Pairs from each worker pair in turn until each has `min_pairs` and `done` says so,
+    or `seconds` have passed (at least `min_pairs` each even then)."""
+    samples = Samples([[] for _ in arms], [[] for _ in arms])
+    deadline = time.perf_counter() + seconds
+    while True:
+        for group, (a, b) in enumerate(arms):
+            taken = len(samples.groups[group])
+            run_block(a, b, BLOCK, taken, samples, group)
+        enough = min(len(g) for g in samples.groups) >= min_pairs
+        if enough and (time.perf_counter() >= deadline or done is None or done(samples)):
+            return samples

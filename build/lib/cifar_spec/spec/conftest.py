@@ -1,0 +1,84 @@
+"""The spec's shared fixtures: one small synthetic set per worker, written once, read by many;
+Pythons made slower or broken on purpose, for the measurement's tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifar_spec.data import DeviceData, load_cifar10, to_device, write_synthetic_cifar10
+
+# Loaded at start-up by every Python run with this folder on PYTHONPATH: each
+# convolution computes its result FACTOR times. A really slower step, through
+# torch's own code path, not an edited timing.
+SLOW_SITE = """
+import torch.nn.functional as F
+
+_conv2d = F.conv2d
+
+
+def conv2d(*args, **kwargs):
+    for _ in range({factor} - 1):
+        _conv2d(*args, **kwargs)
+    return _conv2d(*args, **kwargs)
+
+
+F.conv2d = conv2d
+"""
+
+
+def python_wrapper(folder: Path, name: str, pythonpath: Path | None) -> Path:
+    """An executable that runs this Python, with `pythonpath` first on its path."""
+    script = folder / name
+    env = f"PYTHONPATH={pythonpath} " if pythonpath else ""
+    script.write_text(f'#!/bin/sh\n{env}exec "{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def slow_site(tmp_path: Path):
+    """make(factor) -> a folder whose sitecustomize.py makes every convolution `factor` x slower."""
+
+    def make(factor: int) -> Path:
+        folder = tmp_path / f"slow{factor}"
+        folder.mkdir()
+        (folder / "sitecustomize.py").write_text(SLOW_SITE.format(factor=factor))
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def slow_python(tmp_path: Path, slow_site):
+    """make(factor) -> a python whose convolutions are each `factor` times slower."""
+    return lambda factor: python_wrapper(tmp_path, f"python-slow{factor}", slow_site(factor))
+
+
+@pytest.fixture
+def scripted_python(tmp_path: Path):
+    """make(body) -> an executable 'python' that runs the shell `body` instead."""
+
+    def make(body: str) -> Path:
+        script = tmp_path / "fake-python"
+        script.write_text("#!/bin/sh\n" + body + "\n")
+        script.chmod(0o755)
+        return script
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic CIFAR-10 of 300 training and 300 test images, seed 0. Read it, never write it."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_cifar10(root, n_train=300, n_test=300, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def test_split(synthetic_root: Path) -> DeviceData:
+    """The tutorial's split (test) of the shared set, on the CPU."""
+    return to_device(load_cifar10(synthetic_root, train=False))

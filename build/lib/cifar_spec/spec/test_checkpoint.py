@@ -1,0 +1,229 @@
+"""The run folder: checkpoints resume exactly, nothing earlier is lost, every stop is clean."""
+
+import errno
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cifar_spec import files, plot
+from cifar_spec.checkpoint import RUN_FILES, CheckpointError
+from cifar_spec.files import FolderBusy, folder_lock
+from cifar_spec.loop import Interrupted, TrainConfig, fit
+from cifar_spec.step import NonFiniteLoss
+
+
+def snapshot(folder):
+    """Every file under `folder` and its bytes: what a refused run must leave as it was."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def checkpoint_params(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, test_split):
+    settings = dict(limit=40, shuffle=True, batch_size=4)
+    whole = fit(TrainConfig(epochs=4, out=str(tmp_path / "a"), **settings), test_split, log=None)
+    fit(TrainConfig(epochs=2, out=str(tmp_path / "b"), **settings), test_split, log=None)
+    resumed = fit(
+        TrainConfig(epochs=4, out=str(tmp_path / "b"), **settings),
+        test_split,
+        resume=True,
+        log=None,
+    )
+    assert resumed == whole
+    a, b = (checkpoint_params(tmp_path / n / "checkpoint.pt") for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_mid_run_stops_it_and_leaves_the_last_checkpoint_loadable(tmp_path, test_split):
+    config = TrainConfig(epochs=3, limit=20, out=str(tmp_path))
+    fit(TrainConfig(epochs=1, limit=20, out=str(tmp_path)), test_split, log=None)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    images = test_split.images.clone()
+    images[7] = float("nan")  # a poisoned image, met at step 7 of epoch 2
+    poisoned = replace(test_split, images=images)
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 2, step 7"):
+        fit(config, poisoned, resume=True, log=None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint at all", None], ids=["empty", "garbage", "truncated"]
+)
+def test_a_broken_checkpoint_gives_a_clear_error_not_a_pickle_traceback(
+    tmp_path, test_split, content
+):
+    config = TrainConfig(epochs=2, limit=8, out=str(tmp_path))
+    if content is None:
+        fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+        content = (tmp_path / "checkpoint.pt").read_bytes()[:1000]
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint.*start a new run"):
+        fit(config, test_split, resume=True, log=None)
+
+
+def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="holds an earlier run.*--resume"):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, log=None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_resuming_with_other_settings_is_refused_and_says_which(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    with pytest.raises(CheckpointError, match=r"lr=0.01 there, 0.1 here"):
+        fit(
+            TrainConfig(epochs=2, limit=8, lr=0.1, out=str(tmp_path)),
+            test_split,
+            resume=True,
+            log=None,
+        )
+
+
+def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
+    fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, log=None)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]
+    assert all(row["images_per_s"] > 0 for row in history["epochs"])
+    assert history["config"]["limit"] == 8
+    if plot.have_matplotlib():
+        assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_checkpoint_missing_a_part_is_refused_by_name(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["history"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a cifar-spec checkpoint: it lacks history"):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_new_run_refuses_a_folder_holding_any_earlier_runs_file(tmp_path, test_split, name):
+    (tmp_path / name).write_bytes(b"an earlier run's " + name.encode())
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=f"holds an earlier run \\({name}\\).*--resume"):
+        fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    assert snapshot(tmp_path) == before
+
+
+def test_resuming_on_other_data_is_refused_naming_both(tmp_path, synthetic_root, test_split):
+    from cifar_spec.data import load_cifar10, to_device
+
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    before = snapshot(tmp_path)
+    train_split = to_device(load_cifar10(synthetic_root, train=True))
+    with pytest.raises(
+        CheckpointError,
+        match=r"on other data: it trained on the synthetic test "
+        r"split .*8 images.*this run has the synthetic "
+        r"train split .*8 images",
+    ):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), train_split, resume=True, log=None)
+    assert snapshot(tmp_path) == before
+
+
+def rewrite_checkpoint(path, change):
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+BAD_PARTS = {
+    "another-model": (
+        lambda s: s.update(model={"fc.weight": torch.zeros(10, 3072)}),
+        "its model is not the tutorial's CifarNet",
+    ),
+    "a-reshaped-layer": (
+        lambda s: s["model"].update({"layers.0.weight": torch.zeros(8, 3, 5, 5)}),
+        r"not the tutorial's CifarNet \(layers.0.weight differs\)",
+    ),
+    "epoch-as-text": (lambda s: s.update(epoch="1"), "its epoch is a str"),
+    "history-as-dict": (lambda s: s.update(history={}), "its history is a dict"),
+    "epoch-past-history": (lambda s: s.update(epoch=5), "epoch 5 does not match its 1 epochs"),
+    "not-a-dict": (None, "it holds a list"),
+}
+
+
+@pytest.mark.parametrize("change, message", BAD_PARTS.values(), ids=BAD_PARTS.keys())
+def test_a_checkpoint_with_wrong_parts_is_refused_naming_the_part(
+    tmp_path, test_split, change, message
+):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    path = tmp_path / "checkpoint.pt"
+    if change is None:
+        torch.save([1, 2], path)
+    else:
+        rewrite_checkpoint(path, change)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
+    assert snapshot(tmp_path) == before
+
+
+def interrupt_at(monkeypatch, epoch):
+    """Ctrl-C in the middle of epoch `epoch`: the loop's epoch function raises it."""
+    import cifar_spec.loop as loop
+
+    real = loop.train_epoch
+
+    def epoch_or_ctrl_c(step, data, batch_size, number, *args):
+        if number == epoch:
+            raise KeyboardInterrupt
+        return real(step, data, batch_size, number, *args)
+
+    monkeypatch.setattr(loop, "train_epoch", epoch_or_ctrl_c)
+
+
+def test_ctrl_c_keeps_the_last_complete_epochs_checkpoint_and_says_how_to_resume(
+    tmp_path, test_split, monkeypatch
+):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(
+        Interrupted,
+        match=r"interrupted in epoch 2; .*checkpoint.pt holds epoch 1: "
+        r"continue with `cifar-spec train --out .* --resume`",
+    ):
+        fit(TrainConfig(epochs=3, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_says_so(
+    tmp_path, test_split, monkeypatch
+):
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    before = snapshot(tmp_path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not save epoch 2 in .* \(No space left on "
+        r"device\); .*checkpoint.pt holds epoch 1",
+    ):
+        fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
+    assert snapshot(tmp_path) == before  # no half file, no temporary left behind
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_holders_pid(tmp_path, test_split):
+    with folder_lock(tmp_path, "a training run"):
+        with pytest.raises(
+            FolderBusy, match=f"in use by another cifar-spec process \\(pid {os.getpid()}\\)"
+        ):
+            fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)  # released
+    assert (tmp_path / "checkpoint.pt").exists()

@@ -1,0 +1,336 @@
+"""The cifar-spec command, end to end, as a user types it."""
+
+import errno
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_spec.cli import build_parser, main
+from cifar_spec.data import load_cifar10, write_synthetic_cifar10
+
+
+def test_summary_prints_the_tutorials_two_losses_and_the_parameter_count(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "0.6667" in out and "1.3333" in out and "145,578" in out
+
+
+def test_train_dry_run_falls_back_to_the_synthetic_set_and_says_so(tmp_path, capsys):
+    # A small stand-in where the fallback looks, so the test need not write the
+    # full-size one (60,000 images); tests/test_data.py covers the writing.
+    write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=100)
+    code = main(
+        [
+            "train",
+            "--dry-run",
+            "--data-root",
+            str(tmp_path),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "using the synthetic CIFAR-10 stand-in" in out and "no --download" in out
+    assert "epoch   1/1" in out and "training on 64 images" in out
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_data_synth_writes_a_set_that_torchvision_reads(tmp_path, capsys):
+    assert main(["data", "synth", "--root", str(tmp_path), "--n-train", "10", "--n-test", "4"]) == 0
+    assert len(load_cifar10(tmp_path, train=False)) == 4
+    assert "wrote 10 training and 4 test images" in capsys.readouterr().out
+
+
+def test_every_train_flag_states_its_default_in_help():
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag, default in [
+        ("--epochs", "20"),
+        ("--batch-size", "1"),
+        ("--lr", "0.01"),
+        ("--seed", "0"),
+        ("--device", "auto"),
+        ("--data-root", "data"),
+    ]:
+        assert flag in text
+        assert f"(default: {default})" in text
+
+
+def test_an_unknown_command_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fly"])
+    assert info.value.code == 2
+
+
+def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
+    assert (
+        main(
+            [
+                "bench",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--variant",
+                "channels_last",
+                "--variant",
+                "eager",
+                "--workers",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "images/s" in out and "speed-up [95% CI]" in out and "roofline" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("cpu")]
+    assert [(cols[1], cols[2]) for cols in lines] == [("eager", "2"), ("channels_last", "2")]
+    assert lines[0][5] == "1.00x" and lines[1][6].startswith("[")  # the interval
+
+
+@pytest.mark.parametrize(
+    "flags, step",
+    [
+        (["--precision", "bf16"], "channels_last+one_call_sgd+bf16"),
+        (["--eager"], "eager"),
+        ([], "channels_last+one_call_sgd+manual_backward"),
+    ],
+    ids=["bf16", "eager", "default"],
+)
+def test_each_step_flag_trains_and_names_its_step(tmp_path, capsys, flags, step):
+    write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=8)
+    code = main(["train", "--dry-run", "--data-root", str(tmp_path), "--no-progress", *flags])
+    assert code == 0
+    assert f"step: {step}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--device", "gpu"], "--device gpu: not a device"),
+        (["train", "--epochs", "0"], "epochs must be at least 1"),
+        (["train", "--lr", "-1"], "lr must be a positive finite number"),
+        (["train", "--limit", "0"], "limit must be at least 1 image"),
+    ],
+    ids=["device-typo", "zero-epochs", "negative-lr", "zero-limit"],
+)
+def test_bad_train_settings_exit_with_a_message_not_a_traceback(tmp_path, capsys, argv, message):
+    assert main([*argv, "--data-root", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_negative_benchmark_batch_size_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--batch-size", "-1"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def one_line_error(capsys, argv, message):
+    """Runs the command; it must end in rc 2 and one stderr line holding `message`, no traceback."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+    return err
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    """A data root whose stand-in is already written, small, so no test writes the full one."""
+    write_synthetic_cifar10(tmp_path / "data" / "synthetic", n_train=5, n_test=16)
+    return tmp_path / "data"
+
+
+def train(stand_in, *flags):
+    return ["train", "--data-root", str(stand_in), "--no-progress", "--limit", "8", *flags]
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder no one may create files in: read-only to a user; /sys, for root."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder if not os.access(folder, os.W_OK) else Path("/sys")
+    folder.chmod(0o755)
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_data_is_read(tmp_path, stand_in, capsys):
+    (tmp_path / "out").write_text("my notes")
+    before = snapshot(tmp_path)
+    one_line_error(
+        capsys, train(stand_in, "--out", str(tmp_path / "out")), "is a file, not a folder"
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_first_step(
+    stand_in, unwritable, capsys
+):
+    one_line_error(
+        capsys, train(stand_in, "--out", str(unwritable / "run")), "cannot write to --out"
+    )
+
+
+def test_a_data_root_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "data").write_text("not a folder")
+    one_line_error(
+        capsys,
+        ["train", "--data-root", str(tmp_path / "data")],
+        "--data-root " + str(tmp_path / "data") + " is a file, not a folder",
+    )
+    assert (tmp_path / "data").read_text() == "not a folder"
+
+
+def test_a_data_root_that_cannot_be_written_is_refused_in_one_line(unwritable, capsys):
+    one_line_error(
+        capsys,
+        ["train", "--data-root", str(unwritable / "data"), "--dry-run"],
+        "cannot write the synthetic stand-in",
+    )
+
+
+def test_a_learning_rate_no_float32_holds_is_refused_before_work(stand_in, capsys):
+    one_line_error(capsys, train(stand_in, "--lr", "1e308"), "a float32 can hold")
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_the_line_says_how_to_resume(
+    tmp_path, stand_in, capsys, monkeypatch
+):
+    import cifar_spec.loop as loop
+
+    real = loop.train_epoch
+    monkeypatch.setattr(
+        loop,
+        "train_epoch",
+        lambda step, data, b, epoch, *a: (
+            real(step, data, b, epoch, *a)
+            if epoch < 2
+            else (_ for _ in ()).throw(KeyboardInterrupt)
+        ),
+    )
+    out = tmp_path / "run"
+    one_line_error(
+        capsys,
+        train(stand_in, "--out", str(out), "--epochs", "3"),
+        f"holds epoch 1: continue with `cifar-spec train --out {out} --resume`",
+    )
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_full_disk_while_saving_ends_in_one_line_and_loses_nothing(
+    tmp_path, stand_in, capsys, monkeypatch
+):
+    from cifar_spec import files
+
+    out = tmp_path / "run"
+    assert main(train(stand_in, "--out", str(out), "--epochs", "1")) == 0
+    before = snapshot(out)
+    monkeypatch.setattr(
+        files.os,
+        "fsync",
+        lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
+    )
+    one_line_error(
+        capsys,
+        train(stand_in, "--out", str(out), "--epochs", "2", "--resume"),
+        "No space left on device",
+    )
+    assert snapshot(out) == before
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path, stand_in, capsys):
+    from cifar_spec.files import folder_lock
+
+    with folder_lock(tmp_path / "run", "a training run"):
+        one_line_error(
+            capsys, train(stand_in, "--out", str(tmp_path / "run")), f"(pid {os.getpid()})"
+        )
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_train_uses_the_set_data_synth_wrote_in_its_data_root(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--root",
+                str(tmp_path),
+                "--n-train",
+                "5",
+                "--n-test",
+                "8",
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert main(["train", "--data-root", str(tmp_path), "--no-progress", "--epochs", "1"]) == 0
+    assert "stand-in in " + str(tmp_path) + " (written by data synth)" in capsys.readouterr().out
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_a_runs_seed_never_rewrites_a_complete_synthetic_set(stand_in, capsys):
+    def data_files():  # the lock file holds the last writer's pid: not data
+        return {p: b for p, b in snapshot(stand_in).items() if p.name != ".cifar-spec.lock"}
+
+    before = data_files()
+    assert main(train(stand_in, "--synthetic", "--seed", "1", "--epochs", "1")) == 0
+    assert main(train(stand_in, "--synthetic", "--seed", "-1", "--epochs", "1")) == 0
+    assert data_files() == before
+
+
+def test_a_planted_pickle_in_the_data_folder_runs_nothing(tmp_path, stand_in, capsys):
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    planted = stand_in / "synthetic" / "cifar-10-batches-py" / "test_batch"
+    planted.write_bytes(pickle.dumps(Payload(), protocol=2))
+    one_line_error(capsys, train(stand_in), f"{planted} was refused unread")
+    assert not marker.exists()
+
+
+def test_resuming_on_the_other_split_is_refused_naming_both(tmp_path, stand_in, capsys):
+    out = str(tmp_path / "run")
+    assert main(train(stand_in, "--out", out, "--epochs", "1", "--limit", "4")) == 0
+    one_line_error(
+        capsys,
+        train(stand_in, "--out", out, "--epochs", "2", "--limit", "4", "--resume", "--train-split"),
+        "trained on the synthetic test split",
+    )
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_it_is_allocated(
+    stand_in, capsys, monkeypatch
+):
+    import cifar_spec.step as step
+
+    monkeypatch.setattr(step, "free_memory", lambda device: 2**20)
+    one_line_error(capsys, train(stand_in, "--batch-size", "4096"), "use a smaller --batch-size")
+
+
+def test_a_step_that_cannot_run_is_refused_with_the_rules_reason(stand_in, capsys, monkeypatch):
+    import cifar_spec.step as step
+
+    monkeypatch.setattr(step.torch._dynamo, "is_dynamo_supported", lambda: False)
+    one_line_error(
+        capsys,
+        train(stand_in, "--eager", "--compile"),
+        "step compile cannot run on cpu: torch.compile is not supported",
+    )

@@ -1,0 +1,148 @@
+"""compare: two Python environments side by side, a verdict per case, one line per failure."""
+
+import sys
+
+import pytest
+
+from cifar_spec import compare, stats
+from cifar_spec.cli import main
+from cifar_spec.paired import Case
+
+
+def test_a_python_that_does_not_exist_is_refused_before_any_work(tmp_path):
+    with pytest.raises(compare.BadEnvironment, match="is not a Python interpreter"):
+        compare.check_python(str(tmp_path / "no-venv/bin/python"))
+
+
+def test_a_python_without_torch_is_refused_saying_how_to_install_it(scripted_python):
+    python = scripted_python('exec python3 -S "$@"')  # no site-packages: no torch
+    with pytest.raises(compare.BadEnvironment, match=r"cannot import torch; install it with"):
+        compare.check_python(str(python))
+
+
+def test_a_python_without_cifar_spec_is_refused_saying_how_to_install_it(scripted_python):
+    # torch importable, cifar_spec not: a Python that fails on that import alone.
+    python = scripted_python(
+        f'case "$2" in *cifar_spec*) echo "No module named cifar_spec" >&2; exit 1;; esac\n'
+        f'exec "{sys.executable}" "$@"'
+    )
+    with pytest.raises(compare.BadEnvironment, match=r"cannot import cifar_spec; install"):
+        compare.check_python(str(python))
+
+
+def test_a_missing_python_ends_the_command_in_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "python"), sys.executable]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a Python interpreter" in err
+
+
+@pytest.mark.parametrize(
+    "verdicts, code",
+    [
+        ([stats.NO_CHANGE, stats.IMPROVEMENT], 0),
+        ([stats.NO_CHANGE, stats.REGRESSION, stats.INCONCLUSIVE], 1),
+        ([stats.NO_CHANGE, stats.INCONCLUSIVE], 3),
+        (["skipped", stats.NO_CHANGE], 0),
+    ],
+)
+def test_the_exit_code_is_1_on_any_regression_else_3_when_inconclusive(verdicts, code):
+    results = [compare.Result(Case("cpu", "eager", 1), v) for v in verdicts]
+    assert compare.exit_code(results) == code
+
+
+@pytest.mark.slow
+def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
+    slow_python, tmp_path, capsys
+):
+    out = tmp_path / "verdicts.json"
+    code = main(
+        [
+            "compare",
+            sys.executable,
+            str(slow_python(4)),
+            "--device",
+            "cpu",
+            "--variant",
+            "eager",
+            "--batch-size",
+            "1",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--seconds",
+            "20",
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "cpu eager batch 1" in printed and printed.rstrip().endswith("compare: REGRESSION")
+    assert "torch " in printed.splitlines()[0] and "candidate:" in printed.splitlines()[1]
+    import json
+
+    [result] = json.loads(out.read_text())["results"]
+    assert result["verdict"] == "regression" and result["ratio"]["ci_low"] > 1.05
+
+
+@pytest.mark.slow
+def test_the_same_environment_twice_is_no_change(capsys):
+    code = main(
+        [
+            "compare",
+            sys.executable,
+            sys.executable,
+            "--device",
+            "cpu",
+            "--variant",
+            "eager",
+            "--batch-size",
+            "64",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--threshold",
+            "10%",
+            "--seconds",
+            "20",
+        ]
+    )
+    printed = capsys.readouterr().out
+    # Under xdist another test may load the machine; the interval may then straddle.
+    assert code in (0, 3) and "regression" not in printed.lower().replace("no regression", "")
+
+
+def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothing(
+    scripted_python, capsys
+):
+    # Passes the checks, answers hello, then dies when asked to build.
+    python = scripted_python(
+        f'case "$1" in -c) exec "{sys.executable}" "$@";; esac\n'
+        'read line; echo \'{"torch": "x", "cpu_model": "c", "threads": 1, "python": "p"}\'\n'
+        "read line; echo 'CUDA error: out of memory' >&2; exit 7"
+    )
+    assert (
+        main(
+            [
+                "compare",
+                sys.executable,
+                str(python),
+                "--device",
+                "cpu",
+                "--variant",
+                "eager",
+                "--batch-size",
+                "1",
+                "--workers",
+                "1",
+                "--seconds",
+                "5",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "exited during 'build' with exit code 7: CUDA error: out of memory" in err

@@ -1,0 +1,235 @@
+"""The gate: baselines keyed by hardware, a really slower step caught, floors judged on intervals,
+hostile files refused in one line."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from cifar_spec import gate, stats
+from cifar_spec.cli import main
+from cifar_spec.paired import Case, build_arm, measure_pairs
+from cifar_spec.worker import Worker
+
+INFO = {"cpu_model": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1"}
+
+
+def test_a_baseline_is_kept_per_hardware_and_survives_a_torch_upgrade():
+    assert gate.fingerprint(INFO) == "AMD_EPYC-2t"
+    assert gate.fingerprint({**INFO, "torch": "2.15.0", "node": "runner-7"}) == "AMD_EPYC-2t"
+    assert gate.fingerprint({**INFO, "torch_threads": 4}) != gate.fingerprint(INFO)
+    assert (
+        gate.fingerprint({**INFO, "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8})
+        == "NVIDIA_H100_80GB_HBM3-x8"
+    )
+
+
+def step_times(*pythons: str) -> list[list[list[float]]]:
+    """Seconds per step of eager at batch 1 in one worker of each python, 16 rounds each.
+
+    Their rounds alternate, so that the load of tests running beside this one
+    (under xdist) falls on both alike: the gate's runs are minutes apart, but
+    what this test checks is how it judges two samples, not the machine's drift.
+    """
+    workers = [Worker(p, f"gate-test{i}", threads=1) for i, p in enumerate(pythons)]
+    try:
+        arms = [build_arm(w, Case("cpu", "eager", 1)) for w in workers]
+        samples = measure_pairs([tuple(arms)], min_pairs=16, seconds=0)
+    finally:
+        for w in workers:
+            w.stop()
+    return [[[pair[i] for pair in samples.groups[0]]] for i in range(len(pythons))]
+
+
+def row(times):
+    return {
+        "device": "cpu",
+        "variant": "eager",
+        "batch": 1,
+        "step_times": times,
+        "seconds_per_step": stats.estimate(times).median,
+    }
+
+
+@pytest.mark.slow
+def test_the_gate_calls_a_step_with_five_times_the_convolutions_a_regression(slow_python):
+    # Forward convolutions only: about a quarter of an eager step at batch 1, so ~2x in all.
+    baseline, slower = step_times(sys.executable, str(slow_python(5)))
+    [judged] = gate.judge_times([row(baseline)], [row(slower)], gate.DEFAULT_THRESHOLD)
+    assert judged.verdict == stats.REGRESSION and judged.ratio.low > 1 + gate.DEFAULT_THRESHOLD, (
+        judged,
+        baseline,
+        slower,
+    )
+
+
+def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
+    times = [[0.010, 0.011, 0.0105, 0.0102] * 3]
+    path = gate.baseline_path(tmp_path, INFO)
+    gate.save_baseline(path, INFO, [row(times)])
+    saved = gate.load_baseline(path)
+    assert saved["machine_info"]["torch"] == "2.14.1"
+    [judged] = gate.judge_times(saved["rows"], [row(times)], 0.1)
+    assert judged.verdict == stats.NO_CHANGE and judged.ratio.median == 1.0
+
+
+def test_saving_a_baseline_never_writes_through_a_planted_link(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    path = gate.baseline_path(tmp_path / "store", INFO)
+    path.parent.mkdir(parents=True)
+    path.symlink_to(target)
+    gate.save_baseline(path, INFO, [row([[0.01] * 4])])
+    assert target.read_text() == "keep me" and not path.is_symlink()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"rows": NaN}', "NaN is not a number a gate can compare"),
+        ("[1, 2]", "is not a cifar-spec baseline"),
+        (
+            '{"rows": [{"device": "cpu", "variant": "eager", "batch": 1, "step_times": [[0.0]]}]}',
+            "row 0 is not a measured case",
+        ),
+        (
+            '{"rows": [{"device": "cpu", "variant": "eager", "batch": "1", "step_times": [[1]]}]}',
+            "row 0 is not a measured case",
+        ),
+    ],
+    ids=["invalid", "nan", "list", "zero-time", "string-batch"],
+)
+def test_a_damaged_baseline_is_refused_naming_the_file_and_the_fix(tmp_path, text, message):
+    path = tmp_path / "baseline.json"
+    path.write_text(text)
+    with pytest.raises(gate.GateError, match=message) as error:
+        gate.load_baseline(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "floors, message",
+    [
+        ('{"eager": {"1": {"speedup": NaN}}}', "NaN is not a number"),
+        ('{"eager": {"1": {"speedup": "fast"}}}', "'eager' batch '1' speedup: the floor must be"),
+        ('{"eager": {"1": {"speedup": null}}}', "'eager' batch '1' speedup: the floor must be"),
+        ('{"eager": {"1": [1.05]}}', "'eager' batch '1' must be an object of figures, got list"),
+        ('{"eager": 1.05}', "'eager' must be an object of batch sizes, got float"),
+        ('{"eager": {"one": {"speedup": 1}}}', "a batch size must be a whole number"),
+        ('{"eager": {"1": {"roofline": 0.5}}}', "unknown figure 'roofline'"),
+        ("[]", "the floors must be an object"),
+        ("{oops", "is not valid JSON"),
+    ],
+    ids=["nan", "string", "null", "list", "number", "batch-name", "figure", "top-list", "invalid"],
+)
+def test_a_bad_floors_file_is_refused_naming_the_file_and_the_key(tmp_path, floors, message):
+    path = tmp_path / "cpu.json"
+    path.write_text(floors)
+    with pytest.raises(gate.GateError, match=message) as error:
+        gate.load_floors(path)
+    assert str(path) in str(error.value)
+
+
+def test_the_shipped_floors_are_valid_and_found_outside_a_checkout():
+    for device in ("cpu", "cuda"):
+        floors = gate.load_floors(gate.default_floors(device))
+        assert any(not k.startswith("_") for k in floors)
+
+
+def sped(variant, low, high):
+    return {
+        "device": "cpu",
+        "variant": variant,
+        "batch": 1,
+        "speedup": (low + high) / 2,
+        "speedup_ci": [low, high],
+    }
+
+
+def test_a_floor_fails_only_when_the_whole_interval_lies_below_it():
+    floors = {
+        "a": {"1": {"speedup": 1.1}},
+        "b": {"1": {"speedup": 1.1}},
+        "c": {"1": {"speedup": 1.1}},
+    }
+    failed, unsure = gate.check_floors(
+        [sped("a", 0.9, 1.05), sped("b", 1.0, 1.2), sped("c", 1.15, 1.3)], floors
+    )
+    assert failed == ["cpu a batch 1: speed-up 0.98x [0.90, 1.05] against the floor 1.1"]
+    assert unsure == ["cpu b batch 1: speed-up 1.10x [1.00, 1.20] against the floor 1.1"]
+
+
+def test_floors_with_no_case_in_the_run_are_named():
+    floors = {"_note": "text", "channels_last": {"64": {}, "256": {}}, "renamed": {"1": {}}}
+    rows = [{"variant": "channels_last", "batch": 64}]
+    assert gate.unmeasured_floors(rows, floors) == ["channels_last batch 256", "renamed batch 1"]
+
+
+def judged(verdict):
+    return gate.Judged(("cpu", "eager", 1), 0.01, 0.01, stats.estimate([[1.0] * 6]), verdict)
+
+
+@pytest.mark.parametrize(
+    "verdicts, failed, unsure, code, line",
+    [
+        ([stats.NO_CHANGE], [], [], 0, "gate: passed"),
+        ([stats.IMPROVEMENT], [], [], 0, "gate: passed"),
+        ([stats.REGRESSION, stats.INCONCLUSIVE], [], [], 1, "gate: FAILED (1 regression(s))"),
+        ([stats.NO_CHANGE], ["x"], [], 1, "gate: FAILED (1 speed-up(s) below the floor)"),
+        ([stats.INCONCLUSIVE], [], [], 3, "gate: inconclusive (1 case(s) straddle the threshold"),
+        ([stats.NO_CHANGE], [], ["x"], 3, "gate: inconclusive (1 speed-up(s) straddle the floor"),
+    ],
+    ids=["passed", "improved", "regressed", "floor", "straddles", "floor-straddles"],
+)
+def test_every_outcome_ends_in_one_line_and_its_exit_code(verdicts, failed, unsure, code, line):
+    got_code, got_line = gate.outcome([judged(v) for v in verdicts], failed, unsure)
+    assert got_code == code and got_line.startswith(line)
+
+
+def test_the_gate_without_a_baseline_says_how_to_make_one(tmp_path, capsys):
+    assert main(["gate", "--storage", str(tmp_path)]) == 2
+    assert "gate --save-baseline" in capsys.readouterr().err
+
+
+def test_the_gate_on_a_damaged_baseline_ends_in_one_line_not_a_traceback(tmp_path, capsys):
+    from cifar_spec.figures import machine_info
+
+    path = gate.baseline_path(tmp_path, machine_info())
+    path.parent.mkdir(parents=True)
+    path.write_text('{"rows": [{"device": 1}]}')
+    assert main(["gate", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "row 0 is not a measured case" in err
+
+
+def test_a_nan_floor_in_a_floors_folder_stops_the_gate_before_any_measurement(tmp_path, capsys):
+    (tmp_path / "cpu.json").write_text('{"eager": {"1": {"speedup": NaN}}}')
+    assert (
+        main(
+            [
+                "gate",
+                "--save-baseline",
+                "--storage",
+                str(tmp_path / "store"),
+                "--floors",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "NaN is not a number" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_default_threshold_is_a_fraction():
+    assert 0 < gate.DEFAULT_THRESHOLD < 0.5 and not math.isnan(gate.DEFAULT_THRESHOLD)
+
+
+def test_a_baseline_is_json_with_the_versions_it_was_measured_with(tmp_path):
+    path = gate.baseline_path(tmp_path, INFO)
+    gate.save_baseline(path, INFO, [row([[0.01] * 4])])
+    assert json.loads(path.read_text())["machine_info"] == INFO

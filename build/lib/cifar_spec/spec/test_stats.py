@@ -1,0 +1,100 @@
+"""The statistics of a timing: intervals on known samples, the spread, the four verdicts."""
+
+import math
+
+import pytest
+
+from cifar_spec import stats
+
+
+def test_the_95_percent_interval_of_a_median_of_ten_is_the_2nd_to_the_9th_value():
+    # P(2 <= Binomial(10, 1/2) <= 8) = 1 - 2 * 11/1024 = 0.979; one rank narrower gives 0.891.
+    assert stats.median_ci_ranks(10) == (1, 8)
+    assert stats.median_ci(list(range(10, 0, -1))) == (2, 9)
+
+
+@pytest.mark.parametrize("n", [6, 10, 24, 50, 101])
+def test_the_order_statistics_interval_covers_the_median_with_at_least_95_percent(n):
+    lo, hi = stats.median_ci_ranks(n)
+    # P(lo < count of values below the median <= hi) under Binomial(n, 1/2)
+    covered = sum(math.comb(n, i) for i in range(lo + 1, hi + 1)) / 2**n
+    assert covered >= 0.95
+    narrower = sum(math.comb(n, i) for i in range(lo + 2, hi)) / 2**n
+    assert narrower < 0.95  # and it is the narrowest such pair
+
+
+def test_fewer_than_six_values_give_their_whole_range():
+    assert stats.median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)
+
+
+def test_the_spread_is_the_interquartile_range_over_the_median():
+    assert stats.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
+    assert stats.spread([7.0] * 9) == 0.0
+
+
+def test_one_process_uses_the_order_statistics_interval():
+    values = [1.0 + i / 100 for i in range(20)]
+    assert stats.clustered_median_ci([values]) == stats.median_ci(values)
+
+
+def test_an_unlucky_process_widens_the_interval_instead_of_hiding_in_it():
+    steady = [[1.0 + i / 1000 for i in range(20)] for _ in range(3)]
+    one_slow = steady[:2] + [[1.5 + i / 1000 for i in range(20)]]
+    low, high = stats.clustered_median_ci(steady)
+    low_slow, high_slow = stats.clustered_median_ci(one_slow)
+    assert high - low < 0.02
+    assert high_slow > 1.4  # some resamples draw the slow process twice
+
+
+def test_the_interval_is_the_same_for_the_same_samples():
+    groups = [[1.0, 1.1, 0.9, 1.05], [1.2, 1.0, 1.1, 0.95]]
+    assert stats.clustered_median_ci(groups) == stats.clustered_median_ci(groups)
+
+
+def test_an_estimate_of_no_samples_is_refused():
+    with pytest.raises(ValueError, match="no samples"):
+        stats.estimate([[], []])
+
+
+def test_a_spread_above_ten_percent_is_noisy():
+    assert stats.estimate([[1.0, 1.0, 1.3, 1.3]]).noisy
+    assert not stats.estimate([[1.0, 1.01, 1.02, 1.03]]).noisy
+
+
+def ratio(low, high):
+    return stats.Estimate((low + high) / 2, low, high, 0.01, 20, 2)
+
+
+@pytest.mark.parametrize(
+    "low, high, expected",
+    [
+        (1.08, 1.20, stats.REGRESSION),  # wholly above 1.05
+        (0.80, 0.93, stats.IMPROVEMENT),  # wholly below 0.95
+        (0.97, 1.04, stats.NO_CHANGE),  # inside both bounds
+        (1.02, 1.09, stats.INCONCLUSIVE),  # straddles 1.05
+        (0.90, 1.00, stats.INCONCLUSIVE),  # straddles 0.95
+    ],
+    ids=["regression", "improvement", "no-change", "straddles-above", "straddles-below"],
+)
+def test_the_verdict_reads_the_interval_against_the_threshold(low, high, expected):
+    assert stats.verdict(ratio(low, high), 0.05) == expected
+
+
+def test_a_speed_up_is_the_inverted_time_ratio_with_its_interval_flipped():
+    inverted = stats.Estimate(0.8, 0.5, 1.0, 0.1, 10, 1).inverted()
+    assert (inverted.median, inverted.low, inverted.high) == (1.25, 1.0, 2.0)
+
+
+def test_two_runs_of_the_same_distribution_give_a_ratio_interval_around_one():
+    base = [[1.0 + (i * 7 % 10) / 100 for i in range(30)] for _ in range(3)]
+    same = [[v for v in reversed(g)] for g in base]
+    r = stats.ratio_of_medians(base, same)
+    assert r.low <= 1.0 <= r.high and r.high - r.low < 0.1
+
+
+def test_a_run_thirty_percent_slower_gives_a_ratio_interval_above_one_point_two():
+    base = [[1.0 + (i * 7 % 10) / 100 for i in range(30)] for _ in range(3)]
+    slower = [[1.3 * v for v in g] for g in base]
+    r = stats.ratio_of_medians(base, slower)
+    assert r.median == pytest.approx(1.3) and r.low > 1.2
+    assert stats.verdict(r, 0.10) == stats.REGRESSION

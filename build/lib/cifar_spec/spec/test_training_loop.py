@@ -1,0 +1,127 @@
+"""The tutorial's training run: the same sums as its own loop, its loss curve, its three causes."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cifar_spec.data import load_cifar10, to_device
+from cifar_spec.loop import TrainConfig, evaluate, fit, new_run, train_epoch
+from cifar_spec.step import NonFiniteLoss, StepOptions, make_step
+from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
+
+TUTORIAL = TrainConfig(epochs=3, limit=200)  # the tutorial's settings, on 200 images
+
+
+@pytest.fixture
+def root(synthetic_root):
+    return synthetic_root
+
+
+@pytest.fixture(scope="module")
+def tutorial_sums(test_split):
+    return fit(TUTORIAL, test_split, log=None)
+
+
+def tutorials_own_loop(root, n_images, epochs, seed):
+    model, loader, loss, optim = tutorial_setup(root, n_images, seed)
+    return [tutorial_epoch(model, loader, loss, optim) for _ in range(epochs)]
+
+
+def test_fit_with_the_tutorials_step_gives_the_tutorials_own_loop_sums(root, test_split):
+    expected = tutorials_own_loop(root, 200, 3, TUTORIAL.seed)
+    plain = fit(replace(TUTORIAL, step=StepOptions()), test_split, log=None)
+    # The same kernels on the same values in the same order: every step agrees
+    # bit for bit. Both add the float32 losses in float64; only the order of
+    # those additions may differ, a few units in the 16th digit.
+    torch.testing.assert_close(plain, expected, rtol=1e-12, atol=0)
+
+
+def test_fit_with_its_fast_default_gives_the_tutorials_sums_to_float32_rounding(
+    root, tutorial_sums
+):
+    expected = tutorials_own_loop(root, 200, 3, TUTORIAL.seed)
+    # The default (channels_last, manual backward) runs other kernels, which
+    # round differently (~1e-7 per operation); 600 SGD steps compound that to
+    # 1.5e-5 by the third epoch (measured); 1e-4 is that with room. Batch-1 SGD
+    # amplifies it further on longer runs (benchmarks/RESULTS.md).
+    torch.testing.assert_close(tutorial_sums, expected, rtol=1e-4, atol=0)
+
+
+def test_the_loss_falls_over_the_first_epochs_at_the_tutorials_settings(tutorial_sums, test_split):
+    assert tutorial_sums[0] > tutorial_sums[1] > tutorial_sums[2]
+    assert fit(TUTORIAL, test_split, log=None) == tutorial_sums  # deterministic
+
+
+def test_a_learning_rate_far_too_large_makes_the_loss_diverge_where_001_does_not(
+    tutorial_sums, test_split
+):
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 1, step \d+"):
+        fit(TrainConfig(epochs=3, limit=200, lr=0.3), test_split, log=None)
+    assert all(torch.isfinite(torch.tensor(tutorial_sums)))
+
+
+def test_the_same_images_in_another_order_give_another_loss_curve(tutorial_sums, test_split):
+    shuffled = fit(TrainConfig(epochs=3, limit=200, shuffle=True), test_split, log=None)
+    assert shuffled != tutorial_sums
+    # The order changes the path, not the destination's neighbourhood: the
+    # first epoch's sums differ by well under 5%.
+    torch.testing.assert_close(shuffled[0], tutorial_sums[0], rtol=0.05, atol=0)
+    assert fit(TrainConfig(epochs=3, limit=200, shuffle=True), test_split, log=None) == shuffled
+
+
+@pytest.mark.slow
+def test_a_tiny_training_set_is_memorised_while_the_held_out_loss_turns_back_up(root, test_split):
+    config = TrainConfig(epochs=30, limit=50)
+    train = to_device(load_cifar10(root, train=True)).head(config.limit)
+    run = new_run(config)
+    held_out = []
+    for epoch in range(1, config.epochs + 1):
+        train_epoch(run.step, train, config.batch_size, epoch)
+        held_out.append(evaluate(run.model, test_split))
+    best = min(range(len(held_out)), key=held_out.__getitem__)
+    assert evaluate(run.model, train) < 0.05  # fit almost perfectly
+    assert best < len(held_out) - 3  # the held-out minimum is passed ...
+    assert held_out[-1] > held_out[best] * 1.1  # ... and the loss has risen since
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("lr", -1.0),
+        ("lr", float("nan")),
+        ("lr", 1e308),
+        ("limit", 0),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_a_nan_found_after_the_epoch_is_still_reported_with_its_step(test_split):
+    # On a GPU the step does not read the loss; the epoch checks all losses at its end.
+    run = new_run(TrainConfig(limit=20))
+    step = make_step(run.model, run.optimizer, check_finite=False)
+    images = test_split.images[:20].clone()
+    images[11] = float("inf")
+    poisoned = type(test_split)(images, test_split.labels[:20])
+    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 4, step 11"):
+        train_epoch(step, poisoned, 1, epoch=4)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d.head(0), "no images to train on"),
+        (lambda d: type(d)(d.images, d.labels.clone().fill_(10)), r"labels must lie in \[0, 10\)"),
+        (lambda d: type(d)((d.images * 255).to(torch.uint8), d.labels), "/ 255"),
+    ],
+    ids=["empty", "label-out-of-range", "uint8-images"],
+)
+def test_fit_refuses_data_it_cannot_train_on_before_any_step(tmp_path, test_split, make, message):
+    with pytest.raises(ValueError, match=message):
+        fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), make(test_split.head(8)), log=None)
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -1,0 +1,77 @@
+"""Worker processes: they build and time cases, and a crashed or hung one is reported and ended."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from cifar_spec.paired import Case, Unsupported, build_arm, measure_pairs
+from cifar_spec.worker import Worker, WorkerError
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def worker():
+    with Worker(sys.executable, "test", threads=1) as w:
+        yield w
+
+
+def test_a_worker_says_which_torch_and_cifar_spec_it_runs(worker):
+    import torch
+
+    assert worker.info["torch"] == torch.__version__ and worker.info["threads"] == 1
+    assert worker.info["cifar_spec"].endswith("cifar_spec")
+
+
+def test_a_worker_builds_a_case_and_times_paired_rounds(worker):
+    eager = build_arm(worker, Case("cpu", "eager", 2))
+    also = build_arm(worker, Case("cpu", "channels_last", 2))
+    samples = measure_pairs([(eager, also)], min_pairs=4, seconds=0)
+    assert samples.pairs == 4 and all(a > 0 and b > 0 for a, b in samples.groups[0])
+    assert samples.gpu_arm(0) is None  # no CUDA events on a CPU
+
+
+def test_a_case_the_device_cannot_run_is_unsupported_with_its_reason(worker):
+    with pytest.raises(Unsupported, match="CUDA graphs need a CUDA device"):
+        build_arm(worker, Case("cpu", "channels_last+one_call_sgd+cuda_graph", 1))
+
+
+def test_an_unknown_variant_is_refused_naming_it(worker):
+    with pytest.raises(WorkerError, match="no variant 'warp-speed'"):
+        build_arm(worker, Case("cpu", "warp-speed", 1))
+
+
+def test_a_worker_that_dies_at_start_is_reported_with_its_exit_code(scripted_python):
+    python = scripted_python("echo 'no such module' >&2; exit 3")
+    with pytest.raises(WorkerError, match=r"exited .*exit code 3: no such module"):
+        Worker(str(python), "dead")
+
+
+def test_a_worker_that_hangs_is_stopped_within_the_timeout_and_leaves_nothing_running(
+    scripted_python,
+):
+    # Answers hello, then swallows every request: a deadlocked step.
+    python = scripted_python(
+        'read line; echo \'{"torch": "x"}\'; while read line; do :; done; sleep 600'
+    )
+    w = Worker(str(python), "hung")
+    start = time.perf_counter()
+    with pytest.raises(WorkerError, match="did not answer 'round' within 1 s and was stopped"):
+        w.call({"op": "round", "key": "k", "steps": 1}, timeout=1)
+    assert time.perf_counter() - start < 5
+    assert w.process.poll() is not None and not alive(w.process.pid)
+
+
+def test_a_worker_that_crashes_mid_round_is_reported(scripted_python):
+    python = scripted_python('read line; echo \'{"torch": "x"}\'; read line; exit 9')
+    w = Worker(str(python), "crash")
+    with pytest.raises(WorkerError, match="exited during 'round' with exit code 9"):
+        w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)

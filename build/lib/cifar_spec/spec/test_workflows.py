@@ -1,0 +1,63 @@
+"""The GitHub workflows: valid, least privilege, one GPU job at a time, CPU wheels on CPU.
+
+They live in the checkout, not in the package: installed elsewhere, these are skipped.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = Path(__file__).parents[1] / ".github" / "workflows"
+pytestmark = pytest.mark.skipif(not WORKFLOWS.is_dir(), reason="not run from a checkout")
+
+
+def load(name: str) -> dict:
+    from ruamel.yaml import YAML  # check-jsonschema's own YAML reader
+
+    return YAML(typ="safe").load((WORKFLOWS / name).read_text())
+
+
+def test_the_workflows_are_valid_github_actions_files():
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    checker = str(checker) if checker.exists() else shutil.which("check-jsonschema")
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert [f.name for f in files] == ["gpu.yml", "spec.yml"]
+    done = subprocess.run(
+        [checker, "--builtin-schema", "vendor.github-workflows", *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["gpu.yml", "spec.yml"])
+def test_each_workflow_may_only_read_the_repository(name):
+    assert load(name)["permissions"] == {"contents": "read"}
+
+
+def test_the_gpu_job_runs_one_at_a_time_on_a_runner_labelled_gpu():
+    job = load("gpu.yml")["jobs"]["cuda"]
+    assert "gpu" in job["runs-on"] and job["concurrency"]["cancel-in-progress"] is False
+    labels = (WORKFLOWS.parent / "actionlint.yaml").read_text()
+    assert "- gpu" in labels  # declared for actionlint
+
+
+def test_the_cpu_job_installs_the_cpu_wheels_of_torch_before_make_test():
+    steps = [s.get("run", "") for s in load("spec.yml")["jobs"]["cpu"]["steps"]]
+    wheels = next(i for i, run in enumerate(steps) if "download.pytorch.org/whl/cpu" in run)
+    assert wheels < steps.index("make test")
+
+
+def test_on_a_pull_request_the_gpu_job_compares_the_base_with_the_head():
+    steps = load("gpu.yml")["jobs"]["cuda"]["steps"]
+    compare = next(s for s in steps if "cifar-spec compare" in s.get("run", ""))
+    assert compare["if"] == "${{ github.event_name == 'pull_request' }}"
+    assert "base/.venv/bin/python head/.venv/bin/python" in compare["run"]
+
+
+def test_baselines_are_kept_outside_the_actions_cache():
+    text = (WORKFLOWS / "gpu.yml").read_text()
+    assert "actions/cache" not in text and '--storage "$BASELINES"' in text

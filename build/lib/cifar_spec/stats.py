@@ -1,0 +1,209 @@
+"""The statistics of a timing: a median with a 95% confidence interval, its spread, a verdict.
+
+Step times are skewed (a round can only be slowed, never sped up, by the rest
+of the machine) and come in clusters: each worker process has state of its own
+(where its tensors landed, which kernels it picked) that can move all its
+timings together, by up to 40% on a shared 2-core runner. So:
+
+- a figure is a median, never a mean;
+- within one process its confidence interval comes from order statistics
+  (distribution-free: the ranks of the sorted sample that bracket the median
+  with binomial probability >= 95%);
+- across processes it comes from a two-level bootstrap (draw processes with
+  replacement, then samples within each), so that the luck of one process
+  widens the interval instead of hiding in it;
+- the spread is IQR / median; above NOISY_SPREAD a figure is marked noisy.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+NOISY_SPREAD = 0.10  # IQR / median above which a figure is marked noisy
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile, linear between the two nearest order statistics."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def spread(values: Sequence[float]) -> float:
+    """Interquartile range over the median: 0.1 means the middle half spans 10% of it."""
+    middle = statistics.median(values)
+    return (quantile(values, 0.75) - quantile(values, 0.25)) / middle if middle else math.inf
+
+
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int]:
+    """0-based ranks (lo, hi) of the sorted sample with P(x[lo] <= median <= x[hi]) >= confidence.
+
+    The number of samples below the true median is Binomial(n, 1/2); the
+    interval widens one rank on each side until it holds that much mass. For
+    n < 6 no pair of ranks reaches 95%, and the whole range is returned.
+    """
+    lo = -1
+    # P(lo < count below <= n-1-lo) for the widest symmetric pair still inside the sample
+    for k in range(n // 2, -1, -1):
+        covered = sum(math.comb(n, i) for i in range(k, n - k + 1)) / 2**n
+        if covered >= confidence:
+            lo = k
+            break
+    if lo <= 0:
+        return 0, n - 1
+    return lo - 1, n - lo
+
+
+def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Order-statistics confidence interval of the median of one sample."""
+    ordered = sorted(values)
+    lo, hi = median_ci_ranks(len(ordered), confidence)
+    return ordered[lo], ordered[hi]
+
+
+def clustered_median_ci(
+    groups: Sequence[Sequence[float]],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the pooled median, drawing groups, then values in each.
+
+    With one group this is the order-statistics interval (the bootstrap adds
+    nothing there but noise).
+    """
+    groups = [list(g) for g in groups if len(g)]
+    if len(groups) == 1:
+        return median_ci(groups[0], confidence)
+    rng = random.Random(seed)  # a fixed seed: the same samples give the same interval
+    medians = []
+    for _ in range(resamples):
+        drawn = []
+        for group in rng.choices(groups, k=len(groups)):
+            drawn.extend(rng.choices(group, k=len(group)))
+        medians.append(statistics.median(drawn))
+    tail = (1 - confidence) / 2
+    return quantile(medians, tail), quantile(medians, 1 - tail)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A median with its confidence interval and spread, from samples grouped by process."""
+
+    median: float
+    low: float
+    high: float
+    spread: float
+    samples: int
+    processes: int
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > NOISY_SPREAD
+
+    def inverted(self) -> Estimate:
+        """The same estimate of 1/x (a time ratio as a speed-up); the interval flips."""
+        return Estimate(
+            1 / self.median, 1 / self.high, 1 / self.low, self.spread, self.samples, self.processes
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "median": self.median,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "spread": self.spread,
+            "noisy": self.noisy,
+            "samples": self.samples,
+            "processes": self.processes,
+            "ci_method": "order statistics"
+            if self.processes == 1
+            else "two-level bootstrap (processes, then samples)",
+        }
+
+
+def estimate(groups: Sequence[Sequence[float]]) -> Estimate:
+    """The pooled median of every group's samples, its 95% interval and spread."""
+    pooled = [v for g in groups for v in g]
+    if not pooled:
+        raise ValueError("no samples to estimate from")
+    low, high = clustered_median_ci(groups)
+    return Estimate(
+        statistics.median(pooled),
+        low,
+        high,
+        spread(pooled),
+        len(pooled),
+        sum(1 for g in groups if len(g)),
+    )
+
+
+# Verdicts on a ratio candidate / baseline of step times (above 1: the candidate is slower).
+REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE = (
+    "regression",
+    "improvement",
+    "no change",
+    "inconclusive",
+)
+
+
+def verdict(ratio: Estimate, threshold: float) -> str:
+    """What the interval of a time ratio says at a relative `threshold` (0.05 for 5%).
+
+    Regression: the whole interval lies above 1 + threshold; improvement: below
+    1 - threshold; no change: inside both bounds; otherwise it straddles a
+    bound and more samples are needed.
+    """
+    if ratio.low > 1 + threshold:
+        return REGRESSION
+    if ratio.high < 1 - threshold:
+        return IMPROVEMENT
+    if ratio.low >= 1 - threshold and ratio.high <= 1 + threshold:
+        return NO_CHANGE
+    return INCONCLUSIVE
+
+
+def ratio_of_medians(
+    base: Sequence[Sequence[float]],
+    new: Sequence[Sequence[float]],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> Estimate:
+    """new / base of two unpaired samples (runs minutes apart), each grouped by process.
+
+    Percentile bootstrap: each resample draws processes, then values within
+    them, from both sides independently. The spread is that of `new`.
+    """
+    base = [list(g) for g in base if len(g)]
+    new = [list(g) for g in new if len(g)]
+    if not base or not new:
+        raise ValueError("no samples to compare")
+    rng = random.Random(seed)
+
+    def resampled_median(groups: list[list[float]]) -> float:
+        drawn = []
+        for group in rng.choices(groups, k=len(groups)):
+            drawn.extend(rng.choices(group, k=len(group)))
+        return statistics.median(drawn)
+
+    ratios = [resampled_median(new) / resampled_median(base) for _ in range(resamples)]
+    pooled_new = [v for g in new for v in g]
+    pooled_base = [v for g in base for v in g]
+    tail = (1 - confidence) / 2
+    return Estimate(
+        statistics.median(pooled_new) / statistics.median(pooled_base),
+        quantile(ratios, tail),
+        quantile(ratios, 1 - tail),
+        spread(pooled_new),
+        len(pooled_new),
+        len(new),
+    )

@@ -1,0 +1,350 @@
+"""One training step of the tutorial, its options, and the one rule that says which options run.
+
+The tutorial's inner loop is: forward, loss, ``optimizer.zero_grad()``,
+``loss.backward()``, ``optimizer.step()``. ``StepOptions()`` ("eager") is
+exactly that. Each option swaps one part for a faster one (``one_call_sgd``
+the update, ``manual_backward`` the backward, ``cuda_graph`` the launches) or
+trades exactness for speed (``bf16``, ``compile``). ``unsupported`` is the only
+place that decides whether a combination can run; the step, the benchmarks
+and the CLI all ask it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from cifar_spec import manual_backward
+from cifar_spec.cuda_graph import cuda_graphed
+from cifar_spec.model import NUM_CLASSES, check_images
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Step = Callable[[Tensor, Tensor], Tensor]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: caught before its backward where the step reads
+    the loss (the CPU), else at the end of the epoch; never saved in a checkpoint."""
+
+
+def check_labels(labels: Tensor, num_images: int, num_classes: int = NUM_CLASSES) -> None:
+    """Raise unless `labels` are int64 class indices in [0, num_classes), one per image.
+
+    The range check reads the values, which on an accelerator would stall the
+    host for every batch; so it runs only for labels still on the CPU. `fit`
+    checks a whole data set once, before it moves it to the device.
+    """
+    if labels.dtype != torch.long:
+        raise TypeError(
+            f"labels must be class indices of dtype torch.int64, got {labels.dtype}; "
+            "convert with labels.long()"
+        )
+    if labels.shape != (num_images,):
+        raise ValueError(
+            f"expected one label per image, shape ({num_images},), got {tuple(labels.shape)}"
+        )
+    if labels.device.type == "cpu" and labels.numel() > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}), got values from {low} to {high}"
+            )
+
+
+def check_batch(images: Tensor, labels: Tensor, dtype: torch.dtype = torch.float32) -> None:
+    """Refuse a batch no step can learn from, before anything reaches a device."""
+    check_images(images, dtype)
+    if images.shape[0] == 0:
+        # The mean over no images is 0/0: the step would report "loss is nan".
+        raise ValueError("the batch is empty: a step needs at least one image")
+    check_labels(labels, images.shape[0])
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a training step runs; the defaults are exactly the tutorial's step ("eager")."""
+
+    channels_last: bool = False  # NHWC layout: the same math through other kernels
+    one_call_sgd: bool = False  # plain SGD's update as one foreach call, not optimizer.step()
+    manual_backward: bool = False  # CifarNet's backward written out, no autograd
+    bf16: bool = False  # autocast convolutions and matmuls to bfloat16: faster, not exact
+    compile: bool = False  # torch.compile the forward and backward
+    cuda_graph: bool = False  # replay the whole step as one CUDA graph (CUDA only)
+
+    @property
+    def name(self) -> str:
+        """The options that are on, joined by '+' in field order; 'eager' when none is."""
+        return "+".join(f.name for f in fields(self) if getattr(self, f.name)) or "eager"
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def is_plain_sgd(optimizer: torch.optim.Optimizer | None) -> bool:
+    """SGD whose update is p -= lr * grad and nothing else: no momentum, decay or maximize."""
+    return type(optimizer) is torch.optim.SGD and not any(
+        g["momentum"] or g["weight_decay"] or g["maximize"] or g["nesterov"]
+        for g in optimizer.param_groups
+    )
+
+
+def environment_lacks(options: StepOptions, device: torch.device) -> str | None:
+    """Why this machine cannot run `options` on `device`, or None."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    if options.cuda_graph and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if options.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
+    if options.compile:
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile is not supported on this Python or platform"
+        if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+            return "torch.compile on the CPU needs a C++ compiler on PATH"
+    return None
+
+
+def options_conflict(options: StepOptions) -> str | None:
+    """Why these options cannot run together, whatever the machine, or None."""
+    if options.manual_backward:
+        if options.bf16 or options.compile or options.cuda_graph:
+            return "manual_backward is float32 and uncompiled: it combines with channels_last only"
+        if not options.one_call_sgd:
+            # It never fills .grad, so optimizer.step() would have nothing to apply.
+            return "manual_backward needs one_call_sgd: it hands its gradients to the update"
+    if options.cuda_graph:
+        if options.compile:
+            return "cuda_graph combines with channels_last, one_call_sgd and bf16, not compile"
+        if not options.one_call_sgd:
+            # optimizer.step() reads lr and bookkeeping on the host: nothing a graph replays.
+            return "cuda_graph captures the one-call SGD update: turn on one_call_sgd"
+    return None
+
+
+def training_conflict(
+    options: StepOptions,
+    model: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
+    loss_fn: LossFn,
+) -> str | None:
+    """Why these options cannot train this model with this optimizer and loss, or None."""
+    if (options.one_call_sgd or options.cuda_graph) and optimizer and not is_plain_sgd(optimizer):
+        # A stateful optimizer (momentum, Adam) needs its own step, and a graph's
+        # warm-up would change its state.
+        return "one_call_sgd and cuda_graph update as plain SGD does; other optimizers need --eager"
+    if options.manual_backward:
+        if loss_fn is not nn.functional.cross_entropy:
+            return "manual_backward writes out cross-entropy's gradient; other losses need autograd"
+        if model is not None and not manual_backward.applies_to(model):
+            return "manual_backward is written for CifarNet as the tutorial defines it"
+        if (
+            optimizer is not None
+            and model is not None
+            and not manual_backward.updates_all(model, optimizer)
+        ):
+            return "manual_backward updates every parameter: give SGD exactly model.parameters()"
+    if options.cuda_graph and model is not None and model_device(model).type != "cuda":
+        return "cuda_graph needs the model on a CUDA device"
+    return None
+
+
+def unsupported(
+    options: StepOptions,
+    device: str | torch.device,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+) -> str | None:
+    """Why `options` cannot run here (on `device`, for this model, optimizer and loss), or None.
+
+    The one rule: `make_step` raises with this reason, the benchmarks skip with
+    it, and the CLI refuses with it. A model or optimizer left out is not judged.
+    """
+    device = torch.device(device)
+    return (
+        options_conflict(options)
+        or training_conflict(options, model, optimizer, loss_fn)
+        or environment_lacks(options, device)
+    )
+
+
+# What the library adds to channels_last for speed, fastest first: the first
+# that `unsupported` accepts on the device, with what the user asked, wins.
+SPEED_UPS = (
+    dict(one_call_sgd=True, cuda_graph=True),  # a GPU: the host no longer paces the kernels
+    dict(one_call_sgd=True, manual_backward=True),  # a CPU: no autograd bookkeeping
+    dict(one_call_sgd=True),
+)
+
+
+def fastest_step(
+    device: str | torch.device, bf16: bool = False, compile: bool = False
+) -> StepOptions:
+    """The fastest options that run on `device` with the precision and compilation asked for.
+
+    Never drops what was asked: if nothing runs (no compiler, say), the last
+    candidate comes back and `unsupported` says why.
+    """
+    for extra in SPEED_UPS:
+        options = StepOptions(channels_last=True, bf16=bf16, compile=compile, **extra)
+        if unsupported(options, device) is None:
+            break
+    return options
+
+
+def fast_exact_step(device: str | torch.device) -> StepOptions:
+    """The fastest options that keep the tutorial's float32 result: the library's default.
+
+    On a CPU: NHWC, the one-call update and manual_backward (the backward written
+    out). On a GPU: NHWC, the one-call update and the whole step
+    replayed as a CUDA graph.
+    """
+    on_gpu = torch.device(device).type == "cuda"
+    return StepOptions(
+        channels_last=True, one_call_sgd=True, cuda_graph=on_gpu, manual_backward=not on_gpu
+    )
+
+
+def prepare_model(model: nn.Module, options: StepOptions) -> nn.Module:
+    """The model in the memory layout the options run in."""
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def one_call_sgd_update(optimizer: torch.optim.SGD) -> Callable[[], None]:
+    """Plain SGD's update, p += -lr * grad, in one foreach call, without optimizer.step().
+
+    At batch 1 on a CPU, `SGD.step()` spends ~0.35 ms of a ~4 ms step in
+    Python (hooks, option lookups, a loop over groups) around ten additions.
+    This is the same arithmetic, so the parameters come out bit for bit the
+    same (tests/test_step.py). It reads lr on every call, so schedulers work.
+    """
+
+    @torch.no_grad()
+    def update() -> None:
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+
+    return update
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: StepOptions = StepOptions(),
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    check_finite: bool = True,
+) -> Step:
+    """`step(images, labels) -> detached loss`: the tutorial's step, run as `options` say.
+
+    With `check_finite`, a NaN or infinite loss raises before its backward, so
+    the parameters never take a NaN step. Reading the loss stalls a GPU's
+    host every step; without it the caller checks the returned losses later.
+    """
+    reason = unsupported(options, model_device(model), model, optimizer, loss_fn)
+    if reason:
+        raise ValueError(reason)
+    check_finite = check_finite and not options.cuda_graph  # a captured step cannot read it
+
+    def check(loss: Tensor) -> None:
+        if check_finite and not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss.item()}")
+
+    if options.manual_backward:
+        return manual_backward.make_manual_backward_step(model, optimizer, check)
+    step = autograd_step(model, optimizer, options, loss_fn, check)
+    return cuda_graphed(step, model, optimizer) if options.cuda_graph else step
+
+
+def autograd_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: StepOptions,
+    loss_fn: LossFn,
+    check: Callable[[Tensor], None],
+) -> Step:
+    """The tutorial's step through autograd, with the layout, precision and update asked for."""
+
+    def loss_of(images: Tensor, labels: Tensor) -> Tensor:
+        # A graph must not keep autocast's cache of cast weights: it would replay stale casts.
+        with torch.autocast(
+            images.device.type,
+            dtype=torch.bfloat16,
+            enabled=options.bf16,
+            cache_enabled=not options.cuda_graph,
+        ):
+            return loss_fn(model(images), labels)
+
+    forward = torch.compile(loss_of) if options.compile else loss_of
+    update = one_call_sgd_update(optimizer) if options.one_call_sgd else optimizer.step
+
+    def step(images: Tensor, labels: Tensor) -> Tensor:
+        if options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = forward(images, labels)
+        check(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        update()
+        return loss.detach()
+
+    return step
+
+
+def train_step(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+) -> Tensor:
+    """One step, exactly the tutorial's: forward, loss, zero_grad, backward, step.
+
+    Returns the loss detached from the graph, so that a caller who sums losses
+    over an epoch (as the tutorial does) keeps no step's graph alive.
+    """
+    check_batch(images, labels, next(model.parameters()).dtype)
+    device = model_device(model)
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    return make_step(model, optimizer, loss_fn=loss_fn)(images, labels)
+
+
+# Bytes one image costs a training step: the float32 activations autograd keeps
+# (conv1 32x32x32, pool 32x16x16, conv2 32x16x16, pool 32x8x8, conv3 64x8x8,
+# pool 64x4x4, fc 64 + 10: 56,394 floats), their gradients, and as much again
+# for the kernels' workspaces and the pooling indices, rounded up.
+STEP_BYTES_PER_IMAGE = 4 * 56_394 * 4
+IMAGE_BYTES = 4 * 3 * 32 * 32  # one float32 image held on the device
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for tensors on `device` now."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62  # not Linux: no estimate to refuse on
+
+
+def check_memory(batch_size: int, num_images: int, device: str | torch.device) -> None:
+    """Refuse, before allocating, a run whose data and one step cannot fit in free memory."""
+    device = torch.device(device)
+    batch = min(batch_size, num_images)
+    needed = num_images * IMAGE_BYTES + batch * STEP_BYTES_PER_IMAGE
+    free = free_memory(device)
+    if needed > free:
+        raise MemoryError(
+            f"batch size {batch_size} on {num_images} images needs about {needed / 2**30:.1f} GiB, "
+            f"more than the {free / 2**30:.1f} GiB free on {device.type}; "
+            "use a smaller --batch-size (or --limit)"
+        )

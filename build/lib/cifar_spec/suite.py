@@ -1,0 +1,183 @@
+"""The benchmark suite: each case measured against its baseline across workers, as rows of figures.
+
+A variant of the step is paired with eager (the tutorial's step) at the same
+device and batch size, in the same worker processes; the fit loop with the
+tutorial's loop. Each row holds the case's seconds per step (median and 95%
+interval), images/s, spread, the speed-up over its baseline with its 95%
+interval, and the roofline fraction against the best peak the workers
+measured. `cifar-spec bench`, `cifar-spec gate` and the pytest benchmarks all
+measure through `Suite`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from cifar_spec import bench, figures
+from cifar_spec.paired import Arm, Case, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.worker import Worker, start_workers, stop_all
+
+WORKERS = 3  # fresh processes per figure: enough for one unlucky process to show in the CI
+MIN_PAIRS = 8  # per worker: 24 pairs in all, which an order-statistics CI at 95% needs >= 6 of
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Suite:
+    """Workers of this Python, the baseline arms they hold, and the peaks they measured."""
+
+    workers: int = WORKERS
+    min_pairs: int = MIN_PAIRS
+    threads: int | None = None  # torch threads per worker; None: every core this process has
+    python: str = sys.executable
+    log: Callable[[str], None] | None = None
+    _workers: list[Worker] = field(default_factory=list, init=False)
+    _baselines: dict = field(default_factory=dict, init=False)
+    _peaks: dict = field(default_factory=dict, init=False)
+
+    def start(self) -> Suite:
+        if not self._workers:
+            self._workers = start_workers(
+                self.python, self.workers, "w", self.threads or available_cores()
+            )
+        return self
+
+    def stop(self) -> None:
+        stop_all(self._workers)
+        self._workers = []
+
+    def __enter__(self) -> Suite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def info(self) -> dict:
+        return self.start()._workers[0].info
+
+    def baseline_of(self, case: Case) -> Case:
+        if case.variant in bench.LOOPS:
+            return Case(case.device, bench.LOOP_BASELINE, case.batch)
+        return Case(case.device, "eager", case.batch)
+
+    def arms(self, case: Case) -> list[Arm]:
+        """`case` built in every worker (kept for a baseline, which many cases share)."""
+        if case in self._baselines:
+            return self._baselines[case]
+        arms = [build_arm(w, case) for w in self.start()._workers]
+        if case.variant in ("eager", bench.LOOP_BASELINE):
+            self._baselines[case] = arms
+        return arms
+
+    def drop(self, arms: list[Arm]) -> None:
+        if arms and arms[0].case not in self._baselines:
+            for arm in arms:
+                arm.worker.call({"op": "drop", "key": arm.case.key}, 60)
+
+    def measure(self, case: Case) -> dict:
+        """The row of figures for `case`; raises Unsupported where it cannot run."""
+        baseline = self.arms(self.baseline_of(case))
+        if case == baseline[0].case:
+            arms = baseline
+            samples = measure_pairs(list(zip(baseline, baseline)), self.min_pairs // 2, 0)
+        else:
+            arms = self.arms(case)
+            try:
+                samples = measure_pairs(list(zip(baseline, arms)), self.min_pairs, 0)
+            finally:
+                self.drop(arms)
+        row = self.row(case, samples, arms[0].steps)
+        if self.log:
+            self.log(figures.format_table([row]).splitlines()[1])
+        return row
+
+    def peak(self, device: str, dtype: torch.dtype) -> figures.Peak:
+        """The best peak any worker measured (an upper bound: the best of all tries)."""
+        key = (device, str(dtype))
+        if key not in self._peaks:
+            name = str(dtype).removeprefix("torch.")
+            replies = [
+                w.call({"op": "peak", "device": device, "dtype": name}, 600)
+                for w in self.start()._workers
+            ]
+            best = max(replies, key=lambda r: r["best"])
+            self._peaks[key] = figures.Peak(
+                best["best"], best["median"], best["shape"], best["tries"], best["precision"]
+            )
+        return self._peaks[key]
+
+    def row(self, case: Case, samples: Samples, steps: int) -> dict:
+        time = samples.arm(1)
+        is_loop = case.variant in bench.LOOPS
+        images = bench.LOOP_IMAGES if is_loop else case.batch
+        # A loop runs the step at batch 1: its arithmetic per image is the eager step's.
+        options = bench.VARIANTS["eager" if is_loop else case.variant]
+        peak = self.peak(case.device, bench.precision(options))
+        row = figures.rate_figures(
+            case.device,
+            case.variant,
+            case.batch,
+            images / time.median,
+            figures.counted_flops_per_image(options),
+            peak,
+        )
+        speedup = samples.ratio().inverted()
+        is_baseline = case == self.baseline_of(case)
+        row.update(
+            seconds_per_step=time.median,
+            seconds_per_step_ci=[time.low, time.high],
+            spread=time.spread,
+            samples=time.samples,
+            processes=time.processes,
+            steps_per_round=steps,
+            speedup=1.0 if is_baseline else speedup.median,
+            speedup_ci=None if is_baseline else [speedup.low, speedup.high],
+            speedup_spread=None if is_baseline else speedup.spread,
+            baseline=self.baseline_of(case).variant,
+            noisy=time.noisy or (not is_baseline and speedup.noisy),
+            step_times=[[b for _, b in g] for g in samples.groups],  # per worker, for the gate
+        )
+        gpu = samples.gpu_arm(1)
+        if gpu is not None:
+            row["gpu_seconds_per_step"] = gpu.median
+        return row
+
+
+def measure_all(
+    suite: Suite,
+    devices: list[str],
+    variants: list[str] | None = None,
+    batches: list[int] | None = None,
+    loops: bool = True,
+    skipped: Callable[[Case, str], None] | None = None,
+) -> list[dict]:
+    """Every case on `devices` (eager first in each batch, then the others, then the loops)."""
+    rows = []
+    for device in devices:
+        names = variants or list(bench.VARIANTS)
+        for batch in batches or bench.BATCHES[device]:
+            for name in sorted(names, key=lambda n: n != "eager"):
+                case = Case(device, name, batch)
+                reason = bench.skip_reason(bench.VARIANTS[name], device)
+                try:
+                    if reason:
+                        raise Unsupported(reason)
+                    rows.append(suite.measure(case))
+                except Unsupported as why:
+                    if skipped:
+                        skipped(case, str(why))
+        if loops and device == "cpu" and variants is None and batches is None:
+            rows += [suite.measure(Case("cpu", name, 1)) for name in bench.LOOPS]
+    return rows

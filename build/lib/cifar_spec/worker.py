@@ -1,0 +1,315 @@
+"""Worker processes that build and time training steps on request, and the handle to drive one.
+
+One process is not a sample: the same step built the same way times 1.22 ms in
+some fresh processes and 1.80 ms in others. So every figure comes from several
+workers, each a fresh `python -m cifar_spec.worker` that builds its own
+instances of the cases. A controller (the benchmarks, `cifar-spec bench`,
+`compare`) asks one worker at a time for a round, so that workers never compete
+for the cores, and may drive workers of two Python environments side by side.
+
+The protocol is one JSON object per line: a request on the worker's stdin, its
+reply on stdout. A worker needs torch and cifar_spec only: torchvision, which a
+custom or nightly torch often lacks a match for, is never imported here.
+
+Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "device",
+"variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported": why};
+{"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step; {"op": "peak",
+"device", "dtype"} -> the peak FLOP/s in that precision; {"op": "drop", "key"}; {"op":
+"exit"}. A request that fails gets {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
+HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
+
+
+# The worker's side.
+
+
+def environment() -> dict:
+    """Which torch, cifar_spec and machine this worker runs on."""
+    import platform
+
+    import torch
+
+    import cifar_spec
+    from cifar_spec.figures import cpu_model
+
+    info = {
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "threads": torch.get_num_threads(),
+        "cifar_spec": str(Path(cifar_spec.__file__).parent),
+        "git": git_revision(),
+        "cpu_model": cpu_model(),
+    }
+    if torch.cuda.is_available():
+        info["gpu_name"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_revision() -> str | None:
+    """The commit of the checkout cifar_spec is imported from, '+' when it has changes."""
+    import cifar_spec
+
+    folder = Path(cifar_spec.__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if rev.returncode:
+        return None  # installed from a wheel, not a checkout
+    return rev.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def build(request: dict, cases: dict) -> dict:
+    """Build a case, warm it up, keep it under its key; say why not where it cannot run."""
+    from cifar_spec import bench, measure
+
+    variant = request["variant"]
+    if variant in bench.LOOPS:
+        root = cases.setdefault("_data", tempfile.mkdtemp(prefix="cifar-spec-worker-"))
+        case = bench.build_loop(variant, root)
+    elif variant in bench.VARIANTS:
+        options = bench.VARIANTS[variant]
+        reason = bench.skip_reason(options, request["device"])
+        if reason:
+            return {"unsupported": reason}
+        case = bench.build(options, request["device"], request["batch"], request.get("seed", 0))
+    else:
+        raise ValueError(f"this cifar_spec has no variant {variant!r}")
+    cases[request["key"]] = case
+    return {"seconds_per_step": measure.warm_up(case.step, case.device)}
+
+
+def peak(request: dict) -> dict:
+    import torch
+
+    from cifar_spec.figures import measure_peak
+
+    p = measure_peak(request["device"], getattr(torch, request["dtype"]))
+    return {
+        "best": p.best,
+        "median": p.median,
+        "shape": p.shape,
+        "tries": p.tries,
+        "precision": p.precision,
+    }
+
+
+def handle(request: dict, cases: dict) -> dict:
+    from cifar_spec import measure
+
+    op = request.get("op")
+    if op == "hello":
+        return environment()
+    if op == "build":
+        return build(request, cases)
+    if op == "round":
+        case = cases[request["key"]]
+        r = measure.time_round(case.step, case.device, request["steps"])
+        return {"host": r.host, "gpu": r.gpu}
+    if op == "peak":
+        return peak(request)
+    if op == "drop":
+        cases.pop(request["key"], None)
+        return {}
+    raise ValueError(f"unknown request {op!r}")
+
+
+def serve(threads: int | None = None) -> None:
+    """Answer requests until stdin closes or an exit request comes."""
+    import torch
+
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr  # a stray print must not corrupt the protocol
+    if threads:
+        torch.set_num_threads(threads)
+    # A case trains on one fixed batch, which the model soon memorizes; its gradients
+    # then shrink into denormal floats, which x86 CPUs compute 20-100x slower (a batch-1
+    # eager step went from 4 ms to 300 ms within a few hundred steps). Flushing them to
+    # zero keeps every round timing the step users run on real data.
+    torch.set_flush_denormal(True)
+    cases: dict = {}
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request.get("op") == "exit":
+                break
+            try:
+                reply = handle(request, cases)
+            except Exception as error:  # reported to the controller, which says what failed
+                reply = {"error": f"{type(error).__name__}: {error}"}
+            protocol.write(json.dumps(reply) + "\n")
+            protocol.flush()
+    finally:
+        if "_data" in cases:
+            shutil.rmtree(cases["_data"], ignore_errors=True)
+
+
+# The controller's side.
+
+
+class WorkerError(RuntimeError):
+    """A worker crashed, hung or refused a request; the message says which and why."""
+
+
+@dataclass
+class Worker:
+    """A running worker process of one Python environment."""
+
+    python: str
+    label: str
+    threads: int | None = None
+    env: dict | None = None
+    process: subprocess.Popen = field(init=False)
+    stderr: IO[bytes] = field(init=False)
+    info: dict = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        command = [self.python, "-m", "cifar_spec.worker"]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
+        # A session of its own, so that stopping it stops whatever it started.
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=self.env,
+            start_new_session=True,
+        )
+        self.info = self.call({"op": "hello"}, HELLO_TIMEOUT)
+
+    def call(self, request: dict, timeout: float) -> dict:
+        """Send one request and wait at most `timeout` seconds for its reply."""
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            self.fail(f"exited before {request['op']}")
+        line = self.read_line(timeout)
+        if line is None:
+            self.stop(polite=False)  # a hung worker would not read an exit request
+            raise WorkerError(
+                f"{self.name} did not answer '{request['op']}' within "
+                f"{timeout:.0f} s and was stopped"
+            )
+        if not line:
+            self.fail(f"exited during '{request['op']}'")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise WorkerError(f"{self.name} could not {request['op']}: {reply['error']}")
+        return reply
+
+    def read_line(self, timeout: float) -> bytes | None:
+        """A line of the worker's stdout; b'' at its end; None when `timeout` passes first."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                return None
+        return self.process.stdout.readline()
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.label} ({self.python})"
+
+    def fail(self, what: str) -> None:
+        code = self.process.wait(timeout=10)
+        self.stderr.seek(0)
+        tail = self.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+        self.stop()
+        raise WorkerError(
+            f"{self.name} {what} with exit code {code}" + (f": {' | '.join(tail)}" if tail else "")
+        )
+
+    def stop(self, polite: bool = True) -> None:
+        """End the worker and everything it started; safe to call twice."""
+        if polite and self.process.poll() is None:
+            try:
+                self.process.stdin.write(b'{"op": "exit"}\n')
+                self.process.stdin.flush()
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_workers(
+    python: str, count: int, label: str, threads: int | None = None, env: dict | None = None
+) -> list[Worker]:
+    """`count` workers, started one after another so their imports do not compete."""
+    workers: list[Worker] = []
+    try:
+        for i in range(count):
+            workers.append(Worker(python, f"{label}{i + 1}", threads, env))
+    except BaseException:
+        stop_all(workers)
+        raise
+    return workers
+
+
+def stop_all(workers: list[Worker]) -> None:
+    for worker in workers:
+        worker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_spec.worker",
+        description="Build and time training steps on request (JSON lines on stdin and stdout).",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    serve(parser.parse_args(argv).threads)
+
+
+if __name__ == "__main__":
+    main()

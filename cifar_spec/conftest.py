@@ -1,0 +1,62 @@
+"""The spec's pytest configuration, shipped with the package.
+
+`pytest --pyargs cifar_spec` in any environment loads this file as the root of
+the spec and the benchmarks (packaged as `cifar_spec.spec` and
+`cifar_spec.benchmarks`); in a checkout, the top-level conftest.py imports it.
+
+Under pytest-xdist each worker is its own process with torch's default of one
+thread per core; two workers on two cores would then run four threads and
+slow each other down. Each worker therefore takes its share of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cifar_spec.suite import available_cores
+
+# pytester runs pytest inside a test: the gate's comparison is tested that way.
+pytest_plugins = ["pytester"]
+
+
+MARKERS = [
+    "cuda: needs a CUDA device; skipped cleanly without one",
+    "slow: takes more than a few seconds on a 2-core CPU",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, available_cores() // int(workers)))
+    # Benchmarks are timed only when asked (--benchmark-only or --benchmark-enable);
+    # in a plain run, and under xdist, each runs once as a test. This runs before
+    # pytest-benchmark reads the option (its pytest_configure is trylast).
+    if not (
+        config.getoption("benchmark_only", False) or config.getoption("benchmark_enable", False)
+    ):
+        config.option.benchmark_disable = True
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each test that takes it runs on the CPU and, where there is one, on a GPU."""
+    return torch.device(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The GPU half is marked here, not in the fixture's params: this file is imported
+    # before its markers are registered, and an installed run would warn on them.
+    no_gpu = pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device on this machine"
+    )
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda":
+            item.add_marker(pytest.mark.cuda)
+            item.add_marker(no_gpu)
