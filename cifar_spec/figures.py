@@ -219,7 +219,8 @@ def cpu_model() -> str:
 
 
 def gpu_info() -> dict:
-    """The GPU's name, memory, clocks and power limit, where NVML can tell (pynvml or torch)."""
+    """The GPU's name, memory, clocks and power: torch's NVML readings, and the power limit and
+    maximum clock from pynvml where it is installed."""
     props = torch.cuda.get_device_properties(0)
     info = {
         "gpu_name": props.name,
@@ -234,6 +235,18 @@ def gpu_info() -> dict:
             info[key] = read(0)
         except Exception:  # no NVML on this machine: the figure is simply not recorded
             pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info["gpu_power_limit_mw"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
+        info["gpu_max_sm_clock_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(
+            handle, pynvml.NVML_CLOCK_SM
+        )
+        info["gpu_driver"] = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # pynvml absent, or no NVML: what torch read is kept
+        pass
     return info
 
 
