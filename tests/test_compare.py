@@ -146,3 +146,25 @@ def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothin
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "exited during 'build' with exit code 7: CUDA error: out of memory" in err
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "0", "-5", "soon"])
+def test_a_time_budget_that_is_not_a_positive_finite_number_is_refused(seconds, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", sys.executable, sys.executable, "--seconds", seconds])
+    assert exit_.value.code == 2
+    assert "--seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, fraction", [("5", 0.05), ("12.5%", 0.125)])
+def test_a_threshold_is_read_as_a_percentage(text, fraction):
+    from cifar_spec.cli import percent
+
+    assert percent(text) == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize("text", ["0", "100", "-3%", "nan"])
+def test_a_threshold_outside_zero_to_a_hundred_percent_is_refused(text, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", sys.executable, sys.executable, "--threshold", text])
+    assert "--threshold" in capsys.readouterr().err
