@@ -202,13 +202,20 @@ def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
         )
 
 
+def write_json(path: str, data: object) -> None:
+    from cifar_spec.files import write_atomically
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(data, indent=1).encode())
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cifar_spec import figures
 
     rows = measure_rows(args)
     print(figures.format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)
     return 0
 
 
@@ -236,7 +243,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     }
     rows = measure_rows(args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine_info": info, "rows": rows}, indent=1))
+        write_json(args.json, {"machine_info": info, "rows": rows})
     if args.save_baseline:
         gate.save_baseline(path, info, rows)
         print(f"gate: baseline saved to {path} ({len(rows)} cases, torch {info['torch']})")
@@ -288,15 +295,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     print(compare.format_report(envs, results, args.threshold))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "threshold": args.threshold,
-                    "environments": envs,
-                    "results": [r.as_dict() for r in results],
-                },
-                indent=1,
-            )
+        write_json(
+            args.json,
+            {
+                "threshold": args.threshold,
+                "environments": envs,
+                "results": [r.as_dict() for r in results],
+            },
         )
     code = compare.exit_code(results)
     print(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 from dataclasses import dataclass
@@ -108,19 +107,11 @@ def _positive(value: object) -> bool:
 
 
 def save_baseline(path: Path, info: dict, rows: list[dict]) -> None:
-    """Write the baseline whole or not at all: a fresh file beside it, then a rename."""
+    """Write the baseline whole or not at all, never through a planted link."""
+    from cifar_spec.files import write_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never through a link
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"machine_info": info, "rows": rows}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps({"machine_info": info, "rows": rows}, indent=1).encode())
 
 
 def case_key(row: dict) -> tuple:
