@@ -224,48 +224,27 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     info = figures.machine_info()
     path = gate.baseline_path(Path(args.storage), info)
-    baseline = None
-    if not args.save_baseline:
-        if not path.exists():
-            print(
-                f"cifar-spec: no baseline for this hardware ({gate.fingerprint(info)}) at "
-                f"{path}; make one on this machine with `cifar-spec gate --save-baseline` (or "
-                "restore that folder from an earlier run's artifacts)",
-                file=sys.stderr,
-            )
-            return 2
-        baseline = gate.load_baseline(path)
+    if not args.save_baseline and not path.exists():
+        raise gate.GateError(
+            f"no baseline for this hardware ({gate.fingerprint(info)}) at {path}; make one on "
+            "this machine with `cifar-spec gate --save-baseline` (or restore that folder from "
+            "an earlier run's artifacts)"
+        )
+    baseline = None if args.save_baseline else gate.load_baseline(path)
     floors = {
         d: gate.load_floors(
             Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
         )
         for d in bench_devices(args.device)
     }
-    rows = measure_rows(args)
+    rows = measure_rows(args)  # every file is checked above, before this work
     if args.json:
         write_json(args.json, {"machine_info": info, "rows": rows})
     if args.save_baseline:
         gate.save_baseline(path, info, rows)
         print(f"gate: baseline saved to {path} ({len(rows)} cases, torch {info['torch']})")
         return 0
-    was = baseline.get("machine_info", {})
-    print(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
-    judged = gate.judge_times(baseline["rows"], rows, args.threshold)
-    print(gate.format_judged(judged))
-    failed, unsure = [], []
-    for device, limits in floors.items():
-        mine = [r for r in rows if r["device"] == device]
-        f, u = gate.check_floors(mine, limits)
-        failed, unsure = failed + f, unsure + u
-        for name in gate.unmeasured_floors(mine, limits):
-            print(f"note: {device} floor for {name} not checked: no such case in this run")
-    for text in failed:
-        print(f"below the floor: {text}")
-    for text in unsure:
-        print(f"straddles the floor: {text}")
-    code, line = gate.outcome(judged, failed, unsure)
-    print(line)
-    return code
+    return gate.judge_run(baseline, info, rows, floors, args.threshold, print)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

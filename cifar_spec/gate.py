@@ -21,6 +21,7 @@ import json
 import math
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -249,3 +250,33 @@ def outcome(judged: list[Judged], failed: list[str], unsure: list[str]) -> tuple
         parts += [f"{len(unsure)} speed-up(s) straddle the floor"] if unsure else []
         return 3, f"gate: inconclusive ({', '.join(parts)}; run again or use compare)"
     return 0, "gate: passed"
+
+
+def judge_run(
+    baseline: dict,
+    info: dict,
+    rows: list[dict],
+    floors: dict,
+    threshold: float,
+    say: Callable[[str], None],
+) -> int:
+    """Judge a measured run against its baseline and floors, say why, end in one line; the
+    exit code of `outcome`."""
+    was = baseline.get("machine_info", {})
+    say(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
+    judged = judge_times(baseline["rows"], rows, threshold)
+    say(format_judged(judged))
+    failed, unsure = [], []
+    for device, limits in floors.items():
+        mine = [r for r in rows if r["device"] == device]
+        below, straddling = check_floors(mine, limits)
+        failed, unsure = failed + below, unsure + straddling
+        for name in unmeasured_floors(mine, limits):
+            say(f"note: {device} floor for {name} not checked: no such case in this run")
+    for text in failed:
+        say(f"below the floor: {text}")
+    for text in unsure:
+        say(f"straddles the floor: {text}")
+    code, line = outcome(judged, failed, unsure)
+    say(line)
+    return code

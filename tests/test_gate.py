@@ -233,3 +233,37 @@ def test_a_baseline_is_json_with_the_versions_it_was_measured_with(tmp_path):
     path = gate.baseline_path(tmp_path, INFO)
     gate.save_baseline(path, INFO, [row([[0.01] * 4])])
     assert json.loads(path.read_text())["machine_info"] == INFO
+
+
+@pytest.mark.slow
+def test_the_gate_end_to_end_saves_a_baseline_then_fails_a_speed_up_below_its_floor(
+    tmp_path, capsys
+):
+    (tmp_path / "floors").mkdir()
+    (tmp_path / "floors" / "cpu.json").write_text('{"channels_last": {"1": {"speedup": 5}}}')
+    flags = [
+        "--storage",
+        str(tmp_path / "store"),
+        "--floors",
+        str(tmp_path / "floors"),
+        "--device",
+        "cpu",
+        "--variant",
+        "eager",
+        "--variant",
+        "channels_last",
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    ]
+    assert main(["gate", "--save-baseline", *flags]) == 0
+    assert "gate: baseline saved to" in capsys.readouterr().out
+    assert main(["gate", *flags, "--json", str(tmp_path / "run.json")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("baseline: torch ") and "cpu channels_last 1" in "\n".join(out)
+    assert any(line.startswith("below the floor: cpu channels_last batch 1") for line in out)
+    assert out[-1].startswith("gate: FAILED (") and "1 speed-up(s) below the floor" in out[-1]
+    assert len(json.loads((tmp_path / "run.json").read_text())["rows"]) == 2
