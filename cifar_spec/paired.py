@@ -21,7 +21,11 @@ from cifar_spec import stats
 from cifar_spec.measure import ROUND_SECONDS, paired_order, steps_per_round
 from cifar_spec.worker import BUILD_TIMEOUT, Worker
 
-ROUND_TIMEOUT_FACTOR = 50  # a round this many times its planned length means a hung worker
+# A round this many times its planned length, and over ROUND_TIMEOUT_MIN, means a hung
+# worker. Generous: two busy threads on a loaded 2-core machine were seen to take 100x
+# their time (a 4 ms step took 300 ms), and a loop's round is a whole epoch.
+ROUND_TIMEOUT_FACTOR = 200
+ROUND_TIMEOUT_MIN = 120.0
 BLOCK = 4  # pairs taken from one worker pair before moving to the next
 
 
@@ -57,7 +61,7 @@ class Arm:
     seconds_per_step: float
 
     def round(self) -> tuple[float, float | None]:
-        timeout = max(30.0, ROUND_TIMEOUT_FACTOR * self.steps * self.seconds_per_step)
+        timeout = max(ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_FACTOR * self.steps * self.seconds_per_step)
         reply = self.worker.call(
             {"op": "round", "key": self.case.key, "steps": self.steps}, timeout
         )

@@ -20,7 +20,7 @@ import torch
 
 from cifar_spec import bench, figures
 from cifar_spec.paired import Arm, Case, Samples, Unsupported, build_arm, measure_pairs
-from cifar_spec.worker import Worker, start_workers, stop_all
+from cifar_spec.worker import Worker, WorkerError, start_workers, stop_all
 
 WORKERS = 3  # fresh processes per figure: enough for one unlucky process to show in the CI
 MIN_PAIRS = 8  # per worker: 24 pairs in all, which an order-statistics CI at 95% needs >= 6 of
@@ -87,7 +87,19 @@ class Suite:
                 arm.worker.call({"op": "drop", "key": arm.case.key}, 60)
 
     def measure(self, case: Case) -> dict:
-        """The row of figures for `case`; raises Unsupported where it cannot run."""
+        """The row of figures for `case`; raises Unsupported where it cannot run.
+
+        A worker that crashed or hung fails this case only: the suite starts afresh
+        (new workers, baselines built again) for the next one.
+        """
+        try:
+            return self._measure(case)
+        except WorkerError:
+            self.stop()
+            self._baselines.clear()
+            raise
+
+    def _measure(self, case: Case) -> dict:
         baseline = self.arms(self.baseline_of(case))
         if case == baseline[0].case:
             arms = baseline

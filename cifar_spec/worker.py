@@ -211,6 +211,8 @@ class Worker:
 
     def call(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most `timeout` seconds for its reply."""
+        if self.process.stdin.closed:
+            raise WorkerError(f"{self.name} was stopped after an earlier failure")
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()

@@ -75,3 +75,25 @@ def test_a_worker_that_crashes_mid_round_is_reported(scripted_python):
     w = Worker(str(python), "crash")
     with pytest.raises(WorkerError, match="exited during 'round' with exit code 9"):
         w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
+
+
+def test_a_stopped_worker_refuses_further_requests_in_one_clear_error():
+    w = Worker(sys.executable, "stopped", threads=1)
+    w.stop()
+    with pytest.raises(WorkerError, match="was stopped after an earlier failure"):
+        w.call({"op": "hello"}, timeout=5)
+
+
+@pytest.mark.slow
+def test_after_a_worker_dies_the_suite_fails_that_case_and_measures_the_next_afresh():
+    import signal
+
+    from cifar_spec.suite import Suite
+
+    with Suite(workers=1, min_pairs=2, threads=1) as suite:
+        suite.measure(Case("cpu", "eager", 2))
+        os.killpg(suite._workers[0].process.pid, signal.SIGKILL)
+        with pytest.raises(WorkerError, match="exited"):
+            suite.measure(Case("cpu", "channels_last", 2))
+        row = suite.measure(Case("cpu", "channels_last", 2))
+        assert row["speedup"] > 0 and row["processes"] == 1
