@@ -396,7 +396,12 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         default=120.0,
         help="time budget for all cases (inconclusive ones take more pairs)",
     )
-    c.add_argument("--workers", type=positive_int, default=2, help="workers per environment")
+    c.add_argument(
+        "--workers",
+        type=positive_int,
+        default=3,
+        help="workers per environment to start with (up to 8 while a case is inconclusive)",
+    )
     c.add_argument(
         "--threads",
         type=positive_int,

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cifar_spec import stats
-from cifar_spec.paired import Case, Unsupported, build_arm, measure_pairs
+from cifar_spec.paired import Case, Samples, Unsupported, build_arm, measure_pairs
 from cifar_spec.worker import Worker, start_workers, stop_all
 
-WORKERS = 2  # per environment: pairs come from 2 pairs of fresh processes
-MIN_PAIRS = 8  # per worker pair before a verdict may be taken
+WORKERS = 3  # per environment to start with: pairs come from 3 pairs of fresh processes
+MAX_WORKERS = 8  # per environment, grown one pair at a time while a case is inconclusive
+MIN_PAIRS = 4  # per worker pair before a verdict may be taken
 
 
 class BadEnvironment(ValueError):
@@ -104,24 +105,33 @@ def compare_case(
     case: Case,
     threshold: float,
     seconds: float,
+    grow: Callable[[], None] | None = None,
     min_pairs: int = MIN_PAIRS,
 ) -> Result:
+    """One case's verdict. While it is inconclusive and time is left, more pairs are taken,
+    and `grow` adds a fresh pair of workers (more processes, not only more rounds, is what
+    narrows an interval that the processes' disagreement widens)."""
+    deadline = time.perf_counter() + seconds
+    arms: list = []
+    samples = Samples()
     try:
-        arms = [(build_arm(b, case), build_arm(c, case)) for b, c in zip(base, cand)]
+        while True:
+            for b, c in list(zip(base, cand))[len(arms) :]:
+                arms.append((build_arm(b, case), build_arm(c, case)))
+            measure_pairs(arms, min_pairs, 0, samples=samples)
+            ratio = samples.ratio()
+            if stats.verdict(ratio, threshold) != stats.INCONCLUSIVE:
+                break
+            if time.perf_counter() >= deadline:
+                break
+            if grow and len(base) < MAX_WORKERS:
+                grow()
     except Unsupported as why:
         return Result(case, "skipped", reason=str(why))
-    try:
-        samples = measure_pairs(
-            arms,
-            min_pairs,
-            seconds,
-            done=lambda s: stats.verdict(s.ratio(), threshold) != stats.INCONCLUSIVE,
-        )
     finally:
         for pair in arms:
             for arm in pair:
                 arm.worker.call({"op": "drop", "key": case.key}, 60)
-    ratio = samples.ratio()
     return Result(case, stats.verdict(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
 
 
@@ -138,12 +148,19 @@ def compare(
     """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`."""
     start = time.perf_counter()
     base, cand = start_side_by_side(baseline, candidate, workers, threads)
+
+    def grow() -> None:
+        more_base, more_cand = start_side_by_side(baseline, candidate, 1, threads)
+        base.extend(more_base)
+        cand.extend(more_cand)
+
     try:
         envs = {"baseline": base[0].info, "candidate": cand[0].info}
         results = []
         for i, case in enumerate(cases):
             left = seconds - (time.perf_counter() - start)
-            result = compare_case(base, cand, case, threshold, max(0.0, left / (len(cases) - i)))
+            share = max(0.0, left / (len(cases) - i))
+            result = compare_case(base, cand, case, threshold, share, grow)
             results.append(result)
             if log:
                 log(format_result(result))

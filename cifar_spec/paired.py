@@ -120,10 +120,15 @@ def measure_pairs(
     min_pairs: int,
     seconds: float,
     done: Callable[[Samples], bool] | None = None,
+    samples: Samples | None = None,
 ) -> Samples:
     """Pairs from each worker pair in turn until each has `min_pairs` and `done` says so,
-    or `seconds` have passed (at least `min_pairs` each even then)."""
-    samples = Samples([[] for _ in arms], [[] for _ in arms])
+    or `seconds` have passed (at least `min_pairs` each even then). Given `samples`,
+    adds to them (a worker pair new since gets a group of its own)."""
+    samples = samples or Samples()
+    while len(samples.groups) < len(arms):
+        samples.groups.append([])
+        samples.gpu_groups.append([])
     deadline = time.perf_counter() + seconds
     while True:
         for group, (a, b) in enumerate(arms):

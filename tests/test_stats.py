@@ -98,3 +98,24 @@ def test_a_run_thirty_percent_slower_gives_a_ratio_interval_above_one_point_two(
     r = stats.ratio_of_medians(base, slower)
     assert r.median == pytest.approx(1.3) and r.low > 1.2
     assert stats.verdict(r, 0.10) == stats.REGRESSION
+
+
+def test_the_process_interval_is_a_t_interval_of_the_processes_log_medians():
+    groups = [[math.exp(-0.1)] * 5, [math.exp(0.1)] * 5]
+    low, high = stats.process_interval(1.0, groups)
+    half = 12.706 * 0.2 / math.sqrt(2) / math.sqrt(2)  # t(1) * sd(logs) / sqrt(2)
+    assert (low, high) == pytest.approx((math.exp(-half), math.exp(half)))
+
+
+def test_two_processes_that_disagree_by_twenty_percent_give_an_interval_spanning_both():
+    est = stats.estimate([[1.0 + i / 1000 for i in range(10)], [1.2 + i / 1000 for i in range(10)]])
+    assert est.low < 1.0 and est.high > 1.2
+    assert stats.verdict(est, 0.05) == stats.INCONCLUSIVE
+
+
+def test_two_runs_whose_processes_disagree_get_a_wide_gate_interval():
+    base = [[1.0] * 10, [1.0] * 10, [1.0] * 10]
+    new = [[1.0] * 10, [1.0] * 10, [1.5] * 10]  # one unlucky process in the new run
+    r = stats.ratio_of_medians(base, new)
+    assert r.median == 1.0 and r.high > 1.5
+    assert stats.verdict(r, 0.10) == stats.INCONCLUSIVE
