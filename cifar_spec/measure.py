@@ -62,12 +62,23 @@ class Round:
     gpu: float | None = None
 
 
-def time_round(step: Callable[[], object], device: torch.device, steps: int) -> Round:
-    """Run `steps` steps back to back and time them, the device synchronized at both ends."""
+def time_round(
+    step: Callable[[], object], device: torch.device, steps: int, untimed: int = 0
+) -> Round:
+    """Run `steps` steps back to back and time them, the device synchronized at both ends.
+
+    `untimed` steps run first, outside the clock: between paired rounds another
+    process has run and evicted this one's weights from the caches, and a round
+    that began cold would be charged for it. (Without them, same-environment
+    compares on a 2-core EPYC put the candidate 3-7% ahead: at the start of each
+    block of pairs, its rounds more often followed its own.)
+    """
     events = None
     if device.type == "cuda":
         events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     with gc_off():
+        for _ in range(untimed):
+            step()
         synchronize(device)
         start = time.perf_counter()
         if events:
