@@ -200,7 +200,8 @@ def format_report(envs: dict, results: list[Result], threshold: float) -> str:
         f"baseline:  {describe(envs['baseline'])}",
         f"candidate: {describe(envs['candidate'])}",
         f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
-        "above 1 is slower), median of paired rounds, two-level bootstrap",
+        "above 1 is slower), median of paired rounds; interval: the wider of a two-level "
+        "bootstrap and a t-interval of the worker pairs' medians",
         f"{'case':<58} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
         f"{'spread':>6}  verdict",
     ]
