@@ -202,7 +202,7 @@ def test_two_ranks_fit_with_the_loss_sums_of_one_process_at_the_same_global_batc
     _, sums = fit_results
     alone = fit(TrainConfig(step=ranks.STEP_OPTIONS[name], **ranks.FIT), test_split, log=None)
     assert sums[0][name] == sums[1][name]  # every rank reports the global sums
-    # The same images in every step (the last one split 1 + 0, weighted so); only the order
+    # The same images in every step (the last one split 2 + 1, weighted so); only the order
     # of float32 additions differs, ~1e-7 per step, which 52 steps of SGD carry into the
     # sums at ~1e-8 (measured). A shard lost or counted twice moves them by percents.
     torch.testing.assert_close(sums[0][name], alone, rtol=1e-5, atol=0)
@@ -259,6 +259,8 @@ def test_over_an_epoch_the_ranks_share_one_processs_batches_and_cover_the_split_
         batches = shard.batches(data, 6, torch.Generator().manual_seed(0))
         # 3 batches of 6 (2 images each), then 2 (1, 1, and a stand-in weighted 0).
         taken[rank] = [(images[:, 0, 0, 0].tolist(), shard.weight) for images, _ in batches]
+    shares = [[1 / 3] * 3] * 3 + [[1 / 2, 1 / 2, 0]]  # each rank's part of each batch's images
+    assert [[taken[rank][step][1] for rank in range(3)] for step in range(4)] == shares
     alone = data.batches(6, torch.Generator().manual_seed(0))
     for step, (images, _) in enumerate(alone):
         parts = [taken[rank][step] for rank in range(3)]
