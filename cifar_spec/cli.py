@@ -17,7 +17,14 @@ from cifar_spec.checkpoint import CheckpointError, check_run_folder
 from cifar_spec.files import FolderBusy, UnsafeFile
 from cifar_spec.loop import Interrupted, TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
-from cifar_spec.step import NonFiniteLoss, StepOptions, check_memory, fastest_step, unsupported
+from cifar_spec.step import (
+    NonFiniteLoss,
+    StepOptions,
+    check_memory,
+    fast_exact_step,
+    fastest_step,
+    unsupported,
+)
 from cifar_spec.worker import WorkerError
 
 
@@ -361,6 +368,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_bench_ddp(args: argparse.Namespace) -> int:
+    from cifar_spec import bench_ddp
+
+    variants = args.variant or ["eager", fast_exact_step("cpu", data_parallel=True).name]
+    rows = []
+    print(bench_ddp.HEADER)
+    for variant in variants:
+        reason = unsupported(bench.VARIANTS[variant], "cpu", data_parallel=True)
+        if reason:
+            raise ValueError(f"variant {variant} cannot run under DDP: {reason}")
+        for batch in args.batch_size or [1, 64]:
+            row = bench_ddp.scaling(variant, batch, args.processes, args.groups, args.pairs)
+            print(bench_ddp.format_row(row), flush=True)
+            rows.append(row)
+    print(
+        f"speed-up: total images/s of {args.processes} processes (one thread each, gloo) over one "
+        "process's at the same batch per process, the median of paired rounds with its 95% "
+        "interval over groups of fresh processes; eff.: speed-up / processes"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def add_measure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
@@ -473,6 +504,29 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--json", default=None, help="write the verdicts here")
     c.set_defaults(func=cmd_compare)
+    d = commands.add_parser(
+        "bench-ddp",
+        formatter_class=fmt,
+        help="the DDP step on several CPU processes against one, paired: speed-up and "
+        "scaling efficiency",
+    )
+    d.add_argument(
+        "--variant",
+        action="append",
+        choices=list(bench.VARIANTS),
+        help="variant, repeatable (default: eager and the CPU's fast default)",
+    )
+    d.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help="images per step of each process, repeatable (default: 1 64)",
+    )
+    d.add_argument("--processes", type=positive_int, default=2, help="DDP processes")
+    d.add_argument("--groups", type=positive_int, default=3, help="fresh sets of processes")
+    d.add_argument("--pairs", type=positive_int, default=12, help="paired rounds per group")
+    d.add_argument("--json", default=None, help="also write the rows here")
+    d.set_defaults(func=cmd_bench_ddp)
 
 
 def gate_threshold() -> float:
