@@ -219,6 +219,9 @@ def fastest_step(
     candidate comes back and `unsupported` says why.
     """
     for extra in SPEED_UPS:
+        if extra.get("manual_backward") and torch.device(device).type != "cpu":
+            # A win measured on CPUs only; on a GPU it is chosen nowhere else (fast_exact_step).
+            continue
         options = StepOptions(channels_last=True, bf16=bf16, compile=compile, **extra)
         if unsupported(options, device, data_parallel=data_parallel) is None:
             break

@@ -324,8 +324,9 @@ def test_ddp_refuses_the_cuda_graph_and_says_why():
 
 
 def test_under_ddp_the_default_steps_leave_out_the_cuda_graph_and_keep_the_rest():
-    assert not fast_exact_step("cuda", data_parallel=True).cuda_graph
-    assert not fastest_step("cuda", data_parallel=True).cuda_graph
+    on_gpus = StepOptions(channels_last=True, one_call_sgd=True)
+    assert fast_exact_step("cuda", data_parallel=True) == on_gpus
+    assert fastest_step("cuda", data_parallel=True) == on_gpus
     cpu = fast_exact_step("cpu", data_parallel=True)
     assert cpu == fast_exact_step("cpu") and cpu.manual_backward
     for options in (cpu, StepOptions(channels_last=True, bf16=True), StepOptions()):
@@ -390,3 +391,28 @@ def test_under_torchrun_a_run_folder_in_use_is_refused_once_by_rank_0(tmp_path, 
     errors = [line for line in run.stderr.splitlines() if line.startswith("cifar-spec: error:")]
     assert len(errors) == 1 and "holds an earlier run" in errors[0], run.stderr
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == b"an earlier run"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_torchrun_on_one_gpu_trains_with_nccl_and_the_loss_sums_of_one_process(
+    tmp_path, synthetic_root
+):
+    flags = ["train", "--data-root", str(synthetic_root), "--device", "cuda", "--epochs", "2"]
+    flags += ["--limit", "64", "--batch-size", "4", "--no-progress"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "1", "-m", "cifar_spec", *flags, "--out", str(tmp_path / "g")]
+    run = subprocess.run(
+        command, env=checkout_environment(), capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "1 processes (nccl)" in run.stdout and "step: channels_last+one_call_sgd" in run.stdout
+    assert main([*flags, "--eager", "--out", str(tmp_path / "one")]) == 0
+    two, one = (
+        [e["loss_sum"] for e in json.loads((tmp_path / n / "history.json").read_text())["epochs"]]
+        for n in ("g", "one")
+    )
+    # The same batches through autograd's kernels, in NHWC under DDP, NCHW with --eager;
+    # cuDNN runs both in TF32 by default (a 10-bit mantissa), so the tolerance is that of
+    # TF32 in tests/test_cuda_graph.py, not float32's.
+    torch.testing.assert_close(two, one, rtol=5e-3, atol=0)
