@@ -240,9 +240,13 @@ def test_a_rank_that_dies_mid_run_stops_the_others_with_a_clear_error_in_bounded
     assert "died or stopped answering in epoch 2" in seen["error"]
     assert "checkpoint.pt holds epoch 1" in seen["error"]
     # A dead rank's connections close at once; a stopped one is given up on after the
-    # process group's timeout. Either way the survivor stops, it does not hang.
+    # process group's timeout. Either way the survivor stops, it does not hang (10 s
+    # allow for a loaded 2-core runner).
     waited = seen["at"] - gone["at"]
-    assert waited < (1 if how == "killed" else 0) + ranks.TIMEOUT + 10
+    if how == "killed":
+        assert waited < 10
+    else:
+        assert ranks.TIMEOUT - 1 < waited < ranks.TIMEOUT + 10
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt", CifarNet())
     assert state["epoch"] == 1
 
