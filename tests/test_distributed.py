@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import distributed_ranks as ranks  # what each rank runs: the same batches and settings here
 import pytest
 import torch
 
@@ -39,8 +40,6 @@ from cifar_spec.step import (
 )
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))  # distributed_ranks, for the same batches and settings here
-import distributed_ranks as ranks  # noqa: E402
 
 LAUNCH_SECONDS = 120  # a run that takes longer than this hung: its ranks are killed
 
