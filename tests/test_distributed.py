@@ -362,10 +362,29 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     try:
         out, err = process.communicate(timeout=LAUNCH_SECONDS)
     finally:
-        if alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)  # torchrun and the ranks it started
-        process.wait()
+        if process.poll() is None:
+            # torchrun starts each rank in a session of its own: asked to stop (SIGTERM),
+            # it stops them; killed outright, it would leave them behind.
+            process.terminate()
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+    assert not running_with(str(cwd)), "a rank outlived torchrun"
     return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def running_with(text: str) -> list[int]:
+    """The processes whose command line holds `text` (a test's own folder): what it left."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_text():
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            pass
+    return found
 
 
 def test_torchrun_trains_with_the_loss_sums_of_one_process_and_rank_0_alone_reports(
