@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from cifar_spec import bench, data, losses
+from cifar_spec import bench, data, distributed, losses
 from cifar_spec.checkpoint import CheckpointError, check_run_folder
 from cifar_spec.files import FolderBusy, UnsafeFile
 from cifar_spec.loop import Interrupted, TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
-from cifar_spec.step import NonFiniteLoss, StepOptions, check_memory, fastest_step, unsupported
+from cifar_spec.step import (
+    NonFiniteLoss,
+    StepOptions,
+    check_memory,
+    fast_exact_step,
+    fastest_step,
+    unsupported,
+)
 from cifar_spec.worker import WorkerError
 
 
@@ -70,7 +79,7 @@ def write_stand_in(root: Path) -> None:
         ) from None
 
 
-def pick_data_root(args: argparse.Namespace) -> Path:
+def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print) -> Path:
     """The set `data synth` wrote in --data-root, the real one, or the stand-in, said in a line.
 
     A complete synthetic set is never rewritten here: its settings are its
@@ -79,7 +88,7 @@ def pick_data_root(args: argparse.Namespace) -> Path:
     root = Path(args.data_root)
     check_data_root(root)
     if data.synthetic_settings(root) is not None:
-        print(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
+        say(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
         return root
     real = (root / data.CIFAR10.base_folder).exists() and not data.is_synthetic(root)
     if not args.synthetic and (real or args.download):
@@ -88,11 +97,11 @@ def pick_data_root(args: argparse.Namespace) -> Path:
     if data.synthetic_settings(stand_in) is None:  # missing or cut short: ours to (re)write
         write_stand_in(stand_in)
     reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
-    print(f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason})")
+    say(f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason})")
     return stand_in
 
 
-def step_options(args: argparse.Namespace, device: str) -> StepOptions:
+def step_options(args: argparse.Namespace, device: str, data_parallel: bool = False) -> StepOptions:
     """The step the flags ask for, refused with the reason when it cannot run here.
 
     --eager is the tutorial's step; otherwise the fastest step with the asked
@@ -102,8 +111,8 @@ def step_options(args: argparse.Namespace, device: str) -> StepOptions:
     if args.eager:
         options = StepOptions(bf16=bf16, compile=args.compile)
     else:
-        options = fastest_step(device, bf16=bf16, compile=args.compile)
-    reason = unsupported(options, device)
+        options = fastest_step(device, bf16=bf16, compile=args.compile, data_parallel=data_parallel)
+    reason = unsupported(options, device, data_parallel=data_parallel)
     if reason:
         raise ValueError(f"step {options.name} cannot run on {device}: {reason}")
     return options
@@ -118,38 +127,88 @@ def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
     check_data_root(Path(args.data_root))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
-    config = TrainConfig(
+def load_split(
+    args: argparse.Namespace, say: Callable[[str], None], download: bool
+) -> data.CIFAR10:
+    return data.load_cifar10(pick_data_root(args, say), train=args.train_split, download=download)
+
+
+def load_split_once_per_machine(
+    args: argparse.Namespace, world: distributed.World, say: Callable[[str], None]
+) -> data.CIFAR10:
+    """The split on every rank, written or downloaded by one rank on each machine (its LOCAL_RANK
+    0) while the others wait: two writers in one folder would find it locked."""
+    first = world.local_rank == 0
+    split = distributed.together(world, lambda: load_split(args, say, args.download), here=first)
+    return split if first else load_split(args, say, download=False)
+
+
+def train_config(
+    args: argparse.Namespace, device: str, world: distributed.World | None
+) -> TrainConfig:
+    """The run's settings from the flags; under torchrun, the rank's device and global batch."""
+    world_size = 1 if world is None else world.size
+    batch_size = getattr(args, "batch_size", world_size)  # absent: not given
+    if world is not None:
+        device = world.device(device)
+        distributed.check_batch_size(batch_size, world)
+    return TrainConfig(
         epochs=1 if args.dry_run else args.epochs,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         lr=args.lr,
         seed=args.seed,
         device=device,
         shuffle=args.shuffle,
-        step=step_options(args, device),
+        step=step_options(args, device, data_parallel=world is not None),
         limit=min(args.limit or 64, 64) if args.dry_run else args.limit,
         out=args.out,
     )
-    check_before_work(args, config)
-    split = data.load_cifar10(pick_data_root(args), train=args.train_split, download=args.download)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train in this process, or as one rank of those torchrun started (its environment says)."""
+    device = pick_device(args.device)
+    world = distributed.world_from_env(os.environ, device, args.backend, args.dist_timeout)
+    config = train_config(args, device, world)
+    if world is None:
+        check_before_work(args, config)
+        return train_and_report(args, config, None, print)
+    say = print if world.leader else lambda line: None
+    with distributed.process_group(world):
+        distributed.together(world, lambda: check_before_work(args, config), here=world.leader)
+        return train_and_report(args, config, world, say)
+
+
+def train_and_report(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    world: distributed.World | None,
+    say: Callable[[str], None],
+) -> int:
+    if world is None:
+        split = load_split(args, say, args.download)
+    else:
+        split = load_split_once_per_machine(args, world, say)
     size = min(len(split), config.limit or len(split))
     check_memory(config.batch_size, size, config.device)  # before the split is moved
-    print(
+    processes = "" if world is None else f", {world.size} processes ({world.backend})"
+    say(
         f"training on {size} images ({'train' if args.train_split else 'test'} split) on "
-        f"{config.device}, step: {config.step.name}"
+        f"{config.device}{processes}, step: {config.step.name}"
     )
     sums = fit(
         config,
         data.to_device(split, config.device, config.limit),
         resume=args.resume,
+        log=say,
         progress=not args.no_progress,
+        world=world,
     )
     trend = " -> ".join(
         f"{value:.1f}"
         for value in (sums if len(sums) <= 4 else [sums[0], sums[len(sums) // 2], sums[-1]])
     )
-    print(
+    say(
         f"done: {len(sums)} epochs, loss sums {trend}"
         + (f"; run folder {args.out}" if args.out else "")
     )
@@ -293,6 +352,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_bench_ddp(args: argparse.Namespace) -> int:
+    from cifar_spec import bench_ddp
+
+    variants = args.variant or ["eager", fast_exact_step("cpu", data_parallel=True).name]
+    rows = []
+    print(bench_ddp.HEADER)
+    for variant in variants:
+        reason = unsupported(bench.VARIANTS[variant], "cpu", data_parallel=True)
+        if reason:
+            raise ValueError(f"variant {variant} cannot run under DDP: {reason}")
+        for batch in args.batch_size or [1, 64]:
+            row = bench_ddp.scaling(variant, batch, args.processes, args.groups, args.pairs)
+            print(bench_ddp.format_row(row), flush=True)
+            rows.append(row)
+    print(
+        f"speed-up: total images/s of {args.processes} processes (one thread each, gloo) over one "
+        "process's at the same batch per process, the median of paired rounds with its 95% "
+        "interval over groups of fresh processes; eff.: speed-up / processes"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def add_measure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
@@ -410,6 +493,29 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--json", default=None, help="write the verdicts here")
     c.set_defaults(func=cmd_compare)
+    d = commands.add_parser(
+        "bench-ddp",
+        formatter_class=fmt,
+        help="the DDP step on several CPU processes against one, paired: speed-up and "
+        "scaling efficiency",
+    )
+    d.add_argument(
+        "--variant",
+        action="append",
+        choices=list(bench.VARIANTS),
+        help="variant, repeatable (default: eager and the CPU's fast default)",
+    )
+    d.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help="images per step of each process, repeatable (default: 1 64)",
+    )
+    d.add_argument("--processes", type=positive_int, default=2, help="DDP processes")
+    d.add_argument("--groups", type=positive_int, default=3, help="fresh sets of processes")
+    d.add_argument("--pairs", type=positive_int, default=12, help="paired rounds per group")
+    d.add_argument("--json", default=None, help="also write the rows here")
+    d.set_defaults(func=cmd_bench_ddp)
 
 
 def gate_threshold() -> float:
@@ -425,7 +531,13 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--epochs", type=int, default=20, help="passes over the data")
-    p.add_argument("--batch-size", type=int, default=1, help="images per step")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="images per step; under torchrun, over all processes, where the default is 1 "
+        "per process (default: 1)",
+    )
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffle order")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -447,6 +559,20 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--out", default=None, help="run folder: checkpoint, history.json, loss.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--backend",
+        choices=distributed.BACKENDS,
+        default="auto",
+        help="under torchrun, how processes exchange gradients: auto is nccl on CUDA, gloo on "
+        "the CPU",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=finite_positive,
+        default=distributed.DEFAULT_TIMEOUT,
+        help="under torchrun, seconds a process waits for the others at an exchange before "
+        "the run stops",
+    )
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
@@ -508,6 +634,7 @@ USER_ERRORS = (
     UnsafeFile,
     Interrupted,
     WorkerError,
+    distributed.PeerLost,
 )
 
 
@@ -515,8 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except distributed.StoppedElsewhere:  # the rank that stopped the run says why
+        return 2
     except USER_ERRORS as error:
-        print(f"cifar-spec: error: {error}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun each rank says its own
+        where = "" if rank == "0" else f"rank {rank}: "
+        print(f"cifar-spec: error: {where}{error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
         print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)

@@ -9,6 +9,7 @@ resume.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,15 @@ from torch import nn
 from cifar_spec import checkpoint, plot
 from cifar_spec.checkpoint import CheckpointError
 from cifar_spec.data import DeviceData
+from cifar_spec.distributed import (
+    PeerLost,
+    Shard,
+    World,
+    data_parallel_step,
+    from_leader,
+    is_lost_peer,
+    together,
+)
 from cifar_spec.files import folder_lock
 from cifar_spec.model import CifarNet, check_images
 from cifar_spec.step import (
@@ -79,6 +89,7 @@ class Run:
     step: Step
     generator: torch.Generator | None
     history: list[dict]
+    shard: Shard | None = None  # this rank's part of each batch, when one of several processes
 
     def state(self, config: TrainConfig, data: dict) -> dict:
         return {
@@ -107,30 +118,48 @@ class Run:
         self.history = list(state["history"])
 
 
-def new_run(config: TrainConfig) -> Run:
+def new_run(config: TrainConfig, world: World | None = None) -> Run:
+    """A run from its seed; as one of `world`'s processes, with the data-parallel step."""
     torch.manual_seed(config.seed)
-    options = config.step or fast_exact_step(config.device)
+    options = config.step or fast_exact_step(config.device, data_parallel=world is not None)
     model = prepare_model(CifarNet().to(config.device), options)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
+    if world is not None:
+        shard = Shard(world)
+        step = data_parallel_step(model, optimizer, options, shard)
+        return Run(model, optimizer, step, generator, [], shard)
     # On the CPU reading the loss is free, so each step checks it before its
     # backward; on a GPU the epoch checks them all at its end instead.
     step = make_step(
         model, optimizer, options, check_finite=torch.device(config.device).type == "cpu"
     )
-    generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
     return Run(model, optimizer, step, generator, [])
 
 
-def start_run(config: TrainConfig, data: dict, resume: bool) -> Run:
-    """A fresh run, or the one saved in the run folder, checked against this run's settings."""
-    run = new_run(config)
+def saved_state(config: TrainConfig, data: dict, model: nn.Module) -> dict:
+    """The run folder's checkpoint, checked against this run's settings and data."""
+    if not config.out:
+        raise CheckpointError("--resume needs the run folder: pass --out DIR")
+    path = Path(config.out) / checkpoint.CHECKPOINT
+    state = checkpoint.load_checkpoint(path, model)
+    checkpoint.check_resumable(state, asdict(config), data, path)
+    return state
+
+
+def start_run(config: TrainConfig, data: dict, resume: bool, world: World | None = None) -> Run:
+    """A fresh run, or the one saved in the run folder, checked against this run's settings.
+
+    Of several processes, rank 0 alone reads the checkpoint and hands it to the
+    others: on several machines only its own holds the run folder.
+    """
+    run = new_run(config, world)
     if resume:
-        if not config.out:
-            raise CheckpointError("--resume needs the run folder: pass --out DIR")
-        path = Path(config.out) / checkpoint.CHECKPOINT
-        state = checkpoint.load_checkpoint(path, run.model)
-        checkpoint.check_resumable(state, asdict(config), data, path)
-        run.restore(state)
+        load = lambda: saved_state(config, data, run.model)  # noqa: E731
+        if world is None:
+            run.restore(load())
+        else:
+            run.restore(from_leader(world, together(world, load, here=world.leader)))
     return run
 
 
@@ -148,15 +177,21 @@ def train_epoch(
     epoch: int,
     generator: torch.Generator | None = None,
     progress: Any = None,
+    shard: Shard | None = None,
 ) -> float:
     """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it.
 
     The losses stay on the device until the epoch ends (one host sync per
     epoch); a non-finite one is then reported with its step, in case the step
-    did not check it itself.
+    did not check it itself. Of several processes, each takes its `shard` of
+    every batch, and the losses summed over all of them are returned.
     """
     losses = []
-    for index, (images, labels) in enumerate(data.batches(batch_size, generator)):
+    if shard is None:
+        batches = data.batches(batch_size, generator)
+    else:
+        batches = shard.batches(data, batch_size, generator)
+    for index, (images, labels) in enumerate(batches):
         try:
             losses.append(step(images, labels))
         except NonFiniteLoss as error:
@@ -164,6 +199,8 @@ def train_epoch(
         if progress is not None:
             progress.update(len(labels))
     losses = torch.stack(losses).double()  # (steps,)
+    if shard is not None:
+        losses = shard.total(losses)  # every rank's part of each step's loss
     bad = torch.nonzero(~torch.isfinite(losses))
     if len(bad):
         raise non_finite(
@@ -220,26 +257,34 @@ def train(
     resume: bool,
     log: Callable[[str], None] | None,
     progress: bool,
+    world: World | None = None,
 ) -> list[float]:
-    """The epochs themselves, the run folder (if any) already checked and locked."""
+    """The epochs themselves, the run folder (if any) already checked and locked.
+
+    Of several processes, rank 0 alone logs, shows progress and writes; the
+    others train and sum their losses with it.
+    """
     record = data.record()
     data = data.to(config.device)
-    run = start_run(config, record, resume)
+    run = start_run(config, record, resume, world)
     from tqdm import tqdm  # imported here: a worker that only times steps needs torch alone
 
+    leader = world is None or world.leader
+    log, progress = (log, progress) if leader else (None, False)
+    mine = len(data) if run.shard is None else run.shard.images(len(data), config.batch_size)
     saved = len(run.history)
     try:
         for epoch in range(len(run.history), config.epochs):
             start = time.perf_counter()
             with tqdm(
-                total=len(data),
+                total=mine,
                 desc=f"epoch {epoch + 1}/{config.epochs}",
                 unit="img",
                 disable=not progress,
                 leave=False,
             ) as bar:
                 loss_sum = train_epoch(
-                    run.step, data, config.batch_size, epoch + 1, run.generator, bar
+                    run.step, data, config.batch_size, epoch + 1, run.generator, bar, run.shard
                 )
             seconds = time.perf_counter() - start
             run.history.append(
@@ -256,13 +301,21 @@ def train(
                     f"{len(data) / seconds:8.0f} images/s"
                 )
             if config.out:
-                save_epoch(run, config, record)
+                if leader:
+                    save_epoch(run, config, record)
                 saved = len(run.history)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted in epoch {saved + 1}; {saved_note(config, saved)}"
         ) from None
-    if config.out:
+    except RuntimeError as error:
+        if world is None or not is_lost_peer(error):
+            raise
+        raise PeerLost(
+            f"another process of the run died or stopped answering in epoch {saved + 1} "
+            f"({str(error).splitlines()[0][:200]}); {saved_note(config, saved)}"
+        ) from None
+    if config.out and leader:
         drawn = plot.loss_curve(run.history, Path(config.out) / checkpoint.LOSS_PLOT)
         if log is not None:
             log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
@@ -275,20 +328,31 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] | None = print,
     progress: bool = False,
+    world: World | None = None,
 ) -> list[float]:
     """Train as configured; return every epoch's loss sum (resumed epochs included).
 
     With `config.out`, the run folder is checked before any work and locked
-    while the run writes to it.
+    while the run writes to it. As one of `world`'s processes (its process
+    group joined), the sums are those of the global batches, on every rank;
+    rank 0 alone checks, locks and writes the run folder.
     """
     if config.limit is not None:
         data = data.head(config.limit)
     check_data(data)
     check_memory(config.batch_size, len(data), config.device)
     if not config.out:
-        return train(config, data, resume, log, progress)
+        return train(config, data, resume, log, progress, world)
     out = Path(config.out)
-    checkpoint.check_run_folder(out, resume)
-    with folder_lock(out, "a training run"):
-        checkpoint.check_run_folder(out, resume)  # again: no one else can write there now
-        return train(config, data, resume, log, progress)
+    with contextlib.ExitStack() as held:
+
+        def claim() -> None:
+            checkpoint.check_run_folder(out, resume)
+            held.enter_context(folder_lock(out, "a training run"))
+            checkpoint.check_run_folder(out, resume)  # again: no one else can write there now
+
+        if world is None:
+            claim()
+        else:
+            together(world, claim, here=world.leader)
+        return train(config, data, resume, log, progress, world)

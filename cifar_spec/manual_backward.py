@@ -73,12 +73,16 @@ def conv_backward(grad: Tensor, x: Tensor, conv: nn.Conv2d, need_input: bool) ->
 
 
 def make_manual_backward_step(
-    model: CifarNet, optimizer: torch.optim.SGD, check_finite: Callable[[Tensor], None]
+    model: CifarNet,
+    optimizer: torch.optim.SGD,
+    check_finite: Callable[[Tensor], None],
+    sum_gradients: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """`step(images, labels) -> loss`: forward, loss, backward by hand, the one-call SGD update.
 
     `step.make_step` builds it after `step.unsupported` has found the model,
-    optimizer and loss to be the ones written out here.
+    optimizer and loss to be the ones written out here. Under data parallelism
+    `sum_gradients` sums the gradients over processes before the update.
     """
     conv1, _, conv2, _, conv3, _, _, fc1, fc2 = model.layers
     params = list(model.parameters())
@@ -133,6 +137,8 @@ def make_manual_backward_step(
             d_logits.t() @ hidden,
             d_logits.sum(0),
         ]
+        if sum_gradients is not None:
+            grads = sum_gradients(grads)
         torch._foreach_add_(params, grads, alpha=-optimizer.param_groups[0]["lr"])
         return loss
 

@@ -85,6 +85,10 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def is_data_parallel(model: nn.Module) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
 def is_plain_sgd(optimizer: torch.optim.Optimizer | None) -> bool:
     """SGD whose update is p -= lr * grad and nothing else: no momentum, decay or maximize."""
     return type(optimizer) is torch.optim.SGD and not any(
@@ -126,6 +130,24 @@ def options_conflict(options: StepOptions) -> str | None:
     return None
 
 
+def data_parallel_conflict(options: StepOptions) -> str | None:
+    """Why these options cannot run as one of several data-parallel processes (DDP), or None.
+
+    Each process's gradients must be summed with the others' before the
+    update. DDP does that inside autograd's backward, so every autograd option
+    (channels_last, one_call_sgd, bf16, compile) keeps working; the manual
+    backward, which bypasses autograd, sums its own (`distributed.sum_gradients`).
+    """
+    if options.cuda_graph:
+        # A replayed graph would repeat one capture's all-reduce, and capturing nccl inside
+        # it needs DDP's static-graph mode, which none of this has been checked against.
+        return (
+            "cuda_graph captures one process's step, not the all-reduce between processes: "
+            "under torchrun the default step leaves it out"
+        )
+    return None
+
+
 def training_conflict(
     options: StepOptions,
     model: nn.Module | None,
@@ -159,8 +181,10 @@ def unsupported(
     model: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: LossFn = nn.functional.cross_entropy,
+    data_parallel: bool = False,
 ) -> str | None:
-    """Why `options` cannot run here (on `device`, for this model, optimizer and loss), or None.
+    """Why `options` cannot run here (on `device`, for this model, optimizer and loss, as one
+    of several data-parallel processes if `data_parallel`), or None.
 
     The one rule: `make_step` raises with this reason, the benchmarks skip with
     it, and the CLI refuses with it. A model or optimizer left out is not judged.
@@ -168,6 +192,7 @@ def unsupported(
     device = torch.device(device)
     return (
         options_conflict(options)
+        or (data_parallel_conflict(options) if data_parallel else None)
         or training_conflict(options, model, optimizer, loss_fn)
         or environment_lacks(options, device)
     )
@@ -183,7 +208,10 @@ SPEED_UPS = (
 
 
 def fastest_step(
-    device: str | torch.device, bf16: bool = False, compile: bool = False
+    device: str | torch.device,
+    bf16: bool = False,
+    compile: bool = False,
+    data_parallel: bool = False,
 ) -> StepOptions:
     """The fastest options that run on `device` with the precision and compilation asked for.
 
@@ -191,22 +219,28 @@ def fastest_step(
     candidate comes back and `unsupported` says why.
     """
     for extra in SPEED_UPS:
+        if extra.get("manual_backward") and torch.device(device).type != "cpu":
+            # A win measured on CPUs only; on a GPU it is chosen nowhere else (fast_exact_step).
+            continue
         options = StepOptions(channels_last=True, bf16=bf16, compile=compile, **extra)
-        if unsupported(options, device) is None:
+        if unsupported(options, device, data_parallel=data_parallel) is None:
             break
     return options
 
 
-def fast_exact_step(device: str | torch.device) -> StepOptions:
+def fast_exact_step(device: str | torch.device, data_parallel: bool = False) -> StepOptions:
     """The fastest options that keep the tutorial's float32 result: the library's default.
 
     On a CPU: NHWC, the one-call update and manual_backward (the backward written
     out). On a GPU: NHWC, the one-call update and the whole step
-    replayed as a CUDA graph.
+    replayed as a CUDA graph, except under DDP (see `data_parallel_conflict`).
     """
     on_gpu = torch.device(device).type == "cuda"
     return StepOptions(
-        channels_last=True, one_call_sgd=True, cuda_graph=on_gpu, manual_backward=not on_gpu
+        channels_last=True,
+        one_call_sgd=True,
+        cuda_graph=on_gpu and not data_parallel,
+        manual_backward=not on_gpu,
     )
 
 
@@ -241,16 +275,22 @@ def make_step(
     options: StepOptions = StepOptions(),
     loss_fn: LossFn = nn.functional.cross_entropy,
     check_finite: bool = True,
+    sum_gradients: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> Step:
     """`step(images, labels) -> detached loss`: the tutorial's step, run as `options` say.
 
     With `check_finite`, a NaN or infinite loss raises before its backward, so
     the parameters never take a NaN step. Reading the loss stalls a GPU's
     host every step; without it the caller checks the returned losses later.
+    Data-parallel: `model` is wrapped in DDP, which sums the gradients; the
+    manual backward takes the plain model and sums them with `sum_gradients`.
     """
-    reason = unsupported(options, model_device(model), model, optimizer, loss_fn)
+    data_parallel = sum_gradients is not None or is_data_parallel(model)
+    reason = unsupported(options, model_device(model), model, optimizer, loss_fn, data_parallel)
     if reason:
         raise ValueError(reason)
+    if options.manual_backward and data_parallel and sum_gradients is None:
+        raise ValueError("manual_backward under DDP needs the plain model and sum_gradients")
     check_finite = check_finite and not options.cuda_graph  # a captured step cannot read it
 
     def check(loss: Tensor) -> None:
@@ -258,7 +298,7 @@ def make_step(
             raise NonFiniteLoss(f"the loss is {loss.item()}")
 
     if options.manual_backward:
-        return manual_backward.make_manual_backward_step(model, optimizer, check)
+        return manual_backward.make_manual_backward_step(model, optimizer, check, sum_gradients)
     step = autograd_step(model, optimizer, options, loss_fn, check)
     return cuda_graphed(step, model, optimizer) if options.cuda_graph else step
 

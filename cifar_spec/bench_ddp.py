@@ -1,0 +1,210 @@
+"""Data-parallel scaling: the DDP step on N CPU processes against one process, paired.
+
+Each *group* is N fresh processes joined by gloo on 127.0.0.1, one thread
+each. Rank 0 holds two arms: the step alone (its own model, one thread, the
+per-rank batch) and its rank of the DDP step over the N processes (the same
+per-rank batch, N times the images per step). It alternates their rounds
+A B B A ... as `paired.py` does; the other ranks wait, idle, for the number of
+steps of each DDP round. So every pair compares one process's images/s with
+the N processes' on the same cores, under the same load, and the groups are
+the clusters of `stats.estimate`: a figure with a 95% interval.
+
+The speed-up is the total images/s of the N processes over the one's; the
+scaling efficiency is that over N (1.0: N processes, N times the images).
+Weak scaling, as DDP is used: the batch of each process stays the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cifar_spec import bench, measure
+from cifar_spec.paired import Samples
+from cifar_spec.stats import Estimate
+
+GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
+PAIRS = 12  # pairs of rounds per group
+LAUNCH_TIMEOUT = 600.0  # seconds for one group, start-up and warm-up included
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def build_arms(variant: str, batch: int, world: int) -> tuple[bench.StepBench, bench.StepBench]:
+    """One process's step and this rank's DDP step, each on its own fixed random batch."""
+    from cifar_spec.distributed import Shard, World, data_parallel_step
+    from cifar_spec.model import IMAGE_SHAPE, CifarNet
+    from cifar_spec.step import prepare_model
+
+    options = bench.VARIANTS[variant]
+    alone = bench.build(options, "cpu", batch, seed=0)
+    torch.manual_seed(0)
+    model = prepare_model(CifarNet(), options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    shard = Shard(World(dist.get_rank(), world, dist.get_rank(), "gloo"), weight=1 / world)
+    step = data_parallel_step(model, optimizer, options, shard)
+    # Random pixels and labels, other on each rank, as DDP's ranks see other images.
+    images = torch.rand(batch, *IMAGE_SHAPE)
+    labels = torch.randint(0, 10, (batch,))
+    together = bench.StepBench(
+        options, torch.device("cpu"), batch, model, lambda: step(images, labels)
+    )
+    return alone, together
+
+
+def order(steps: int) -> None:
+    """Rank 0 tells the others how many DDP steps come next (0: stop)."""
+    dist.broadcast(torch.tensor([steps]), src=0)
+
+
+def follow(together: bench.StepBench) -> None:
+    """The other ranks: run as many DDP steps as rank 0 orders, until it orders none."""
+    while True:
+        steps = torch.tensor([0])
+        dist.broadcast(steps, src=0)
+        if not steps.item():
+            return
+        for _ in range(steps.item()):
+            together.step()
+
+
+def lead(alone: bench.StepBench, together: bench.StepBench, pairs: int) -> list[list[float]]:
+    """Rank 0: warm both arms up, then `pairs` paired rounds; seconds per step of each."""
+
+    def one_ordered_step() -> None:  # for the warm-up only: it times single steps
+        order(1)
+        together.step()
+
+    cpu = torch.device("cpu")
+    steps = [
+        measure.steps_per_round(measure.warm_up(alone.step, cpu)),
+        measure.steps_per_round(measure.warm_up(one_ordered_step, cpu)),
+    ]
+    timed = []
+    for pair in range(pairs):
+        seconds = [0.0, 0.0]
+        for arm in measure.paired_order(pair):
+            if arm == 1:
+                order(steps[1])  # outside the clock; the others start as rank 0 does
+            step = (alone, together)[arm].step
+            seconds[arm] = measure.time_round(step, cpu, steps[arm]).host
+        timed.append(seconds)
+    order(0)
+    return timed
+
+
+def rank_main(variant: str, batch: int, pairs: int) -> None:
+    """One rank of a group, torchrun-style environment given; rank 0 prints the pairs as JSON."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as the workers do (worker.py says why)
+    world = int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo")
+    try:
+        alone, together = build_arms(variant, batch, world)
+        if dist.get_rank() == 0:
+            print(json.dumps(lead(alone, together, pairs)))
+        else:
+            follow(together)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tuple[float, float]]:
+    """One group of fresh processes; rank 0's (alone, together) seconds per step, per pair."""
+    port = free_port()
+    root = str(Path(__file__).parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "cifar_spec.bench_ddp", variant, str(batch), str(pairs)]
+    ranks = []
+    try:
+        for rank in range(processes):
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(processes),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS="1",
+                PYTHONPATH=path,
+            )
+            ranks.append(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+        out, _ = ranks[0].communicate(timeout=LAUNCH_TIMEOUT)
+        for process in ranks[1:]:
+            process.wait(timeout=60)
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if process.stdout:
+                process.stdout.close()
+    if ranks[0].returncode:
+        raise RuntimeError(f"rank 0 of the {variant} group failed (exit {ranks[0].returncode})")
+    return [tuple(pair) for pair in json.loads(out.strip().splitlines()[-1])]
+
+
+def scaling(
+    variant: str, batch: int, processes: int = 2, groups: int = GROUPS, pairs: int = PAIRS
+) -> dict:
+    """The figures of `variant` at `batch` images per process: images/s alone and together,
+    the speed-up of the total with its 95% interval, and the scaling efficiency."""
+    samples = Samples([run_group(variant, batch, processes, pairs) for _ in range(groups)])
+    time_ratio = samples.ratio()  # together's seconds per step over alone's
+    speedup = Estimate(
+        processes / time_ratio.median,
+        processes / time_ratio.high,
+        processes / time_ratio.low,
+        time_ratio.spread,
+        time_ratio.samples,
+        time_ratio.processes,
+    )
+    return {
+        "variant": variant,
+        "batch_per_process": batch,
+        "processes": processes,
+        "alone_images_per_s": batch / samples.arm(0).median,
+        "together_images_per_s": processes * batch / samples.arm(1).median,
+        "speedup": speedup.as_dict(),
+        "efficiency": speedup.median / processes,
+        "efficiency_ci": [speedup.low / processes, speedup.high / processes],
+    }
+
+
+def format_row(row: dict) -> str:
+    s = row["speedup"]
+    return (
+        f"{row['variant']:<46} {row['batch_per_process']:>5} {row['processes']:>3} "
+        f"{row['alone_images_per_s']:>9.0f} {row['together_images_per_s']:>9.0f} "
+        f"{s['median']:>6.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
+        f"{row['efficiency']:>6.0%}{' noisy' if s['noisy'] else ''}"
+    )
+
+
+HEADER = (
+    f"{'variant':<46} {'batch':>5} {'n':>3} {'alone/s':>9} {'ddp/s':>9} "
+    f"{'speed-up [95% CI]':>23} {'eff.':>6}"
+)
+
+
+if __name__ == "__main__":
+    rank_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -1,0 +1,332 @@
+"""Data-parallel training on torch.distributed: the process group, each rank's shard, the weights.
+
+``torchrun`` starts one process (a *rank*) per device and tells each, in its
+environment, who it is (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and where the
+others meet (``MASTER_ADDR``, ``MASTER_PORT``). ``world_from_env`` reads that
+once, before any work, and refuses a half-set environment; ``process_group``
+joins the group and leaves it on every exit path.
+
+Every rank holds the whole split on its device and draws the same order each
+epoch (from the seeded generator, as one process does); from each global batch
+it takes its own contiguous part (``Shard``). So the union of the parts is the
+split, once per epoch, and each step sees exactly the images one process would
+see at the same global batch size.
+
+A rank's gradient counts in proportion to its images (``Shard.weight``), so the
+summed gradient is the mean over the global batch, as one process computes it,
+also in a last batch that does not split evenly. The autograd step is wrapped in
+``DistributedDataParallel``, whose comm hook applies the weight before its
+all-reduce; the manual backward has no autograd for DDP to hook into, so it
+all-reduces its one flat gradient itself (``sum_gradients``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from cifar_spec.step import Step, StepOptions, make_step
+
+if TYPE_CHECKING:  # data.py imports torchvision, which a step needs not
+    from cifar_spec.data import DeviceData
+
+T = TypeVar("T")
+# What torchrun sets; a process with RANK or WORLD_SIZE set is one of several and needs all four.
+ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+BACKENDS = ("auto", "gloo", "nccl")
+DEFAULT_TIMEOUT = 300.0  # seconds: rank 0 may write the 60,000-image stand-in while others wait
+
+
+class DistributedError(ValueError):
+    """The environment or settings cannot make a process group; the message says what to set."""
+
+
+class PeerLost(RuntimeError):
+    """Another rank died or stalled mid-run; this one stopped instead of waiting for ever."""
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """Whether `error` is an exchange that failed: a rank gone (its connection reset) or silent
+    past the timeout. Raised inside DDP's hooks, gloo's errors arrive as plain RuntimeErrors."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return type(error) is RuntimeError and any(name in text for name in ("gloo", "NCCL", "nccl"))
+
+
+class StoppedElsewhere(RuntimeError):
+    """Another rank refused the run before it began (it says why); this one stopped with it."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes, as torchrun's environment states it."""
+
+    rank: int  # 0 .. size - 1; rank 0 prints, and writes the run folder
+    size: int  # how many processes train together (WORLD_SIZE)
+    local_rank: int  # its index among the processes on its machine: which GPU it takes
+    backend: str  # "gloo" (CPU) or "nccl" (CUDA)
+    timeout: float = DEFAULT_TIMEOUT  # seconds an exchange waits for a missing rank
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """`device` for this rank: each rank on a machine takes the GPU of its LOCAL_RANK."""
+        return f"cuda:{self.local_rank}" if torch.device(device).type == "cuda" else device
+
+
+def read_int(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ[name])
+    except ValueError:
+        raise DistributedError(
+            f"{name}={environ[name]!r} is not a whole number; launch with torchrun, which sets it"
+        ) from None
+
+
+def pick_backend(backend: str, device: str) -> str:
+    """The backend asked for (auto: nccl on CUDA, gloo on the CPU), refused where it cannot run."""
+    on_cuda = torch.device(device).type == "cuda"
+    if backend == "auto":
+        backend = "nccl" if on_cuda else "gloo"
+    if backend not in BACKENDS:
+        raise DistributedError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if backend == "nccl" and not on_cuda:
+        raise DistributedError(
+            "--backend nccl exchanges CUDA tensors only, and this run is on the CPU; "
+            "use --backend gloo (or auto)"
+        )
+    available = dist.is_nccl_available() if backend == "nccl" else dist.is_gloo_available()
+    if not available:
+        raise DistributedError(f"this torch was built without {backend}; use the other backend")
+    return backend
+
+
+def world_from_env(
+    environ: Mapping[str, str],
+    device: str,
+    backend: str = "auto",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> World | None:
+    """The world torchrun describes in `environ`, checked; None for a single process."""
+    if "RANK" not in environ and "WORLD_SIZE" not in environ:
+        return None
+    missing = [name for name in ENVIRONMENT if not environ.get(name)]
+    if missing:
+        raise DistributedError(
+            f"{', '.join(missing)} not set, but RANK or WORLD_SIZE is: the environment is half a "
+            "distributed launch; start with `torchrun --nproc-per-node N -m cifar_spec train ...`, "
+            "or unset RANK and WORLD_SIZE to train in one process"
+        )
+    if not dist.is_available():
+        raise DistributedError("this torch was built without torch.distributed")
+    size, rank = read_int(environ, "WORLD_SIZE"), read_int(environ, "RANK")
+    if size < 1 or not 0 <= rank < size:
+        raise DistributedError(
+            f"RANK={rank} is outside a world of WORLD_SIZE={size} processes "
+            f"(ranks 0 to {size - 1}); launch with torchrun, which sets both"
+        )
+    local_rank = read_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
+    world = World(rank, size, local_rank, pick_backend(backend, device), timeout)
+    check_device(world, device)
+    return world
+
+
+def check_device(world: World, device: str) -> None:
+    """Refuse a device that the ranks cannot each have one of."""
+    parsed = torch.device(device)
+    if parsed.type != "cuda":
+        return
+    if parsed.index is not None and world.size > 1:
+        raise DistributedError(
+            f"--device {device} puts every process on one GPU; pass --device cuda, and each "
+            "process takes the GPU of its LOCAL_RANK"
+        )
+    if world.local_rank >= torch.cuda.device_count():
+        raise DistributedError(
+            f"LOCAL_RANK={world.local_rank} but this machine has {torch.cuda.device_count()} "
+            "CUDA devices; start at most that many processes per machine (--nproc-per-node)"
+        )
+
+
+def check_batch_size(batch_size: int, world: World) -> None:
+    if batch_size % world.size:
+        raise DistributedError(
+            f"--batch-size {batch_size} (images per step over all processes) does not divide "
+            f"among {world.size} processes; pass a multiple of {world.size}"
+        )
+
+
+@contextmanager
+def process_group(world: World) -> Iterator[None]:
+    """Join the run's process group for the block; leave it however the block ends."""
+    if world.backend == "nccl":
+        torch.cuda.set_device(world.local_rank)  # before any collective: nccl binds to it
+    dist.init_process_group(
+        world.backend,
+        rank=world.rank,
+        world_size=world.size,
+        timeout=timedelta(seconds=world.timeout),
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def together(world: World, work: Callable[[], T], here: bool) -> T | None:
+    """`work()` where `here` holds, then every rank learns whether it failed anywhere.
+
+    A task only some ranks do (rank 0 locking the run folder, say) must not
+    fail alone: the other ranks would wait in their next exchange until the
+    timeout. Here a failure stops every rank: its own error where it happened,
+    StoppedElsewhere naming it on the others.
+    """
+    result, error = None, None
+    if here:
+        try:
+            result = work()
+        except Exception as caught:  # re-raised below, after the others have heard of it
+            error = caught
+    messages: list[str | None] = [None] * world.size
+    dist.all_gather_object(messages, None if error is None else str(error))
+    if error is not None:
+        raise error
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise StoppedElsewhere(f"rank {rank} stopped the run: {message}")
+    return result
+
+
+def from_leader(world: World, value: T | None) -> T:
+    """Rank 0's `value`, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def split(count: int, rank: int, size: int) -> slice:
+    """Rank `rank`'s contiguous part of `count` images shared by `size` ranks, as even as can be."""
+    base, extra = divmod(count, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+@dataclass
+class Shard:
+    """This rank's part of every global batch, and the weight of its gradient in the current one."""
+
+    world: World
+    weight: float = 1.0  # its images / the global batch's images; 0 for a stand-in image
+
+    def batches(
+        self, data: DeviceData, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's part of each of `data.batches(batch_size, generator)`'s batches, in order.
+
+        Draws the same order from `generator` as `DeviceData.batches`, so every
+        rank, and a single process, walks the same global batches.
+        """
+        n = len(data)
+        order = None
+        if generator is not None:
+            order = torch.randperm(n, generator=generator).to(data.labels.device)
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            part = split(count, self.world.rank, self.world.size)
+            self.weight = (part.stop - part.start) / count
+            if self.weight == 0:
+                # A last batch smaller than the world leaves this rank nothing, yet it must
+                # join the all-reduce: one image, weighted 0, adds nothing to the gradient.
+                part = slice(0, 1)
+            index = slice(start + part.start, start + part.stop)
+            if order is not None:
+                index = order[index]
+            yield data.images[index], data.labels[index]
+
+    def images(self, n: int, batch_size: int) -> int:
+        """How many of an epoch's `n` images this rank trains on."""
+        full, rest = divmod(n, batch_size)
+        last = split(rest, self.world.rank, self.world.size)
+        return full * (batch_size // self.world.size) + last.stop - last.start
+
+    def total(self, losses: Tensor) -> Tensor:
+        """The global loss of each step: every rank's weighted losses summed."""
+        losses = losses.to(torch.float64)
+        dist.all_reduce(losses)
+        return losses
+
+
+def weighted_sum_hook(shard: Shard, bucket):  # untyped: DDP rejects a string annotation
+    """DDP's all-reduce with each rank's gradient weighted by its share of the batch.
+
+    DDP's own hook averages (divides by the world size), which is the mean over
+    the global batch only when every rank has as many images; this is exact always.
+    """
+    buffer = bucket.buffer().mul_(shard.weight)
+    work = dist.all_reduce(buffer, async_op=True)
+    return work.get_future().then(lambda done: done.value()[0])
+
+
+def data_parallel(model: nn.Module, shard: Shard) -> nn.Module:
+    """`model` in DDP (which broadcasts rank 0's parameters), its gradients weighted and summed."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    wrapped.register_comm_hook(shard, weighted_sum_hook)
+    return wrapped
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Rank 0's parameters on every rank, as DDP's constructor does for the autograd step."""
+    with torch.no_grad():
+        for p in model.parameters():
+            dist.broadcast(p, src=0)
+
+
+def sum_gradients(shard: Shard) -> Callable[[list[Tensor]], list[Tensor]]:
+    """For the manual backward: its gradients, weighted and summed over ranks in one call."""
+
+    def reduce(grads: list[Tensor]) -> list[Tensor]:
+        # One flat buffer, one all-reduce: the whole model (582 KB) is one DDP bucket too.
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(shard.weight)
+        dist.all_reduce(flat)
+        return [
+            part.view(g.shape) for part, g in zip(flat.split([g.numel() for g in grads]), grads)
+        ]
+
+    return reduce
+
+
+def data_parallel_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions, shard: Shard
+) -> Step:
+    """One rank's step: its gradients weighted and summed with the others' before the update.
+
+    It returns its loss times its weight, so that the ranks' sum (`Shard.total`)
+    is the mean loss over the global batch. It never checks the loss itself: a
+    rank that stopped alone would leave the others waiting in the all-reduce;
+    the epoch checks the summed losses on every rank alike.
+    """
+    if options.manual_backward:
+        broadcast_parameters(model)
+        step = make_step(
+            model, optimizer, options, check_finite=False, sum_gradients=sum_gradients(shard)
+        )
+    else:
+        step = make_step(data_parallel(model, shard), optimizer, options, check_finite=False)
+
+    def weighted(images: Tensor, labels: Tensor) -> Tensor:
+        return step(images, labels) * shard.weight
+
+    return weighted
