@@ -98,7 +98,7 @@ def test_the_same_environment_twice_is_no_change(capsys):
             "--variant",
             "eager",
             "--batch-size",
-            "64",
+            "1",
             "--workers",
             "1",
             "--threads",
@@ -106,7 +106,7 @@ def test_the_same_environment_twice_is_no_change(capsys):
             "--threshold",
             "10%",
             "--seconds",
-            "20",
+            "5",
         ]
     )
     printed = capsys.readouterr().out
