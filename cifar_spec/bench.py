@@ -63,13 +63,6 @@ class StepBench:
     model: nn.Module
     step: Callable[[], torch.Tensor]
 
-    def steps(self, n: int) -> torch.Tensor:
-        for _ in range(n):
-            loss = self.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return loss
-
 
 def build(options: StepOptions, device: str | torch.device, batch: int, seed: int = 0) -> StepBench:
     device = torch.device(device)

@@ -63,10 +63,6 @@ class Suite:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    @property
-    def info(self) -> dict:
-        return self.start()._workers[0].info
-
     def baseline_of(self, case: Case) -> Case:
         if case.variant in bench.LOOPS:
             return Case(case.device, bench.LOOP_BASELINE, case.batch)

@@ -87,7 +87,7 @@ def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
 
 
 @pytest.mark.slow
-def test_the_same_environment_twice_is_no_change(capsys):
+def test_the_same_environment_twice_is_never_called_a_regression_or_an_improvement(capsys):
     code = main(
         [
             "compare",
@@ -110,8 +110,11 @@ def test_the_same_environment_twice_is_no_change(capsys):
         ]
     )
     printed = capsys.readouterr().out
-    # Under xdist another test may load the machine; the interval may then straddle.
-    assert code in (0, 3) and "regression" not in printed.lower().replace("no regression", "")
+    # "No change" is not asserted: under xdist another test loads the machine, and a 5 s
+    # interval may then straddle (RESULTS.md: it straddled in every run here). What must
+    # never happen is a verdict either way.
+    [line] = [x for x in printed.splitlines() if x.startswith("cpu eager batch 1")]
+    assert code in (0, 3) and line.endswith(("no change", "inconclusive")), printed
 
 
 def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothing(
