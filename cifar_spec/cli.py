@@ -90,7 +90,7 @@ def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print)
     if data.synthetic_settings(root) is not None:
         say(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
         return root
-    real = (root / data.CIFAR10.base_folder).exists() and not data.is_synthetic(root)
+    real = (root / data.BASE_FOLDER).exists() and not data.is_synthetic(root)
     if not args.synthetic and (real or args.download):
         return root
     stand_in = root / "synthetic"

@@ -19,28 +19,42 @@ the per-sample ``DataLoader`` work out of the training loop.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.utils import download_and_extract_archive
 
 from cifar_spec.files import folder_lock, load_pickle, write_atomically, write_text_atomically
 from cifar_spec.model import NUM_CLASSES
 
+if TYPE_CHECKING:
+    from torchvision.datasets import CIFAR10
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-TRAIN_FILES = [name for name, _ in CIFAR10.train_list]  # data_batch_1 to data_batch_5
-TEST_FILE = CIFAR10.test_list[0][0]  # test_batch
-META_FILE = CIFAR10.meta["filename"]  # batches.meta
-PUBLISHED_MD5 = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
-PUBLISHED_MD5[META_FILE] = CIFAR10.meta["md5"]
+# CIFAR-10's published layout and md5s, as torchvision's CIFAR10 declares them (a test holds
+# the two equal). Spelled out here so that importing this module does not import torchvision,
+# which takes seconds (it pulls in torch._dynamo) and which a timing worker never needs.
+BASE_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+PUBLISHED_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
 FIXES = (
     "download it with --download (needs internet), "
     "or train on the synthetic stand-in with --synthetic"
@@ -109,7 +123,7 @@ def write_synthetic_cifar10(
     The folder is locked while it is written: a second writer is refused.
     """
     check_synthetic_settings(n_train, n_test, seed)
-    folder = Path(root) / CIFAR10.base_folder
+    folder = Path(root) / BASE_FOLDER
     check_writable(folder)
     with folder_lock(folder, "a synthetic data set"):
         check_writable(folder)  # again: another writer may have finished meanwhile
@@ -143,13 +157,13 @@ def write_synthetic_cifar10(
 
 
 def is_synthetic(root: str | Path) -> bool:
-    return (Path(root) / CIFAR10.base_folder / MARKER).exists()
+    return (Path(root) / BASE_FOLDER / MARKER).exists()
 
 
 def synthetic_settings(root: str | Path) -> dict | None:
     """What a complete synthetic set under `root` was written with; None if there is none."""
     try:
-        settings = json.loads((Path(root) / CIFAR10.base_folder / MARKER).read_text())
+        settings = json.loads((Path(root) / BASE_FOLDER / MARKER).read_text())
     except (OSError, ValueError):
         return None
     return settings if isinstance(settings, dict) and settings.get("complete") is True else None
@@ -255,22 +269,41 @@ def check_files(folder: Path, train: bool, synthetic: bool) -> dict[str, str]:
     return checksums
 
 
-class CheckedCIFAR10(CIFAR10):
-    """torchvision's CIFAR-10 parser, held to the md5s of files `check_files` has read safely.
+@functools.cache
+def torchvision_classes() -> dict[str, type]:
+    """torchvision's CIFAR10 and our CheckedCIFAR10, built on first use (see `__getattr__`)."""
+    from torchvision.datasets import CIFAR10
 
-    Only the checksum constants change (as in torchvision's own CIFAR100), per
-    instance: torchvision refuses any file whose bytes are not the ones checked.
-    """
+    class CheckedCIFAR10(CIFAR10):
+        """torchvision's CIFAR-10 parser, held to the md5s of files `check_files` has read safely.
 
-    def __init__(self, root: str | Path, train: bool, checksums: dict[str, str]) -> None:
-        self.train_list = [[name, checksums[name]] for name in TRAIN_FILES]
-        self.test_list = [[TEST_FILE, checksums[TEST_FILE]]]
-        self.meta = {**CIFAR10.meta, "md5": checksums[META_FILE]}
-        super().__init__(str(root), train=train)
+        Only the checksum constants change (as in torchvision's own CIFAR100), per
+        instance: torchvision refuses any file whose bytes are not the ones checked.
+        """
+
+        def __init__(self, root: str | Path, train: bool, checksums: dict[str, str]) -> None:
+            self.train_list = [[name, checksums[name]] for name in TRAIN_FILES]
+            self.test_list = [[TEST_FILE, checksums[TEST_FILE]]]
+            self.meta = {**CIFAR10.meta, "md5": checksums[META_FILE]}
+            super().__init__(str(root), train=train)
+
+    # Named as if defined at the top, so that pickle finds it through `__getattr__`.
+    CheckedCIFAR10.__qualname__ = "CheckedCIFAR10"
+    return {"CIFAR10": CIFAR10, "CheckedCIFAR10": CheckedCIFAR10}
+
+
+def __getattr__(name: str) -> type:
+    # `data.CIFAR10` and `data.CheckedCIFAR10` import torchvision when first asked for.
+    if name in ("CIFAR10", "CheckedCIFAR10"):
+        return torchvision_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def download_cifar10(root: Path) -> None:
     """Fetch and unpack CIFAR-10 into `root` through torchvision, holding the folder's lock."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    CIFAR10 = torchvision_classes()["CIFAR10"]
     try:
         with folder_lock(root, "a CIFAR-10 download"):
             download_and_extract_archive(
@@ -287,7 +320,7 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR
     """The split through torchvision's parser, every file checked first; the synthetic set if
     `root` holds a complete one, else real CIFAR-10 (downloaded first if asked and missing)."""
     root = Path(root)
-    folder = root / CIFAR10.base_folder
+    folder = root / BASE_FOLDER
     synthetic = is_synthetic(root)
     if synthetic and synthetic_settings(root) is None:
         raise DataError(
@@ -298,7 +331,7 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR
         download_cifar10(root)
     checksums = check_files(folder, train, synthetic)
     try:
-        dataset = CheckedCIFAR10(root, train, checksums)
+        dataset = torchvision_classes()["CheckedCIFAR10"](root, train, checksums)
     except RuntimeError:  # torchvision's "corrupted": a file changed since it was checked
         raise DataError(
             f"a file under {folder} changed while it was being read; is another "

@@ -2,6 +2,8 @@
 
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,6 +58,24 @@ def test_the_checked_subclass_changes_only_the_checksums_torchvision_holds_the_f
     assert [name for name, _ in dataset.train_list] == [name for name, _ in CIFAR10.train_list]
     assert dataset.meta["filename"] == CIFAR10.meta["filename"]
     assert all(len(md5) == 32 for _, md5 in dataset.train_list + dataset.test_list)
+
+
+def test_cifar10s_file_names_and_published_md5s_are_torchvisions():
+    from cifar_spec import data
+
+    assert data.BASE_FOLDER == CIFAR10.base_folder
+    assert data.TRAIN_FILES == [name for name, _ in CIFAR10.train_list]
+    assert [data.TEST_FILE] == [name for name, _ in CIFAR10.test_list]
+    published = dict(CIFAR10.train_list + CIFAR10.test_list)
+    assert data.PUBLISHED_MD5 == {**published, CIFAR10.meta["filename"]: CIFAR10.meta["md5"]}
+
+
+def test_the_cli_imports_torchvision_only_when_it_reads_data():
+    # torchvision takes seconds to import (it pulls in torch._dynamo): a timing worker, a
+    # torchrun rank starting up or `--help` must not pay for it.
+    code = "import sys, cifar_spec.cli; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_the_safe_reader_gives_what_torchvisions_own_unchecked_parser_gives(root):
