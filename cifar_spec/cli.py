@@ -372,7 +372,7 @@ def cmd_bench_ddp(args: argparse.Namespace) -> int:
         "interval over groups of fresh processes; eff.: speed-up / processes"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)
     return 0
 
 
@@ -408,8 +408,17 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless the help says it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = commands.add_parser(
         "bench", help="time every case against its baseline, outside pytest", formatter_class=fmt
     )
@@ -528,7 +537,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train the tutorial's CNN (defaults: the tutorial's run)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--epochs", type=int, default=20, help="passes over the data")
     p.add_argument(
@@ -597,7 +606,7 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     synth = sub.add_parser(
         "synth",
         help="write the synthetic CIFAR-10 stand-in",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     synth.add_argument("--root", required=True, help="folder to write cifar-10-batches-py in")
     synth.add_argument("--n-train", type=int, default=50_000, help="training images")

@@ -30,32 +30,44 @@ class BadEnvironment(ValueError):
     """A Python that cannot run the workers; the message says which and how to fix it."""
 
 
+# Finds the modules without importing them: importing torch takes seconds, and the
+# workers import it anyway (a torch that is found but will not import fails their start,
+# naming the error). Prints the first module missing, or nothing.
+PROBE = """
+import importlib.util
+for name in ("torch", "cifar_spec", "cifar_spec.worker"):
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ImportError:
+        found = False
+    if not found:
+        print(name)
+        break
+"""
+
+
 def check_python(python: str) -> None:
     """Refuse, before any work, a Python that does not exist or lacks torch or cifar_spec."""
-    probes = [
-        (
-            "import sys",
-            f"{python} is not a Python interpreter (no such file, or it does "
-            "not run); give the path of a venv's bin/python",
-        ),
-        (
-            "import torch",
-            f"{python} cannot import torch; install it with `{python} -m pip install torch`",
-        ),
-        (
-            "import cifar_spec.worker",
-            f"{python} cannot import cifar_spec; install this "
-            f"checkout there with `{python} -m pip install "
-            "--no-deps -e .` (torch alone is needed beside it)",
-        ),
-    ]
-    for code, message in probes:
-        try:
-            done = subprocess.run([python, "-c", code], capture_output=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            raise BadEnvironment(probes[0][1]) from None
-        if done.returncode:
-            raise BadEnvironment(message)
+    not_python = (
+        f"{python} is not a Python interpreter (no such file, or it does not run); "
+        "give the path of a venv's bin/python"
+    )
+    try:
+        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        raise BadEnvironment(not_python) from None
+    if done.returncode:
+        raise BadEnvironment(not_python)
+    missing = done.stdout.strip()
+    if missing == "torch":
+        raise BadEnvironment(
+            f"{python} cannot import torch; install it with `{python} -m pip install torch`"
+        )
+    if missing:
+        raise BadEnvironment(
+            f"{python} cannot import {missing}; install this checkout there with "
+            f"`{python} -m pip install --no-deps -e .` (torch alone is needed beside it)"
+        )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 import errno
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,14 @@ def test_every_train_flag_states_its_default_in_help():
     ]:
         assert flag in text
         assert f"(default: {default})" in text
+
+
+@pytest.mark.parametrize("command", ["train", "bench", "gate", "compare", "bench-ddp"])
+def test_each_option_states_its_default_at_most_once_and_never_as_none(command):
+    text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
+    flat = " ".join(text.split())  # argparse wraps long help over lines
+    assert "(default: None)" not in flat
+    assert not re.search(r"\(default: [^)]*\) \(default:", flat), flat
 
 
 def test_an_unknown_command_is_an_argparse_error(capsys):
