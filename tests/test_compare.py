@@ -1,6 +1,7 @@
 """compare: two Python environments side by side, a verdict per case, one line per failure."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
         [
             "compare",
             sys.executable,
-            str(slow_python(4)),
+            str(slow_python(10)),
             "--device",
             "cpu",
             "--variant",
@@ -70,11 +71,11 @@ def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
             "--batch-size",
             "1",
             "--workers",
-            "1",
+            "2",
             "--threads",
             "1",
             "--seconds",
-            "20",
+            "30",
             "--json",
             str(out),
         ]
@@ -103,7 +104,7 @@ def test_the_same_environment_twice_is_never_called_a_regression_or_an_improveme
             "--batch-size",
             "1",
             "--workers",
-            "1",
+            "2",
             "--threads",
             "1",
             "--threshold",
@@ -115,7 +116,8 @@ def test_the_same_environment_twice_is_never_called_a_regression_or_an_improveme
     printed = capsys.readouterr().out
     # "No change" is not asserted: under xdist another test loads the machine, and a 5 s
     # interval may then straddle (RESULTS.md: it straddled in every run here). What must
-    # never happen is a verdict either way.
+    # never happen is a verdict either way: with one thread a worker, two processes of one
+    # environment were seen 13-22% apart, which only more than one pair of them reveals.
     [line] = [x for x in printed.splitlines() if x.startswith("cpu eager batch 1")]
     assert code in (0, 3) and line.endswith(("no change", "inconclusive")), printed
 
@@ -152,6 +154,14 @@ def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothin
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "exited during 'build' with exit code 7: CUDA error: out of memory" in err
+
+
+def test_one_pair_of_processes_never_gives_a_verdict_however_narrow_its_interval():
+    # One worker a side: the interval holds that pair's rounds, not how far another
+    # pair of processes would land; so it is inconclusive, and compare adds a pair.
+    narrow = stats.Estimate(1.5, 1.4, 1.6, 0.01, 40, processes=1)
+    assert compare.judge(narrow, 0.05) == stats.INCONCLUSIVE
+    assert compare.judge(replace(narrow, processes=2), 0.05) == stats.REGRESSION
 
 
 @pytest.mark.parametrize("seconds", ["inf", "nan", "0", "-5", "soon"])
