@@ -68,9 +68,10 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.section("training-step throughput")
     terminalreporter.write_line(figures.format_table(rows))
     terminalreporter.write_line(
-        "speed-up: the median of paired rounds against the baseline (eager, or the tutorial's "
-        "loop), with its 95% interval (two-level bootstrap over worker processes and pairs); "
-        "spread: IQR / median of the step time; noisy: a spread above 10%"
+        "speed-up: the median over quads of paired rounds (A B B A) against the baseline "
+        "(eager, or the tutorial's loop), with its 95% interval (the wider of a two-level "
+        "bootstrap over worker processes and quads and a t-interval of the processes' "
+        "medians); spread: IQR / median of the step time; noisy: a spread above 10%"
     )
     chart = plot.throughput_chart(rows, config.rootpath / ".benchmarks" / "throughput.png")
     terminalreporter.write_line(

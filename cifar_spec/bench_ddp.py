@@ -168,6 +168,10 @@ def scaling(
 ) -> dict:
     """The figures of `variant` at `batch` images per process: images/s alone and together,
     the speed-up of the total with its 95% interval, and the scaling efficiency."""
+    if pairs < 2:
+        raise ValueError(
+            "--pairs must be at least 2: each ratio comes from a pair A B and a pair B A"
+        )
     samples = Samples([run_group(variant, batch, processes, pairs) for _ in range(groups)])
     time_ratio = samples.ratio()  # together's seconds per step over alone's
     speedup = Estimate(

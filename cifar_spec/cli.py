@@ -368,8 +368,8 @@ def cmd_bench_ddp(args: argparse.Namespace) -> int:
             rows.append(row)
     print(
         f"speed-up: total images/s of {args.processes} processes (one thread each, gloo) over one "
-        "process's at the same batch per process, the median of paired rounds with its 95% "
-        "interval over groups of fresh processes; eff.: speed-up / processes"
+        "process's at the same batch per process, the median over quads of paired rounds with "
+        "its 95% interval over groups of fresh processes; eff.: speed-up / processes"
     )
     if args.json:
         write_json(args.json, rows)

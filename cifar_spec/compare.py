@@ -223,8 +223,8 @@ def format_report(envs: dict, results: list[Result], threshold: float) -> str:
         f"baseline:  {describe(envs['baseline'])}",
         f"candidate: {describe(envs['candidate'])}",
         f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
-        "above 1 is slower), median of paired rounds; interval: the wider of a two-level "
-        "bootstrap and a t-interval of the worker pairs' medians",
+        "above 1 is slower), median over quads of paired rounds (A B B A); interval: the "
+        "wider of a two-level bootstrap and a t-interval of the worker pairs' medians",
         f"{'case':<58} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
         f"{'spread':>6}  verdict",
     ]

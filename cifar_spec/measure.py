@@ -4,7 +4,8 @@ A *round* is a run of consecutive steps timed as one, long enough that reading
 the clock and synchronizing the device cost under 1% of it. Everything that
 compares two things (a variant against eager, one environment against another)
 alternates their rounds A B B A A B ..., so that the machine's drift lands on
-both arms alike, and takes one ratio per adjacent pair (`paired_order`).
+both arms alike (`paired_order`), and takes one ratio per quad A B B A
+(`paired.quad_ratios`).
 
 `torch.utils.benchmark.Timer` is not used for the rounds: its `timeit` runs a
 warm-up of its own before every call (two or more extra steps per round, each

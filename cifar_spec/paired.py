@@ -2,8 +2,9 @@
 
 An *arm* is one case built in one worker (a variant of the step, or a whole
 training loop). Two arms are compared by alternating their rounds, A B B A
-A B ..., each adjacent pair giving one ratio B / A of seconds per step, so that
-whatever the machine does meanwhile lands on both. Pairs are drawn from
+A B ..., so that whatever the machine does meanwhile lands on both; each quad
+of rounds (A B B A, or B A A B) gives one ratio B / A of seconds per step, in
+which the cost of running right after the other arm cancels (`quad_ratios`). Pairs are drawn from
 several pairs of workers in turn (a block from each, round robin), because one
 process's state can move all its timings at once; the statistics
 (`stats.py`) treat each worker pair as a cluster.
@@ -13,6 +14,7 @@ Used alike by the pytest benchmarks, `cifar-spec bench`, `gate` and `compare`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,8 +94,8 @@ class Samples:
         return sum(len(g) for g in self.groups)
 
     def ratio(self) -> stats.Estimate:
-        """B's time over A's: above 1, B is slower."""
-        return stats.estimate([[b / a for a, b in g] for g in self.groups])
+        """B's time over A's (above 1, B is slower), one ratio per A B + B A quad."""
+        return stats.estimate([quad_ratios(g) for g in self.groups])
 
     def arm(self, index: int) -> stats.Estimate:
         """One arm's seconds per step."""
@@ -106,10 +108,26 @@ class Samples:
         return stats.estimate([[p[index] for p in g] for g in self.gpu_groups])
 
 
+def quad_ratios(pairs: list[tuple[float, float]]) -> list[float]:
+    """B / A per quad of pairs (A B, then B A): the geometric mean of its two pairs' ratios.
+
+    A round that follows the other arm's round ran up to 13% slower than one that
+    follows its own (batch 1, two threads, this project's 2-core VM), so a single
+    pair's ratio leans toward whichever arm ran first, and the ratios fall into two
+    modes between which a median jumps. In a quad each arm runs first once: the lean
+    cancels. A lone last pair is left out.
+    """
+    return [math.sqrt(b1 / a1 * (b2 / a2)) for (a1, b1), (a2, b2) in zip(pairs[::2], pairs[1::2])]
+
+
 def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: int) -> None:
+    # A block begins after another worker's round, which slows the round that opens it:
+    # blocks open with A and with B in turn (A B B A A B B A, then B A A B B A A B), so
+    # that over two blocks each arm follows the same rounds as often as the other.
+    lead = (first // pairs) % 2
     for pair in range(first, first + pairs):
         timed = {}
-        for index in paired_order(pair):
+        for index in paired_order(pair + lead):
             timed[index] = (a, b)[index].round()
         samples.groups[group].append((timed[0][0], timed[1][0]))
         samples.gpu_groups[group].append((timed[0][1], timed[1][1]))

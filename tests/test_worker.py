@@ -77,8 +77,9 @@ def test_a_worker_that_crashes_mid_round_is_reported(scripted_python):
         w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
 
 
-def test_a_stopped_worker_refuses_further_requests_in_one_clear_error():
-    w = Worker(sys.executable, "stopped", threads=1)
+def test_a_stopped_worker_refuses_further_requests_in_one_clear_error(scripted_python):
+    python = scripted_python('read line; echo \'{"torch": "x"}\'; read line; exit 0')
+    w = Worker(str(python), "stopped")
     w.stop()
     with pytest.raises(WorkerError, match="was stopped after an earlier failure"):
         w.call({"op": "hello"}, timeout=5)
