@@ -134,7 +134,7 @@ def compare_case(
         while True:
             for b, c in list(zip(base, cand))[len(arms) :]:
                 arms.append((build_arm(b, case), build_arm(c, case)))
-            measure_pairs(arms, min_pairs, 0, samples=samples)
+            measure_pairs(arms, min_pairs, samples)
             ratio = samples.ratio()
             if judge(ratio, threshold) != stats.INCONCLUSIVE:
                 break

@@ -33,7 +33,8 @@ from cifar_spec import stats
 # at batch 1, 1.45x [1.26, 1.68]: between runs minutes apart a CPU step moved by 0.79-1.45x,
 # a change of the machine that no interval within a run can see. 30% is the first 5% step
 # above every such interval's low end; it still catches a step twice as slow whose
-# interval is as wide as most of these (+-20%). Finer changes are for `compare`, whose rounds interleave.
+# interval is as wide as most of these (+-20%). Finer changes are for `compare`, whose
+# rounds interleave.
 DEFAULT_THRESHOLD = 0.30
 BASELINE_FILE = "baseline.json"
 

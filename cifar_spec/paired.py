@@ -15,8 +15,6 @@ Used alike by the pytest benchmarks, `cifar-spec bench`, `gate` and `compare`.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cifar_spec import stats
@@ -134,24 +132,15 @@ def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: i
 
 
 def measure_pairs(
-    arms: list[tuple[Arm, Arm]],
-    min_pairs: int,
-    seconds: float,
-    done: Callable[[Samples], bool] | None = None,
-    samples: Samples | None = None,
+    arms: list[tuple[Arm, Arm]], min_pairs: int, samples: Samples | None = None
 ) -> Samples:
-    """Pairs from each worker pair in turn until each has `min_pairs` and `done` says so,
-    or `seconds` have passed (at least `min_pairs` each even then). Given `samples`,
-    adds to them (a worker pair new since gets a group of its own)."""
+    """Blocks of pairs from each worker pair in turn until each has `min_pairs`. Given
+    `samples`, adds to them (a worker pair new since gets a group of its own)."""
     samples = samples or Samples()
     while len(samples.groups) < len(arms):
         samples.groups.append([])
         samples.gpu_groups.append([])
-    deadline = time.perf_counter() + seconds
-    while True:
+    while min(len(g) for g in samples.groups) < min_pairs:
         for group, (a, b) in enumerate(arms):
-            taken = len(samples.groups[group])
-            run_block(a, b, BLOCK, taken, samples, group)
-        enough = min(len(g) for g in samples.groups) >= min_pairs
-        if enough and (time.perf_counter() >= deadline or done is None or done(samples)):
-            return samples
+            run_block(a, b, BLOCK, len(samples.groups[group]), samples, group)
+    return samples

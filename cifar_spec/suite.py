@@ -99,11 +99,11 @@ class Suite:
         baseline = self.arms(self.baseline_of(case))
         if case == baseline[0].case:
             arms = baseline
-            samples = measure_pairs(list(zip(baseline, baseline)), self.min_pairs // 2, 0)
+            samples = measure_pairs(list(zip(baseline, baseline)), self.min_pairs // 2)
         else:
             arms = self.arms(case)
             try:
-                samples = measure_pairs(list(zip(baseline, arms)), self.min_pairs, 0)
+                samples = measure_pairs(list(zip(baseline, arms)), self.min_pairs)
             finally:
                 self.drop(arms)
         row = self.row(case, samples, arms[0].steps)

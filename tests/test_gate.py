@@ -35,7 +35,7 @@ def step_times(*pythons: str) -> list[list[list[float]]]:
     workers = [Worker(p, f"gate-test{i}", threads=1) for i, p in enumerate(pythons)]
     try:
         arms = [build_arm(w, Case("cpu", "eager", 1)) for w in workers]
-        samples = measure_pairs([tuple(arms)], min_pairs=16, seconds=0)
+        samples = measure_pairs([tuple(arms)], min_pairs=16)
     finally:
         for w in workers:
             w.stop()

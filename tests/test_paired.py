@@ -26,14 +26,14 @@ def test_a_quad_cancels_a_lean_toward_whichever_arm_runs_first():
 
 def test_blocks_open_with_each_arm_in_turn_and_alternate_a_b_b_a_within():
     log: list[str] = []
-    measure_pairs([(Recorded("A", log), Recorded("B", log))], min_pairs=2 * BLOCK, seconds=0)
+    measure_pairs([(Recorded("A", log), Recorded("B", log))], min_pairs=2 * BLOCK)
     first, second = "".join(log[: 2 * BLOCK]), "".join(log[2 * BLOCK : 4 * BLOCK])
     assert first == "ABBA" * (BLOCK // 2) and second == "BAAB" * (BLOCK // 2)
 
 
 def test_each_arm_follows_a_round_of_the_other_as_often_over_two_blocks():
     log: list[str] = ["other worker"]
-    measure_pairs([(Recorded("A", log), Recorded("B", log))], min_pairs=2 * BLOCK, seconds=0)
+    measure_pairs([(Recorded("A", log), Recorded("B", log))], min_pairs=2 * BLOCK)
     after_other = {arm: 0 for arm in "AB"}
     for before, now in zip(log, log[1:]):
         after_other[now] += before != now
@@ -42,8 +42,6 @@ def test_each_arm_follows_a_round_of_the_other_as_often_over_two_blocks():
 
 def test_the_speed_ratio_of_paired_samples_is_taken_per_quad():
     log: list[str] = []
-    samples = measure_pairs(
-        [(Recorded("A", log, 2.0), Recorded("B", log, 3.0))], min_pairs=BLOCK, seconds=0
-    )
+    samples = measure_pairs([(Recorded("A", log, 2.0), Recorded("B", log, 3.0))], min_pairs=BLOCK)
     ratio = samples.ratio()
     assert ratio.median == pytest.approx(1.5) and ratio.samples == BLOCK // 2
