@@ -7,7 +7,7 @@ Each timed benchmark records two things. pytest-benchmark's own statistics
 hold the time of one step in this process (iterations = steps per round), so
 that `--benchmark-compare` compares step times. The figures in the table and
 in `extra_info` (speed-up with its 95% interval, spread, roofline fraction)
-come from `cifar_spec.suite`: paired rounds against the baseline in
+come from `cifar_spec.bench.suite`: paired rounds against the baseline in
 `--paired-workers` fresh processes.
 """
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifar_spec import figures, plot
-from cifar_spec.suite import WORKERS, Suite
+from cifar_spec import plot
+from cifar_spec.bench import figures
+from cifar_spec.bench.suite import WORKERS, Suite
 
 ROWS_KEY = pytest.StashKey[list]()
 

@@ -9,13 +9,13 @@ import math
 
 import pytest
 
-from cifar_spec import bench
-from cifar_spec.paired import Case
+from cifar_spec.bench import cases
+from cifar_spec.bench.paired import Case
 
 
-@pytest.mark.parametrize("name", list(bench.LOOPS), ids=["tutorial", "fit"])
+@pytest.mark.parametrize("name", list(cases.LOOPS), ids=["tutorial", "fit"])
 def test_an_epoch_at_the_tutorials_settings(benchmark, suite, record, tmp_path, name):
-    loop = bench.build_loop(name, str(tmp_path))
+    loop = cases.build_loop(name, str(tmp_path))
     if benchmark.disabled:
         loss_sum = benchmark(loop.step)
     else:

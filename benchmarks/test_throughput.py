@@ -7,8 +7,8 @@ check that the variant trains (its loss is finite and the weights move).
 import pytest
 import torch
 
-from cifar_spec import bench, measure
-from cifar_spec.paired import Case
+from cifar_spec.bench import cases, measure
+from cifar_spec.bench.paired import Case
 
 ROUNDS = 10  # pytest-benchmark's rounds in this process, each ROUND_SECONDS or one step
 
@@ -20,13 +20,13 @@ CASES = [
         id=f"{device}-{name}-{batch}",
         marks=[pytest.mark.cuda] if device == "cuda" else [],
     )
-    for device, batches in bench.BATCHES.items()
-    for name in bench.VARIANTS
+    for device, batches in cases.BATCHES.items()
+    for name in cases.VARIANTS
     for batch in batches
 ]
 
 
-def time_in_this_process(benchmark, case: bench.StepBench) -> None:
+def time_in_this_process(benchmark, case: cases.StepBench) -> None:
     """pytest-benchmark's record: the time of one step, rounds of several steps."""
     steps = measure.steps_per_round(measure.warm_up(case.step, case.device))
     benchmark.pedantic(
@@ -39,15 +39,15 @@ def time_in_this_process(benchmark, case: bench.StepBench) -> None:
 
 @pytest.mark.parametrize("device, variant, batch", CASES)
 def test_training_step_throughput(benchmark, suite, record, device, variant, batch):
-    options = bench.VARIANTS[variant]
-    reason = bench.skip_reason(options, device)
+    options = cases.VARIANTS[variant]
+    reason = cases.skip_reason(options, device)
     if reason:
         pytest.skip(reason)
-    if benchmark.disabled and options.compile and batch != min(bench.BATCHES[device]):
+    if benchmark.disabled and options.compile and batch != min(cases.BATCHES[device]):
         # Each batch size compiles anew (15-30 s on 2 cores); the untimed check
         # compiles the smallest only, the timed run compiles them all.
         pytest.skip("untimed run: torch.compile is checked at the smallest batch only")
-    case = bench.build(options, device, batch)
+    case = cases.build(options, device, batch)
     before = [p.detach().clone() for p in case.model.parameters()]
     if benchmark.disabled:
         benchmark(case.step)

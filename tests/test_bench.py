@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_spec import bench
+from cifar_spec.bench import cases
 from cifar_spec.step import StepOptions
 
 
 def test_each_variant_has_a_unique_name_and_eager_is_the_baseline():
-    assert list(bench.VARIANTS)[0] == "eager" == StepOptions().name
-    assert len(set(bench.VARIANTS)) == len(bench.VARIANTS) == 10
+    assert list(cases.VARIANTS)[0] == "eager" == StepOptions().name
+    assert len(set(cases.VARIANTS)) == len(cases.VARIANTS) == 10
 
 
 @pytest.mark.parametrize(
@@ -23,41 +23,41 @@ def test_each_variant_has_a_unique_name_and_eager_is_the_baseline():
     ids=["cuda-graph-on-cpu"],
 )
 def test_a_variant_the_device_cannot_run_says_why(options, device, reason):
-    assert bench.skip_reason(options, device) == reason
+    assert cases.skip_reason(options, device) == reason
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_variants_are_skipped_with_a_reason_where_there_is_no_gpu():
-    assert bench.skip_reason(StepOptions(), "cuda") == "no CUDA device on this machine"
+    assert cases.skip_reason(StepOptions(), "cuda") == "no CUDA device on this machine"
 
 
 @pytest.mark.skipif(
     torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU computes bfloat16 natively"
 )
 def test_bfloat16_is_not_timed_on_a_cpu_that_would_emulate_it():
-    assert "no native bfloat16" in bench.skip_reason(StepOptions(bf16=True), "cpu")
-    assert bench.unsupported(StepOptions(bf16=True), "cpu") is None  # it can run, slowly
+    assert "no native bfloat16" in cases.skip_reason(StepOptions(bf16=True), "cpu")
+    assert cases.unsupported(StepOptions(bf16=True), "cpu") is None  # it can run, slowly
 
 
 def test_a_case_trains_on_its_fixed_batch():
-    case = bench.build(StepOptions(), "cpu", 4)
+    case = cases.build(StepOptions(), "cpu", 4)
     before = [p.detach().clone() for p in case.model.parameters()]
     loss = case.step()
     assert torch.isfinite(loss) and loss.shape == ()
     assert all(not torch.equal(a, p) for a, p in zip(before, case.model.parameters()))
 
 
-@pytest.mark.parametrize("name", list(bench.LOOPS))
+@pytest.mark.parametrize("name", list(cases.LOOPS))
 def test_a_loop_case_is_one_epoch_of_the_synthetic_test_split(tmp_path, name):
-    loop = bench.build_loop(name, str(tmp_path))
+    loop = cases.build_loop(name, str(tmp_path))
     loss_sum = loop.step()
     # An untrained 10-class model starts near ln(10) per image.
-    assert 0.5 * bench.LOOP_IMAGES < loss_sum < 3 * bench.LOOP_IMAGES
+    assert 0.5 * cases.LOOP_IMAGES < loss_sum < 3 * cases.LOOP_IMAGES
 
 
 def test_an_unknown_loop_is_refused_naming_the_loops(tmp_path):
     with pytest.raises(ValueError, match="tutorial loop, fit loop"):
-        bench.build_loop("my loop", str(tmp_path))
+        cases.build_loop("my loop", str(tmp_path))
 
 
 ROOT = Path(__file__).parents[1]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifar_spec import bench_ddp
+from cifar_spec.bench import bench_ddp
 from cifar_spec.cli import main
 
 

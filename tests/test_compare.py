@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_spec import compare, stats
+from cifar_spec.bench import compare, stats
+from cifar_spec.bench.paired import Case
 from cifar_spec.cli import main
-from cifar_spec.paired import Case
 
 
 def test_a_python_that_does_not_exist_is_refused_before_any_work(tmp_path):
@@ -174,7 +174,7 @@ def test_a_time_budget_that_is_not_a_positive_finite_number_is_refused(seconds, 
 
 @pytest.mark.parametrize("text, fraction", [("5", 0.05), ("12.5%", 0.125)])
 def test_a_threshold_is_read_as_a_percentage(text, fraction):
-    from cifar_spec.cli import percent
+    from cifar_spec.bench.cli import percent
 
     assert percent(text) == pytest.approx(fraction)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cifar_spec import bench, figures
+from cifar_spec.bench import cases, figures
 from cifar_spec.model import CifarNet
 from cifar_spec.step import StepOptions
 
@@ -21,7 +21,7 @@ def test_a_training_step_costs_three_forwards_less_the_first_layers_input_gradie
 
 @pytest.mark.parametrize("variant", ["eager", "channels_last"])
 def test_torchs_flop_counter_on_a_real_step_agrees_with_the_count_by_hand(variant):
-    assert figures.counted_flops_per_image(bench.VARIANTS[variant]) == 69_209_856
+    assert figures.counted_flops_per_image(cases.VARIANTS[variant]) == 69_209_856
 
 
 def test_the_peak_is_the_best_of_several_products_and_names_its_shape():

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from cifar_spec import gate, stats
+from cifar_spec.bench import gate, stats
+from cifar_spec.bench.paired import Case, build_arm, measure_pairs
+from cifar_spec.bench.worker import Worker
 from cifar_spec.cli import main
-from cifar_spec.paired import Case, build_arm, measure_pairs
-from cifar_spec.worker import Worker
 
 INFO = {"cpu_model": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1"}
 
@@ -194,7 +194,7 @@ def test_the_gate_without_a_baseline_says_how_to_make_one(tmp_path, capsys):
 
 
 def test_the_gate_on_a_damaged_baseline_ends_in_one_line_not_a_traceback(tmp_path, capsys):
-    from cifar_spec.figures import machine_info
+    from cifar_spec.bench.figures import machine_info
 
     path = gate.baseline_path(tmp_path, machine_info())
     path.parent.mkdir(parents=True)

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from cifar_spec import measure
+from cifar_spec.bench import measure
 
 CPU = torch.device("cpu")
 

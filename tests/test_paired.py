@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifar_spec.paired import BLOCK, measure_pairs, quad_ratios
+from cifar_spec.bench.paired import BLOCK, measure_pairs, quad_ratios
 
 
 class Recorded:

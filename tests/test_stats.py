@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cifar_spec import stats
+from cifar_spec.bench import stats
 
 
 def test_the_95_percent_interval_of_a_median_of_ten_is_the_2nd_to_the_9th_value():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_spec import bench
+from cifar_spec.bench import cases
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet
 from cifar_spec.step import (
@@ -244,10 +244,10 @@ def test_one_rule_says_why_a_combination_cannot_run_and_the_step_refuses_with_it
 def test_the_benchmarks_ask_the_same_rule_and_measure_both_defaults():
     from cifar_spec.step import options_conflict
 
-    assert bench.unsupported is unsupported
-    assert bench.VARIANTS["channels_last+one_call_sgd+manual_backward"] == fast_exact_step("cpu")
-    assert bench.VARIANTS["channels_last+one_call_sgd+cuda_graph"] == fast_exact_step("cuda")
-    assert [name for name, o in bench.VARIANTS.items() if options_conflict(o)] == []
+    assert cases.unsupported is unsupported
+    assert cases.VARIANTS["channels_last+one_call_sgd+manual_backward"] == fast_exact_step("cpu")
+    assert cases.VARIANTS["channels_last+one_call_sgd+cuda_graph"] == fast_exact_step("cuda")
+    assert [name for name, o in cases.VARIANTS.items() if options_conflict(o)] == []
 
 
 def test_a_batch_too_large_for_free_memory_is_refused_before_anything_is_allocated(monkeypatch):

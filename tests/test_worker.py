@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from cifar_spec.paired import Case, Unsupported, build_arm, measure_pairs
-from cifar_spec.worker import Worker, WorkerError
+from cifar_spec.bench.paired import Case, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.worker import Worker, WorkerError
 
 
 def alive(pid: int) -> bool:
@@ -89,7 +89,7 @@ def test_a_stopped_worker_refuses_further_requests_in_one_clear_error(scripted_p
 def test_after_a_worker_dies_the_suite_fails_that_case_and_measures_the_next_afresh():
     import signal
 
-    from cifar_spec.suite import Suite
+    from cifar_spec.bench.suite import Suite
 
     with Suite(workers=1, min_pairs=2, threads=1) as suite:
         suite.measure(Case("cpu", "eager", 2))

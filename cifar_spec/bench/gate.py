@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from cifar_spec import stats
+from cifar_spec.bench import stats
 
 # From the false-alarm rate: the same code gated against its own baseline 10 times on a
 # quiet 2-core VM (benchmarks/RESULTS.md, 40 judged cases) gave one false regression, eager
@@ -162,7 +162,7 @@ def judge_times(baseline_rows: list[dict], rows: list[dict], threshold: float) -
 
 def default_floors(device: str) -> Path:
     """The floors shipped with the package (benchmarks/floors in a checkout links here)."""
-    return Path(str(resources.files("cifar_spec") / "floors" / f"{device}.json"))
+    return Path(str(resources.files("cifar_spec.bench") / "floors" / f"{device}.json"))
 
 
 def load_floors(path: Path) -> dict:

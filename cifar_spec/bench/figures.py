@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from cifar_spec.measure import gc_off, synchronize
+from cifar_spec.bench.measure import gc_off, synchronize
 from cifar_spec.model import IMAGE_SHAPE
 
 
@@ -68,11 +68,11 @@ def counted_flops_per_image(options, batch: int = 4) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cifar_spec import bench
+    from cifar_spec.bench import cases
 
     plain = replace(options, compile=False, cuda_graph=False)
     if plain not in _COUNTED:
-        case = bench.build(plain, "cpu", batch)
+        case = cases.build(plain, "cpu", batch)
         counter = FlopCounterMode(display=False)
         with counter:
             case.step()

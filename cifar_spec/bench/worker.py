@@ -2,7 +2,7 @@
 
 One process is not a sample: the same step built the same way times 1.22 ms in
 some fresh processes and 1.80 ms in others. So every figure comes from several
-workers, each a fresh `python -m cifar_spec.worker` that builds its own
+workers, each a fresh `python -m cifar_spec.bench.worker` that builds its own
 instances of the cases. A controller (the benchmarks, `cifar-spec bench`,
 `compare`) asks one worker at a time for a round, so that workers never compete
 for the cores, and may drive workers of two Python environments side by side.
@@ -46,7 +46,7 @@ def environment() -> dict:
     import torch
 
     import cifar_spec
-    from cifar_spec.figures import cpu_model
+    from cifar_spec.bench.figures import cpu_model
 
     info = {
         "python": sys.executable,
@@ -89,30 +89,30 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
-def build(request: dict, cases: dict) -> dict:
+def build(request: dict, held: dict) -> dict:
     """Build a case, warm it up, keep it under its key; say why not where it cannot run."""
-    from cifar_spec import bench, measure
+    from cifar_spec.bench import cases, measure
 
     variant = request["variant"]
-    if variant in bench.LOOPS:
-        root = cases.setdefault("_data", tempfile.mkdtemp(prefix="cifar-spec-worker-"))
-        case = bench.build_loop(variant, root)
-    elif variant in bench.VARIANTS:
-        options = bench.VARIANTS[variant]
-        reason = bench.skip_reason(options, request["device"])
+    if variant in cases.LOOPS:
+        root = held.setdefault("_data", tempfile.mkdtemp(prefix="cifar-spec-worker-"))
+        case = cases.build_loop(variant, root)
+    elif variant in cases.VARIANTS:
+        options = cases.VARIANTS[variant]
+        reason = cases.skip_reason(options, request["device"])
         if reason:
             return {"unsupported": reason}
-        case = bench.build(options, request["device"], request["batch"], request.get("seed", 0))
+        case = cases.build(options, request["device"], request["batch"], request.get("seed", 0))
     else:
         raise ValueError(f"this cifar_spec has no variant {variant!r}")
-    cases[request["key"]] = case
+    held[request["key"]] = case
     return {"seconds_per_step": measure.warm_up(case.step, case.device)}
 
 
 def peak(request: dict) -> dict:
     import torch
 
-    from cifar_spec.figures import measure_peak
+    from cifar_spec.bench.figures import measure_peak
 
     p = measure_peak(request["device"], getattr(torch, request["dtype"]))
     return {
@@ -124,22 +124,22 @@ def peak(request: dict) -> dict:
     }
 
 
-def handle(request: dict, cases: dict) -> dict:
-    from cifar_spec import measure
+def handle(request: dict, held: dict) -> dict:
+    from cifar_spec.bench import measure
 
     op = request.get("op")
     if op == "hello":
         return environment()
     if op == "build":
-        return build(request, cases)
+        return build(request, held)
     if op == "round":
-        case = cases[request["key"]]
+        case = held[request["key"]]
         r = measure.time_round(case.step, case.device, request["steps"], untimed=1)
         return {"host": r.host, "gpu": r.gpu}
     if op == "peak":
         return peak(request)
     if op == "drop":
-        cases.pop(request["key"], None)
+        held.pop(request["key"], None)
         return {}
     raise ValueError(f"unknown request {op!r}")
 
@@ -157,21 +157,21 @@ def serve(threads: int | None = None) -> None:
     # eager step went from 4 ms to 300 ms within a few hundred steps). Flushing them to
     # zero keeps every round timing the step users run on real data.
     torch.set_flush_denormal(True)
-    cases: dict = {}
+    held: dict = {}
     try:
         for line in sys.stdin:
             request = json.loads(line)
             if request.get("op") == "exit":
                 break
             try:
-                reply = handle(request, cases)
+                reply = handle(request, held)
             except Exception as error:  # reported to the controller, which says what failed
                 reply = {"error": f"{type(error).__name__}: {error}"}
             protocol.write(json.dumps(reply) + "\n")
             protocol.flush()
     finally:
-        if "_data" in cases:
-            shutil.rmtree(cases["_data"], ignore_errors=True)
+        if "_data" in held:
+            shutil.rmtree(held["_data"], ignore_errors=True)
 
 
 # The controller's side.
@@ -195,7 +195,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.stderr = tempfile.TemporaryFile()
-        command = [self.python, "-m", "cifar_spec.worker"]
+        command = [self.python, "-m", "cifar_spec.bench.worker"]
         if self.threads:
             command += ["--threads", str(self.threads)]
         # A session of its own, so that stopping it stops whatever it started.
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m cifar_spec.worker",
+        prog="python -m cifar_spec.bench.worker",
         description="Build and time training steps on request (JSON lines on stdin and stdout).",
     )
     parser.add_argument(

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cifar_spec import bench, measure
-from cifar_spec.paired import Samples
-from cifar_spec.stats import Estimate
+from cifar_spec.bench import cases, measure
+from cifar_spec.bench.paired import Samples
+from cifar_spec.bench.stats import Estimate
 
 GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
 PAIRS = 12  # pairs of rounds per group
@@ -41,14 +41,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def build_arms(variant: str, batch: int, world: int) -> tuple[bench.StepBench, bench.StepBench]:
+def build_arms(variant: str, batch: int, world: int) -> tuple[cases.StepBench, cases.StepBench]:
     """One process's step and this rank's DDP step, each on its own fixed random batch."""
     from cifar_spec.distributed import Shard, World, data_parallel_step
     from cifar_spec.model import IMAGE_SHAPE, CifarNet
     from cifar_spec.step import prepare_model
 
-    options = bench.VARIANTS[variant]
-    alone = bench.build(options, "cpu", batch, seed=0)
+    options = cases.VARIANTS[variant]
+    alone = cases.build(options, "cpu", batch, seed=0)
     torch.manual_seed(0)
     model = prepare_model(CifarNet(), options)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -57,7 +57,7 @@ def build_arms(variant: str, batch: int, world: int) -> tuple[bench.StepBench, b
     # Random pixels and labels, other on each rank, as DDP's ranks see other images.
     images = torch.rand(batch, *IMAGE_SHAPE)
     labels = torch.randint(0, 10, (batch,))
-    together = bench.StepBench(
+    together = cases.StepBench(
         options, torch.device("cpu"), batch, model, lambda: step(images, labels)
     )
     return alone, together
@@ -68,7 +68,7 @@ def order(steps: int) -> None:
     dist.broadcast(torch.tensor([steps]), src=0)
 
 
-def follow(together: bench.StepBench) -> None:
+def follow(together: cases.StepBench) -> None:
     """The other ranks: run as many DDP steps as rank 0 orders, until it orders none."""
     while True:
         steps = torch.tensor([0])
@@ -79,7 +79,7 @@ def follow(together: bench.StepBench) -> None:
             together.step()
 
 
-def lead(alone: bench.StepBench, together: bench.StepBench, pairs: int) -> list[list[float]]:
+def lead(alone: cases.StepBench, together: cases.StepBench, pairs: int) -> list[list[float]]:
     """Rank 0: warm both arms up, then `pairs` paired rounds; seconds per step of each."""
 
     def one_ordered_step() -> None:  # for the warm-up only: it times single steps
@@ -125,7 +125,7 @@ def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tupl
     port = free_port()
     root = str(Path(__file__).parent.parent)
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "cifar_spec.bench_ddp", variant, str(batch), str(pairs)]
+    command = [sys.executable, "-m", "cifar_spec.bench.bench_ddp", variant, str(batch), str(pairs)]
     ranks = []
     try:
         for rank in range(processes):

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cifar_spec import bench, figures
-from cifar_spec.paired import Arm, Case, Samples, Unsupported, build_arm, measure_pairs
-from cifar_spec.worker import Worker, WorkerError, start_workers, stop_all
+from cifar_spec.bench import cases, figures
+from cifar_spec.bench.paired import Arm, Case, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.worker import Worker, WorkerError, start_workers, stop_all
 
 WORKERS = 3  # fresh processes per figure: enough for one unlucky process to show in the CI
 MIN_PAIRS = 8  # per worker: 24 pairs in all, which an order-statistics CI at 95% needs >= 6 of
@@ -64,8 +64,8 @@ class Suite:
         self.stop()
 
     def baseline_of(self, case: Case) -> Case:
-        if case.variant in bench.LOOPS:
-            return Case(case.device, bench.LOOP_BASELINE, case.batch)
+        if case.variant in cases.LOOPS:
+            return Case(case.device, cases.LOOP_BASELINE, case.batch)
         return Case(case.device, "eager", case.batch)
 
     def arms(self, case: Case) -> list[Arm]:
@@ -73,7 +73,7 @@ class Suite:
         if case in self._baselines:
             return self._baselines[case]
         arms = [build_arm(w, case) for w in self.start()._workers]
-        if case.variant in ("eager", bench.LOOP_BASELINE):
+        if case.variant in ("eager", cases.LOOP_BASELINE):
             self._baselines[case] = arms
         return arms
 
@@ -128,11 +128,11 @@ class Suite:
 
     def row(self, case: Case, samples: Samples, steps: int) -> dict:
         time = samples.arm(1)
-        is_loop = case.variant in bench.LOOPS
-        images = bench.LOOP_IMAGES if is_loop else case.batch
+        is_loop = case.variant in cases.LOOPS
+        images = cases.LOOP_IMAGES if is_loop else case.batch
         # A loop runs the step at batch 1: its arithmetic per image is the eager step's.
-        options = bench.VARIANTS["eager" if is_loop else case.variant]
-        peak = self.peak(case.device, bench.precision(options))
+        options = cases.VARIANTS["eager" if is_loop else case.variant]
+        peak = self.peak(case.device, cases.precision(options))
         row = figures.rate_figures(
             case.device,
             case.variant,
@@ -174,11 +174,11 @@ def measure_all(
     """Every case on `devices` (eager first in each batch, then the others, then the loops)."""
     rows = []
     for device in devices:
-        names = variants or list(bench.VARIANTS)
-        for batch in batches or bench.BATCHES[device]:
+        names = variants or list(cases.VARIANTS)
+        for batch in batches or cases.BATCHES[device]:
             for name in sorted(names, key=lambda n: n != "eager"):
                 case = Case(device, name, batch)
-                reason = bench.skip_reason(bench.VARIANTS[name], device)
+                reason = cases.skip_reason(cases.VARIANTS[name], device)
                 try:
                     if reason:
                         raise Unsupported(reason)
@@ -187,5 +187,5 @@ def measure_all(
                     if skipped:
                         skipped(case, str(why))
         if loops and device == "cpu" and variants is None and batches is None:
-            rows += [suite.measure(Case("cpu", name, 1)) for name in bench.LOOPS]
+            rows += [suite.measure(Case("cpu", name, 1)) for name in cases.LOOPS]
     return rows

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from cifar_spec import stats
-from cifar_spec.measure import ROUND_SECONDS, paired_order, steps_per_round
-from cifar_spec.worker import BUILD_TIMEOUT, Worker
+from cifar_spec.bench import stats
+from cifar_spec.bench.measure import ROUND_SECONDS, paired_order, steps_per_round
+from cifar_spec.bench.worker import BUILD_TIMEOUT, Worker
 
 # A round this many times its planned length, and over ROUND_TIMEOUT_MIN, means a hung
 # worker. Generous: two busy threads on a loaded 2-core machine were seen to take 100x

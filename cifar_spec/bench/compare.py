@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cifar_spec import stats
-from cifar_spec.paired import Case, Samples, Unsupported, build_arm, measure_pairs
-from cifar_spec.worker import Worker, start_workers, stop_all
+from cifar_spec.bench import stats
+from cifar_spec.bench.paired import Case, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.worker import Worker, start_workers, stop_all
 
 WORKERS = 3  # per environment to start with: pairs come from 3 pairs of fresh processes
 MAX_WORKERS = 8  # per environment, grown one pair at a time while a case is inconclusive
@@ -39,7 +39,7 @@ class BadEnvironment(ValueError):
 # naming the error). Prints the first module missing, or nothing.
 PROBE = """
 import importlib.util
-for name in ("torch", "cifar_spec", "cifar_spec.worker"):
+for name in ("torch", "cifar_spec", "cifar_spec.bench.worker"):
     try:
         found = importlib.util.find_spec(name) is not None
     except ImportError:
