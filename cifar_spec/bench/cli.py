@@ -33,9 +33,9 @@ def progress(line: str) -> None:
 
 
 def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
-    from cifar_spec.bench.suite import Suite, measure_all
+    from cifar_spec.bench.suite import WORKERS, Suite, measure_all
 
-    with Suite(workers=args.workers, threads=args.threads, log=log) as suite:
+    with Suite(workers=args.workers or WORKERS, threads=args.threads, log=log) as suite:
         return measure_all(
             suite,
             bench_devices(args.device),
@@ -55,16 +55,52 @@ def write_json(path: str, data: object) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from cifar_spec.bench import figures
 
-    rows = measure_rows(args)
-    print(figures.format_table(rows))
+    if args.metric == "instructions":
+        from cifar_spec.bench import count
+
+        check_count_device(args)
+        check_output_paths(args.json)
+        rows = count_rows(args)
+        print(count.format_rows(rows))
+        print(count.LEGEND.split("; ratio")[0])
+    else:
+        rows = measure_rows(args)
+        print(figures.format_table(rows))
     if args.json:
         write_json(args.json, rows)
     return 0
 
 
+def count_cases(args: argparse.Namespace) -> list:
+    """The cases counted by bench and gate: as asked, else eager and the CPU's fast default at
+    batch 1 and 64 (as compare's)."""
+    from cifar_spec.bench.paired import Case
+
+    variants = args.variant or ["eager", fastest_step("cpu").name]
+    return [Case("cpu", v, b) for v in variants for b in args.batch_size or [1, 64]]
+
+
+def count_rows(args: argparse.Namespace) -> list[dict]:
+    from cifar_spec.bench import count
+
+    processes = count.count_all(
+        {"w": sys.executable}, args.workers or COUNT_PROCESSES, count_cases(args), args.cache_sim
+    )["w"]
+    for case, why in processes[0].unsupported.items():
+        progress(f"skipped {case.key}: {why}")
+    return count.as_rows(processes, count_cases(args))
+
+
+def check_count_device(args: argparse.Namespace) -> None:
+    """bench and gate count on the CPU: --device all means it, cuda is refused."""
+    check_metric(args, "cpu" if args.device in ("all", "cpu") else args.device)
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from cifar_spec.bench import figures, gate
 
+    if args.metric == "instructions":
+        return gate_counts(args)
     info = figures.machine_info()
     path = gate.baseline_path(Path(args.storage), info)
     if not args.save_baseline and not path.exists():
@@ -87,53 +123,144 @@ def cmd_gate(args: argparse.Namespace) -> int:
         gate.save_baseline(path, info, rows)
         print(f"gate: baseline saved to {path} ({len(rows)} cases, torch {info['torch']})")
         return 0
-    return gate.judge_run(baseline, info, rows, floors, args.threshold, print)
+    threshold = args.threshold if args.threshold is not None else gate.DEFAULT_THRESHOLD
+    return gate.judge_run(baseline, info, rows, floors, threshold, print)
+
+
+def gate_counts(args: argparse.Namespace) -> int:
+    from cifar_spec.bench import figures, gate
+
+    check_count_device(args)
+    info = figures.machine_info()
+    path = gate.count_baseline_path(Path(args.storage), info)
+    if not args.save_baseline and not path.exists():
+        raise gate.GateError(
+            f"no baseline of counts for this CPU at {path}; make one on this machine with "
+            "`cifar-spec gate --metric instructions --save-baseline`"
+        )
+    baseline = None if args.save_baseline else gate.load_count_baseline(path)
+    check_output_paths(args.json)
+    rows = count_rows(args)
+    if args.json:
+        write_json(args.json, {"machine_info": info, "rows": rows})
+    if args.save_baseline:
+        gate.save_baseline(path, info, rows)
+        print(
+            f"gate: baseline of counts saved to {path} ({len(rows)} cases, torch {info['torch']})"
+        )
+        return 0
+    threshold = args.threshold if args.threshold is not None else DEFAULT_COUNT_THRESHOLD
+    return gate.judge_count_run(baseline, info, rows, threshold, print)
+
+
+def compare_device(args: argparse.Namespace) -> str:
+    """auto: cuda where there is one, except for counts, which run on the CPU only."""
+    if args.device != "auto":
+        return args.device
+    return "cuda" if torch.cuda.is_available() and args.metric == "time" else "cpu"
+
+
+def check_metric(args: argparse.Namespace, device: str) -> None:
+    """Counting's requirements, refused in one line before any work."""
+    from cifar_spec.bench import count
+
+    if args.metric == "time":
+        return
+    count.check_device(device)
+    count.check_tools()
+    if args.workers is not None and args.workers < 2:
+        raise ValueError(
+            f"--workers {args.workers}: counting needs 2 or more processes per environment, "
+            "so that the report shows whether they agree"
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from cifar_spec.bench import compare
     from cifar_spec.bench.paired import Case
 
+    device = compare_device(args)
+    check_metric(args, device)
     for python in (args.baseline, args.candidate):
         compare.check_python(python)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if args.device == "auto"
-        else args.device
-    )
+    check_output_paths(args.json, args.markdown)
     variants = args.variant or ["eager", fastest_step(device).name]
     batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
     cases = [Case(device, v, b) for v in variants for b in batches]
-    envs, results = compare.compare(
-        args.baseline,
-        args.candidate,
-        cases,
-        args.threshold,
-        args.seconds,
-        args.workers,
-        args.threads,
-    )
-    print(compare.format_report(envs, results, args.threshold))
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "threshold": args.threshold,
-                "environments": envs,
-                "results": [r.as_dict() for r in results],
-            },
+    results = judged = None
+    thresholds = {}
+    out: dict = {"metric": args.metric}
+    if args.metric in ("time", "both"):
+        envs, results = compare.compare(
+            args.baseline,
+            args.candidate,
+            cases,
+            args.threshold,
+            args.seconds,
+            args.workers or compare.WORKERS,
+            args.threads,
         )
-    code = compare.exit_code(results)
+        print(compare.format_report(envs, results, args.threshold))
+        thresholds["time"] = args.threshold
+        out.update(threshold=args.threshold, results=[r.as_dict() for r in results])
+    if args.metric in ("instructions", "both"):
+        envs, judged, skipped = compare.compare_counts(
+            args.baseline,
+            args.candidate,
+            cases,
+            args.instructions_threshold,
+            args.workers or COUNT_PROCESSES,
+            args.cache_sim,
+        )
+        print(compare.format_count_report(envs, judged, skipped, args.instructions_threshold))
+        thresholds["instructions"] = args.instructions_threshold
+        out.update(
+            instructions_threshold=args.instructions_threshold,
+            counts=[j.as_dict() for j in judged] + [r.as_dict() for r in skipped],
+        )
+    decided = compare.decide(results, judged)
+    if args.metric == "both":
+        print("verdicts (instructions decide where they ran; time is shown beside them):")
+        for case, (verdict, metric) in decided.items():
+            print(f"  {case.device} {case.variant} batch {case.batch}: {verdict} ({metric})")
+    out["environments"] = envs
+    out["verdicts"] = [
+        {"device": c.device, "variant": c.variant, "batch": c.batch, "verdict": v, "decided_by": m}
+        for c, (v, m) in decided.items()
+    ]
+    if args.json:
+        write_json(args.json, out)
+    if args.markdown:
+        from cifar_spec.files import write_atomically
+
+        write_atomically(
+            args.markdown, compare.format_markdown(envs, results, judged, thresholds).encode()
+        )
+    skipped_times = [r.verdict for r in results or [] if r.case not in decided]
+    code = compare.exit_code_of([v for v, _ in decided.values()] + skipped_times)
     print(
         {
             0: "compare: no regression",
             1: "compare: REGRESSION",
-            3: "compare: inconclusive (give it more --seconds)",
+            3: "compare: inconclusive (give it more --seconds)"
+            if any(v == "inconclusive" for v, _ in decided.values())
+            else "compare: inconclusive (no case was judged: every one was skipped)",
         }[code]
     )
     return code
+
+
+def check_output_paths(*paths: str | None) -> None:
+    """An output whose folder does not exist or is a file is refused before the measurement,
+    not after it."""
+    for path in paths:
+        if not path:
+            continue
+        folder = Path(path).parent
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"cannot write {path}: {folder} is not a folder; pick another path")
+        if Path(path).is_dir():
+            raise ValueError(f"cannot write {path}: it is a folder; give a file name")
 
 
 def cmd_bench_ddp(args: argparse.Namespace) -> int:
@@ -176,13 +303,15 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
         "--variant",
         action="append",
         choices=list(cases.VARIANTS),
-        help="variant, repeatable (default: all, and the two loops on the CPU)",
+        help="variant, repeatable (default: all, and the two loops on the CPU; for "
+        "instructions, eager and the CPU's fast default at batch 1 and 64)",
     )
     p.add_argument(
         "--workers",
         type=positive_int,
-        default=3,
-        help="fresh worker processes each figure is drawn from",
+        default=None,
+        help="fresh worker processes each figure is drawn from (default: 3 for time, "
+        "2 counting processes for instructions)",
     )
     p.add_argument(
         "--threads",
@@ -198,6 +327,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         "bench", help="time every case against its baseline, outside pytest", formatter_class=fmt
     )
     add_measure_options(p)
+    add_metric_options(p, both=False)
     p.add_argument("--json", default=None, help="also write the rows here")
     p.set_defaults(func=cmd_bench)
     g = commands.add_parser(
@@ -207,6 +337,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         "baseline or a speed-up below its floor",
     )
     add_measure_options(g)
+    add_metric_options(g, both=False)
     g.add_argument(
         "--save-baseline",
         action="store_true",
@@ -215,9 +346,11 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--threshold",
         type=percent,
-        default=gate_threshold(),
-        help="a case regressed when its step time's 95%% interval lies wholly above "
-        "1 + this (as a fraction or with %%)",
+        default=None,
+        help="a case regressed when its step time's 95%% interval (or its range of counts) "
+        "lies wholly above 1 + this, as a fraction or with %% (default: "
+        f"{gate_threshold() * 100:.0f}%% for time, {DEFAULT_COUNT_THRESHOLD * 100:.0f}%% for "
+        "instructions)",
     )
     g.add_argument("--storage", default=".benchmarks", help="baselines, one folder per hardware")
     g.add_argument(
@@ -266,8 +399,9 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--workers",
         type=positive_int,
-        default=3,
-        help="workers per environment to start with (up to 8 while a case is inconclusive)",
+        default=None,
+        help="workers per environment: for time, 3 to start with (up to 8 while a case is "
+        "inconclusive); for instructions, 2 counting processes",
     )
     c.add_argument(
         "--threads",
@@ -275,7 +409,19 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="torch threads per worker (default: every core)",
     )
+    add_metric_options(c)
+    c.add_argument(
+        "--instructions-threshold",
+        type=percent,
+        default=DEFAULT_COUNT_THRESHOLD,
+        help="for counts: no change within +-this; regression wholly above 1 + this",
+    )
     c.add_argument("--json", default=None, help="write the verdicts here")
+    c.add_argument(
+        "--markdown",
+        default=None,
+        help="also write the verdicts as a markdown table (a pull-request comment)",
+    )
     c.set_defaults(func=cmd_compare)
     d = commands.add_parser(
         "bench-ddp",
@@ -300,6 +446,34 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     d.add_argument("--pairs", type=positive_int, default=12, help="paired rounds per group")
     d.add_argument("--json", default=None, help="also write the rows here")
     d.set_defaults(func=cmd_bench_ddp)
+
+
+COUNT_PROCESSES = 2  # counting workers per environment: enough to see whether they agree
+DEFAULT_COUNT_THRESHOLD = 0.01
+METRIC_HELP = (
+    "time: wall time of paired rounds (CUDA events on a GPU); instructions: instruction "
+    "counts under valgrind's callgrind, CPU only, which repeat across processes and do not "
+    "mind the machine's load. What counts see: one thread; valgrind 3.19 hides AVX-512 and "
+    "emulates FMA slowly, so oneDNN runs at AVX and oneMKL at SSE4.2 there (those kernels "
+    "are counted, not the AVX-512 ones); cache misses and memory bandwidth only with "
+    "--cache-sim (estimated cycles). Needs valgrind on PATH. both: time, then counts, "
+    "the counts deciding"
+)
+
+
+def add_metric_options(p: argparse.ArgumentParser, both: bool = True) -> None:
+    p.add_argument(
+        "--metric",
+        choices=["time", "instructions", "both"] if both else ["time", "instructions"],
+        default="time",
+        help=METRIC_HELP if both else METRIC_HELP.rsplit(" both:", 1)[0],
+    )
+    p.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="with instructions: simulate the caches too and show callgrind's estimated "
+        "cycles (about 2-3x slower)",
+    )
 
 
 def gate_threshold() -> float:

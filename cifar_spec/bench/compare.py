@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cifar_spec.bench import stats
+from cifar_spec.bench import count, stats
 from cifar_spec.bench.paired import Case, Samples, Unsupported, build_arm, measure_pairs
 from cifar_spec.bench.worker import Worker, start_workers, stop_all
 
@@ -193,11 +193,8 @@ def compare(
 
 
 def exit_code(results: list[Result]) -> int:
-    """1 on any regression, else 3 when any case is inconclusive, else 0."""
-    verdicts = {r.verdict for r in results}
-    if stats.REGRESSION in verdicts:
-        return 1
-    return 3 if stats.INCONCLUSIVE in verdicts else 0
+    """1 on any regression, else 3 when any case is inconclusive or none was judged, else 0."""
+    return exit_code_of([r.verdict for r in results])
 
 
 def describe(info: dict) -> str:
@@ -230,3 +227,120 @@ def format_report(envs: dict, results: list[Result], threshold: float) -> str:
     ]
     lines += [format_result(r) for r in results]
     return "\n".join(lines)
+
+
+# Instruction counts (`--metric instructions`): deterministic verdicts on the CPU.
+
+
+def compare_counts(
+    baseline: str,
+    candidate: str,
+    cases: list[Case],
+    threshold: float,
+    processes: int,
+    cache_sim: bool = False,
+    top: int = count.TOP,
+) -> tuple[dict, list[count.Judged], list[Result]]:
+    """({'baseline': info, 'candidate': info}, a judged case per case counted, the skipped)."""
+    counted = count.count_all(
+        {"baseline": baseline, "candidate": candidate}, processes, cases, cache_sim
+    )
+    base, cand = counted["baseline"], counted["candidate"]
+    envs = {"baseline": base[0].info, "candidate": cand[0].info}
+    judged, skipped = [], []
+    for case in cases:
+        why = next((p.unsupported[case] for p in base + cand if case in p.unsupported), None)
+        if why:
+            skipped.append(Result(case, "skipped", reason=why))
+            continue
+        judged.append(
+            count.judge(
+                case, [p.counts[case] for p in base], [p.counts[case] for p in cand], threshold, top
+            )
+        )
+    return envs, judged, skipped
+
+
+def format_count_report(
+    envs: dict, judged: list[count.Judged], skipped: list[Result], threshold: float
+) -> str:
+    lines = [
+        f"baseline:  {describe(envs['baseline'])}",
+        f"candidate: {describe(envs['candidate'])}",
+        f"verdicts at +-{threshold:.1%} on " + count.LEGEND,
+        *count.header(),
+    ]
+    for j in judged:
+        lines += count.format_judged(j)
+    lines += [format_result(r) for r in skipped]
+    return "\n".join(lines)
+
+
+def decide(time_results: list[Result] | None, judged: list[count.Judged] | None) -> dict:
+    """{case: (verdict, the metric that decided it)}: counts where they ran (they repeat
+    exactly; time on a shared CPU does not), time elsewhere."""
+    out = {}
+    for r in time_results or []:
+        out[r.case] = (r.verdict, "time")
+    for j in judged or []:
+        out[j.case] = (j.verdict, "instructions")
+    return out
+
+
+def exit_code_of(verdicts: list[str]) -> int:
+    """1 on any regression, else 3 when any case is inconclusive or none was judged, else 0."""
+    if stats.REGRESSION in verdicts:
+        return 1
+    judged = [v for v in verdicts if v != "skipped"]
+    return 3 if not judged or stats.INCONCLUSIVE in judged else 0
+
+
+def format_markdown(
+    envs: dict,
+    time_results: list[Result] | None,
+    judged: list[count.Judged] | None,
+    thresholds: dict,
+) -> str:
+    """compare's verdicts as a markdown table, for a pull-request comment."""
+    decided = decide(time_results, judged)
+    times = {r.case: r for r in time_results or []}
+    counts = {j.case: j for j in judged or []}
+    lines = [
+        "### cifar-spec compare",
+        "",
+        f"- baseline: {describe(envs['baseline'])}",
+        f"- candidate: {describe(envs['candidate'])}",
+        "- thresholds: "
+        + ", ".join(f"{metric} +-{value:.1%}" for metric, value in thresholds.items()),
+        "",
+        "| case | time ratio [95% CI] | instructions ratio [range] | verdict | decided by |",
+        "|---|---|---|---|---|",
+    ]
+    for case, (verdict, metric) in decided.items():
+        t, j = times.get(case), counts.get(case)
+        time_cell = (
+            f"{t.ratio.median:.3f} [{t.ratio.low:.3f}, {t.ratio.high:.3f}] {t.verdict}"
+            if t and t.ratio
+            else (t.verdict if t else "not run")
+        )
+        count_cell = f"{j.ratio:.4f} [{j.low:.4f}, {j.high:.4f}] {j.verdict}" if j else "not run"
+        lines.append(
+            f"| {case.device} {case.variant} batch {case.batch} | {time_cell} | {count_cell} "
+            f"| **{verdict}** | {metric} |"
+        )
+    moved = [j for j in judged or [] if j.top]
+    for j in moved:
+        lines += [
+            "",
+            f"<details><summary>{j.case.variant} batch {j.case.batch}: the functions that "
+            "moved most (instructions per step)</summary>",
+            "",
+            "| delta | baseline | candidate | function |",
+            "|---:|---:|---:|---|",
+        ]
+        lines += [
+            f"| {c - b:+,.0f} | {b:,.0f} | {c:,.0f} | `{count.truncate(f, 120)}` |"
+            for f, b, c in j.top
+        ]
+        lines.append("</details>")
+    return "\n".join(lines) + "\n"

@@ -250,6 +250,11 @@ def outcome(judged: list[Judged], failed: list[str], unsure: list[str]) -> tuple
         parts = [f"{len(regressions)} regression(s)"] if regressions else []
         parts += [f"{len(failed)} speed-up(s) below the floor"] if failed else []
         return 1, f"gate: FAILED ({', '.join(parts)})"
+    if not judged and not failed and not unsure:
+        return 3, (
+            "gate: inconclusive (no case of this run is in the baseline: nothing was judged; "
+            "save a baseline of these cases with --save-baseline)"
+        )
     if unclear or unsure:
         parts = [f"{len(unclear)} case(s) straddle the threshold"] if unclear else []
         parts += [f"{len(unsure)} speed-up(s) straddle the floor"] if unsure else []
@@ -283,5 +288,79 @@ def judge_run(
     for text in unsure:
         say(f"straddles the floor: {text}")
     code, line = outcome(judged, failed, unsure)
+    say(line)
+    return code
+
+
+# Instruction counts (`--metric instructions`): a baseline of counts, judged exactly.
+
+COUNT_BASELINE_FILE = "instructions.json"
+
+
+def count_baseline_path(storage: Path, info: dict) -> Path:
+    """Counts are taken at one thread: the folder is the CPU's, with 1 thread."""
+    return Path(storage) / fingerprint({**info, "torch_threads": 1}) / COUNT_BASELINE_FILE
+
+
+def load_count_baseline(path: Path) -> dict:
+    """A saved baseline of counts, checked row by row."""
+    data = load_json(path, "baseline")
+    fix = (
+        "delete it and save a new one with `cifar-spec gate --metric instructions --save-baseline`"
+    )
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise GateError(f"{path} is not a cifar-spec baseline (no list of rows); {fix}")
+    for i, row in enumerate(data["rows"]):
+        values = row.get("instructions_per_step") if isinstance(row, dict) else None
+        functions = row.get("functions") if isinstance(row, dict) else None
+        ok = (
+            isinstance(row, dict)
+            and all(
+                isinstance(row.get(k), t)
+                for k, t in (("device", str), ("variant", str), ("batch", int))
+            )
+            and isinstance(values, list)
+            and values
+            and all(_positive(v) for v in values)
+            and isinstance(functions, dict)
+            and all(isinstance(k, str) and _positive(v) for k, v in functions.items())
+        )
+        if not ok:
+            raise GateError(
+                f"{path}: row {i} is not a counted case (device, variant, batch, positive "
+                f"instructions_per_step per process and functions); {fix}"
+            )
+    return data
+
+
+def judge_count_run(
+    baseline: dict, info: dict, rows: list[dict], threshold: float, say: Callable[[str], None]
+) -> int:
+    """Each counted case against the baseline's, its top functions where it moved; one closing
+    line; the exit code of `outcome`."""
+    from cifar_spec.bench import count
+    from cifar_spec.bench.paired import Case
+
+    was = baseline.get("machine_info", {})
+    say(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
+    old = {case_key(r): r for r in baseline["rows"]}
+    judged = []
+    for row in rows:
+        before = old.get(case_key(row))
+        if before is None:
+            say(f"note: {' '.join(map(str, case_key(row)))} is not in the baseline: not judged")
+            continue
+        judged.append(
+            count.judge(
+                Case(*case_key(row)), count.from_row(before), count.from_row(row), threshold
+            )
+        )
+    say(f"verdicts at +-{threshold:.1%} on " + count.LEGEND.replace("candidate", "now"))
+    for line in count.header():
+        say(line.replace("candidate", "      now"))
+    for j in judged:
+        for line in count.format_judged(j):
+            say(line)
+    code, line = outcome(judged, [], [])
     say(line)
     return code

@@ -15,7 +15,9 @@ Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "d
 "variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported": why};
 {"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step; {"op": "peak",
 "device", "dtype"} -> the peak FLOP/s in that precision; {"op": "drop", "key"}; {"op":
-"exit"}. A request that fails gets {"error": "..."}.
+"exit"}. Under callgrind (`count.py`): {"op": "instrument"} switches instrumentation on;
+{"op": "count", "key", "steps"} -> {"dump"}, the number of the callgrind dump that holds
+exactly those steps. A request that fails gets {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
 HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
+INSTRUMENT_TIMEOUT = 60.0
 
 
 # The worker's side.
@@ -106,6 +110,12 @@ def build(request: dict, held: dict) -> dict:
     else:
         raise ValueError(f"this cifar_spec has no variant {variant!r}")
     held[request["key"]] = case
+    if "warm_up_steps" in request:
+        # A fixed warm-up, for counting: one that ends on the clock leaves each process's
+        # heap in another state, and glibc's malloc then counts differently.
+        for _ in range(request["warm_up_steps"]):
+            seconds = measure.time_round(case.step, case.device, 1).host
+        return {"seconds_per_step": seconds}
     return {"seconds_per_step": measure.warm_up(case.step, case.device)}
 
 
@@ -124,6 +134,55 @@ def peak(request: dict) -> dict:
     }
 
 
+def instrument() -> dict:
+    """Switch callgrind's instrumentation on in this process.
+
+    A counting worker starts with it off, so that importing torch and building
+    and warming up the cases run at valgrind's plain speed (about 4x faster).
+    callgrind reads the request only while this process runs code, not while it
+    waits in a system call, so this loop spins until callgrind_control has its answer.
+    """
+    done = subprocess.Popen(
+        ["callgrind_control", "--instr=on", str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + INSTRUMENT_TIMEOUT
+    while done.poll() is None:
+        if time.monotonic() > deadline:
+            done.kill()
+            raise RuntimeError(
+                f"callgrind did not switch instrumentation on within {INSTRUMENT_TIMEOUT:.0f} s"
+            )
+    said = done.stdout.read().decode(errors="replace")
+    if done.returncode or "OK" not in said:
+        raise RuntimeError(f"this worker is not running under callgrind ({said.strip()[-200:]})")
+    return {}
+
+
+def count(request: dict, held: dict) -> dict:
+    """Run one step uncounted, then `steps` steps with callgrind collecting, and dump them.
+
+    torch's client requests toggle callgrind's collection around exactly these steps
+    (the worker starts with collection off) and dump them to a file of their own.
+    """
+    import torch
+
+    from cifar_spec.bench.measure import gc_off
+
+    if not torch._C._valgrind_supported_platform():
+        raise RuntimeError("this torch was built without valgrind's client requests")
+    case = held[request["key"]]
+    with gc_off():  # a collection is Python's business, not the step's
+        case.step()
+        torch._C._valgrind_toggle()
+        for _ in range(request["steps"]):
+            case.step()
+        torch._C._valgrind_toggle_and_dump_stats()
+    held["_dumps"] = held.get("_dumps", 0) + 1
+    return {"dump": held["_dumps"]}
+
+
 def handle(request: dict, held: dict) -> dict:
     from cifar_spec.bench import measure
 
@@ -138,6 +197,10 @@ def handle(request: dict, held: dict) -> dict:
         return {"host": r.host, "gpu": r.gpu}
     if op == "peak":
         return peak(request)
+    if op == "instrument":
+        return instrument()
+    if op == "count":
+        return count(request, held)
     if op == "drop":
         held.pop(request["key"], None)
         return {}
@@ -149,7 +212,10 @@ def serve(threads: int | None = None) -> None:
     import torch
 
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    sys.stdout = sys.stderr  # a stray print must not corrupt the protocol
+    # A stray print must not corrupt the protocol, from Python or from a library's C code
+    # (oneMKL prints its warnings on file descriptor 1).
+    sys.stdout = sys.stderr
+    os.dup2(sys.stderr.fileno(), 1)
     if threads:
         torch.set_num_threads(threads)
     # A case trains on one fixed batch, which the model soon memorizes; its gradients
@@ -189,13 +255,15 @@ class Worker:
     label: str
     threads: int | None = None
     env: dict | None = None
+    wrapper: list[str] = field(default_factory=list)  # e.g. valgrind and its options
+    hello_timeout: float = HELLO_TIMEOUT
     process: subprocess.Popen = field(init=False)
     stderr: IO[bytes] = field(init=False)
     info: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stderr = tempfile.TemporaryFile()
-        command = [self.python, "-m", "cifar_spec.bench.worker"]
+        command = [*self.wrapper, self.python, "-m", "cifar_spec.bench.worker"]
         if self.threads:
             command += ["--threads", str(self.threads)]
         # A session of its own, so that stopping it stops whatever it started.
@@ -207,7 +275,7 @@ class Worker:
             env=self.env,
             start_new_session=True,
         )
-        self.info = self.call({"op": "hello"}, HELLO_TIMEOUT)
+        self.info = self.call({"op": "hello"}, self.hello_timeout)
 
     def call(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most `timeout` seconds for its reply."""

@@ -1,0 +1,501 @@
+"""Instruction counts of a training step under callgrind: the CPU metric that no load can move.
+
+Wall time on a shared 2-core runner moves by 8-14% between compares of one
+environment against itself; the instructions a step executes do not depend on
+what else the machine does. A *counting worker* is a worker (`worker.py`)
+started under valgrind's callgrind with instrumentation off, one thread. It
+imports torch, builds and warms up every case at valgrind's plain speed, then
+switches instrumentation on (`callgrind_control`) and, per case, runs one step
+uncounted and `steps` steps with collection toggled on around them by torch's
+own client requests, each case in a dump of its own. Several cases share one
+worker, so a compare of four cases pays four starts, not sixteen.
+
+What is counted, and what is not (README and `--help` say it too):
+
+- valgrind 3.19 emulates the CPU: it hides AVX-512 from the program (the AVX2
+  path is counted), and it emulates each lane of an FMA instruction in a helper
+  call, which made a batch-64 step take 85 s instead of 0.04 s. So counting
+  workers cap oneDNN at AVX and oneMKL at SSE4.2 (`COUNT_ENV`): their FMA-free
+  kernels are what is counted, at about 1 s a batch-64 step. Counts compare
+  builds with each other; they are not the instructions of the AVX-512 path
+  that runs outside valgrind.
+- One thread: a threading change is invisible, and so are cache misses and
+  memory bandwidth, unless `cache_sim` asks for callgrind's cache simulation
+  (an estimated-cycles figure, Ir + 10 L1 misses + 100 last-level misses,
+  callgrind's own weights; 2-3x slower).
+- The same process history counts the same: PYTHONHASHSEED is fixed, so that
+  two fresh processes of one environment agree (measured: to the instruction).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cifar_spec.bench.paired import Case
+from cifar_spec.bench.worker import BUILD_TIMEOUT, Worker, WorkerError
+
+TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")
+INSTALL = "sudo apt-get install valgrind (Debian, Ubuntu; valgrind elsewhere)"
+COUNT_ENV = {
+    "ONEDNN_MAX_CPU_ISA": "AVX",  # oneDNN's kernels without FMA, which valgrind emulates slowly
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",  # the same for oneMKL (it has no AVX-only path)
+    "PYTHONHASHSEED": "0",  # sets and dicts of str iterate in one order in every process
+    "OMP_NUM_THREADS": "1",
+}
+HELLO_TIMEOUT = 900.0  # importing torch under valgrind: ~30 s alone, minutes beside others
+COUNT_TIMEOUT = 900.0
+WARM_UP = 3  # steps, a fixed number (see worker.build); the kernels are chosen by the second
+IMAGES_PER_COUNT = 8  # steps counted per case: 8 at batch 1, one at batch 8 and above
+# Children a counting worker starts run natively; a wrapper script's exec of Python does not.
+NATIVE_CHILDREN = "*/git,*/callgrind_control,*/perl,*/uname,*/ldconfig*"
+JIT = "JIT code"
+
+
+class CountError(ValueError):
+    """Counting cannot run here; the message says why and how to fix it."""
+
+
+def check_tools() -> None:
+    """Refuse, before any work, a machine without valgrind's callgrind."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise CountError(
+            f"{', '.join(missing)} not on PATH: counting instructions runs the steps under "
+            f"valgrind's callgrind; install it with `{INSTALL}`"
+        )
+
+
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise CountError(
+            f"--metric instructions counts on the CPU only: valgrind cannot run CUDA code "
+            f"(it emulates the CPU, not the GPU's driver); use --metric time on {device}"
+        )
+
+
+def steps_for(batch: int) -> int:
+    return max(1, IMAGES_PER_COUNT // batch)
+
+
+def callgrind_command(out_file: Path, cache_sim: bool) -> list[str]:
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--collect-atstart=no",
+        f"--cache-sim={'yes' if cache_sim else 'no'}",
+        "--trace-children=yes",  # a wrapper script that execs Python is followed into it
+        f"--trace-children-skip={NATIVE_CHILDREN}",
+        f"--callgrind-out-file={out_file}",
+        "--log-fd=2",
+    ]
+
+
+@dataclass(frozen=True)
+class Count:
+    """One case in one process: per step, instructions, the estimated cycles (with the cache
+    simulation), and instructions by function."""
+
+    instructions: float
+    cycles: float | None
+    functions: dict[str, float] = field(repr=False)
+
+
+@dataclass
+class Process:
+    """One counting worker's environment and counts; a case it cannot run has a reason."""
+
+    label: str
+    info: dict
+    counts: dict[Case, Count]
+    unsupported: dict[Case, str]
+
+
+def count_process(python: str, label: str, cases: list[Case], cache_sim: bool = False) -> Process:
+    """Start one counting worker of `python`, count every case, stop it."""
+    folder = Path(tempfile.mkdtemp(prefix="cifar-spec-count-"))
+    out_file = folder / "callgrind.out"
+    try:
+        worker = Worker(
+            python,
+            label,
+            threads=1,
+            env={**os.environ, **COUNT_ENV},
+            wrapper=callgrind_command(out_file, cache_sim),
+            hello_timeout=HELLO_TIMEOUT,
+        )
+        with worker:
+            unsupported = {}
+            for case in cases:
+                reply = worker.call({**case.request(), "warm_up_steps": WARM_UP}, BUILD_TIMEOUT)
+                if "unsupported" in reply:
+                    unsupported[case] = reply["unsupported"]
+            worker.call({"op": "instrument"}, COUNT_TIMEOUT)
+            counts = {}
+            for case in cases:
+                if case in unsupported:
+                    continue
+                steps = steps_for(case.batch)
+                reply = worker.call({"op": "count", "key": case.key, "steps": steps}, COUNT_TIMEOUT)
+                counts[case] = read_dump(Path(f"{out_file}.{reply['dump']}"), steps)
+            return Process(label, worker.info, counts, unsupported)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def count_all(
+    pythons: dict[str, str], processes: int, cases: list[Case], cache_sim: bool = False
+) -> dict[str, list[Process]]:
+    """`processes` counting workers of each Python ({side: python}), run side by side on
+    every core (counts do not mind the company): {side: [Process, ...]}."""
+    jobs = [
+        (side, python, f"{side}{i + 1}")
+        for i in range(processes)
+        for side, python in pythons.items()
+    ]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    with ThreadPoolExecutor(max_workers=max(1, cores)) as pool:
+        futures = [
+            (side, pool.submit(count_process, python, label, cases, cache_sim))
+            for side, python, label in jobs
+        ]
+        results: dict[str, list[Process]] = {side: [] for side in pythons}
+        errors = []
+        for side, future in futures:
+            try:
+                results[side].append(future.result())
+            except WorkerError as error:
+                errors.append(error)
+    if errors:
+        raise errors[0]
+    return results
+
+
+# Reading callgrind's output, with callgrind's own annotate.
+
+LINE = re.compile(r"^\s*([\d,]+)\s+([<*>]?)\s*(.*)$")
+UNNAMED = re.compile(r"^\?\?\?:0x[0-9a-fA-F]+ \[\?\?\?\]$")
+
+
+def read_dump(path: Path, steps: int) -> Count:
+    """A dump's totals and its functions, per step."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise CountError(f"callgrind wrote no dump at {path} ({error.strerror})") from None
+    events = re.search(r"^events:\s*(.+)$", text, re.M)
+    totals = re.search(r"^(?:totals|summary):\s*(.+)$", text, re.M)
+    if not events or not totals:
+        raise CountError(f"{path} is not a callgrind dump (no events or totals line)")
+    values = dict(zip(events.group(1).split(), map(int, totals.group(1).split())))
+    if not values.get("Ir"):
+        raise CountError(
+            f"{path} counted no instructions: callgrind's collection was never switched on"
+        )
+    return Count(values["Ir"] / steps, estimated_cycles(values, steps), functions(path, steps))
+
+
+def estimated_cycles(values: dict[str, int], steps: int) -> float | None:
+    """callgrind's cycle estimate (KCachegrind's weights), where the cache was simulated."""
+    if "I1mr" not in values:
+        return None
+    l1 = values["I1mr"] + values["D1mr"] + values["D1mw"]
+    last = values["ILmr"] + values["DLmr"] + values["DLmw"]
+    return (values["Ir"] + 10 * l1 + 100 * last) / steps
+
+
+def functions(path: Path, steps: int) -> dict[str, float]:
+    """Instructions per step by function (self cost), from callgrind_annotate.
+
+    JIT-compiled code has no symbol and a new address in every process; it is
+    pooled under the function that called it ("JIT code called from ..."), which
+    names the kernel and is the same in every process.
+    """
+    done = subprocess.run(
+        [
+            "callgrind_annotate",
+            "--inclusive=no",
+            "--tree=caller",
+            "--threshold=100",
+            "--show-percs=no",
+            "--auto=no",
+            "--show=Ir",
+            "--sort=Ir",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode:
+        raise CountError(f"callgrind_annotate could not read {path}: {done.stderr.strip()}")
+    return parse_annotate(done.stdout, steps)
+
+
+def parse_annotate(text: str, steps: int) -> dict[str, float]:
+    """{function: instructions per step} from `callgrind_annotate --tree=caller` output."""
+    out: dict[str, float] = {}
+    callers: list[tuple[int, str]] = []
+    started = False
+    for line in text.splitlines():
+        if line.rstrip().endswith("file:function"):
+            started = True
+            continue
+        match = LINE.match(line) if started else None
+        if not match:
+            callers = []
+            continue
+        value, mark, name = int(match.group(1).replace(",", "")), match.group(2), match.group(3)
+        if mark == "<":
+            callers.append((value, name))
+        elif mark == "*":
+            key = jit_name(callers) if UNNAMED.match(name) else short_name(name)
+            out[key] = out.get(key, 0.0) + value / steps
+            callers = []
+    return out
+
+
+def short_name(name: str) -> str:
+    """'file:function (Nx) [object]' as 'function [object's file name]'."""
+    match = re.match(r"^(\S*?):(.*?)(?: \(\d+x\))?(?: \[(.*)\])?$", name)
+    if not match:
+        return name
+    function, obj = match.group(2), match.group(3)
+    return f"{function} [{Path(obj).name}]" if obj else function
+
+
+def jit_name(callers: list[tuple[int, str]]) -> str:
+    """Unnamed code, by its heaviest caller and that caller's library."""
+    if not callers:
+        return f"{JIT} (no caller recorded)"
+    caller = short_name(max(callers)[1])
+    return f"{JIT} ({library(caller)}) called from {caller}"
+
+
+def library(function: str) -> str:
+    for marker, name in (("dnnl::", "oneDNN"), ("mkl", "oneMKL"), ("fbgemm", "FBGEMM")):
+        if marker in function:
+            return name
+    return "library unknown"
+
+
+# Verdicts on counts.
+
+DEFAULT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
+AGREEMENT = 0.1  # of the threshold: processes of one side further apart than this are named
+TOP = 5  # functions shown per moved case
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One case's counts on both sides, their ratio candidate / baseline and what it says.
+
+    The bounds are the extremes over processes (the lowest candidate over the highest
+    baseline, and the reverse), so a disagreement between processes widens them.
+    """
+
+    case: Case
+    verdict: str
+    baseline: list[float]  # instructions per step, one per process
+    candidate: list[float]
+    ratio: float
+    low: float
+    high: float
+    note: str = ""
+    top: list[tuple[str, float, float]] = field(default_factory=list)  # (function, base, cand)
+    cycles: tuple[float, float] | None = None  # estimated, baseline and candidate
+
+    def as_dict(self) -> dict:
+        return {
+            "device": self.case.device,
+            "variant": self.case.variant,
+            "batch": self.case.batch,
+            "metric": "instructions",
+            "verdict": self.verdict,
+            "instructions_per_step": {"baseline": self.baseline, "candidate": self.candidate},
+            "ratio": self.ratio,
+            "ratio_low": self.low,
+            "ratio_high": self.high,
+            "spread": {"baseline": spread(self.baseline), "candidate": spread(self.candidate)},
+            "note": self.note,
+            "estimated_cycles_per_step": list(self.cycles) if self.cycles else None,
+            "top_functions": [
+                {"function": f, "baseline": b, "candidate": c, "delta": c - b}
+                for f, b, c in self.top
+            ],
+        }
+
+
+def spread(values: list[float]) -> float:
+    """How far apart one side's processes are: max / min - 1."""
+    return max(values) / min(values) - 1
+
+
+def judge(
+    case: Case,
+    base: list[Count],
+    cand: list[Count],
+    threshold: float,
+    top: int = TOP,
+) -> Judged:
+    from cifar_spec.bench import stats
+
+    b = [c.instructions for c in base]
+    c = [c.instructions for c in cand]
+    ratio = (sum(c) / len(c)) / (sum(b) / len(b))
+    low, high = min(c) / max(b), max(c) / min(b)
+    if low > 1 + threshold:
+        verdict = stats.REGRESSION
+    elif high < 1 - threshold:
+        verdict = stats.IMPROVEMENT
+    elif low >= 1 - threshold and high <= 1 + threshold:
+        verdict = stats.NO_CHANGE
+    else:
+        verdict = stats.INCONCLUSIVE
+    notes = [
+        f"the {side}'s processes disagree by {spread(values):.3%}"
+        for side, values in (("baseline", b), ("candidate", c))
+        if spread(values) > AGREEMENT * threshold
+    ]
+    if notes and verdict == stats.NO_CHANGE:
+        verdict = stats.INCONCLUSIVE  # a side that does not repeat cannot vouch for no change
+    moved = verdict in (stats.REGRESSION, stats.IMPROVEMENT) or abs(ratio - 1) > threshold
+    cycles = None
+    if base[0].cycles is not None and cand[0].cycles is not None:
+        cycles = (mean([x.cycles for x in base]), mean([x.cycles for x in cand]))
+    return Judged(
+        case,
+        verdict,
+        b,
+        c,
+        ratio,
+        low,
+        high,
+        "; ".join(notes),
+        attribution(base, cand, top) if moved else [],
+        cycles,
+    )
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def attribution(base: list[Count], cand: list[Count], top: int) -> list[tuple[str, float, float]]:
+    """The `top` functions by |instructions per step, candidate - baseline|, means over each
+    side's processes."""
+
+    def per_function(counts: list[Count]) -> dict[str, float]:
+        names = {name for c in counts for name in c.functions}
+        return {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
+
+    b, c = per_function(base), per_function(cand)
+    rows = [(name, b.get(name, 0.0), c.get(name, 0.0)) for name in set(b) | set(c)]
+    rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
+    return rows[:top]
+
+
+def format_count(value: float) -> str:
+    """Instructions as 12.35M or 1.691G."""
+    if value >= 1e9:
+        return f"{value / 1e9:.3f}G"
+    return f"{value / 1e6:.2f}M"
+
+
+def format_judged(j: Judged, width: int = 58) -> list[str]:
+    """The case's row, its note, and its top functions."""
+    name = f"{j.case.device} {j.case.variant} batch {j.case.batch}"
+    agree = max(spread(j.baseline), spread(j.candidate))
+    lines = [
+        f"{name:<{width}} {format_count(mean(j.baseline)):>9} {format_count(mean(j.candidate)):>9} "
+        f"{j.ratio:>8.4f} [{j.low:.4f}, {j.high:.4f}] {agree:>8.3%}  {j.verdict}"
+    ]
+    if j.cycles:
+        lines.append(
+            f"    estimated cycles per step: {format_count(j.cycles[0])} -> "
+            f"{format_count(j.cycles[1])} ({j.cycles[1] / j.cycles[0]:.4f})"
+        )
+    if j.note:
+        lines.append(f"    note: {j.note}")
+    for function, b, c in j.top:
+        lines.append(f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {truncate(function, 110)}")
+    return lines
+
+
+def truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def header(width: int = 58) -> list[str]:
+    return [
+        f"{'case':<{width}} {'baseline':>9} {'candidate':>9} {'ratio [range over processes]':>27} "
+        f"{'spread':>8}  verdict",
+    ]
+
+
+LEGEND = (
+    "instructions per step (callgrind, one thread, oneDNN at AVX and oneMKL at SSE4.2, "
+    "mean over processes); ratio candidate / baseline with its range: the lowest candidate "
+    "over the highest baseline to the reverse; spread: how far one side's processes are "
+    "apart (max / min - 1); under a moved case, the functions whose instructions per step "
+    "moved most: delta, baseline, candidate"
+)
+
+
+# Rows: what `bench` prints and `gate` saves.
+
+KEEP_FUNCTIONS = 1e-4  # of a case's instructions: the functions a saved row keeps
+
+
+def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
+    """A row per counted case: instructions per step per process, their spread, the estimated
+    cycles where simulated, and the functions above KEEP_FUNCTIONS of the total."""
+    out = []
+    for case in cases:
+        counts = [p.counts[case] for p in processes if case in p.counts]
+        if not counts:
+            continue
+        values = [c.instructions for c in counts]
+        names = {name for c in counts for name in c.functions}
+        functions = {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
+        keep = KEEP_FUNCTIONS * mean(values)
+        cycles = [c.cycles for c in counts if c.cycles is not None]
+        out.append(
+            {
+                "device": case.device,
+                "variant": case.variant,
+                "batch": case.batch,
+                "metric": "instructions",
+                "instructions_per_step": values,
+                "spread": spread(values),
+                "estimated_cycles_per_step": mean(cycles) if cycles else None,
+                "functions": {n: v for n, v in functions.items() if v >= keep},
+            }
+        )
+    return out
+
+
+def from_row(row: dict) -> list[Count]:
+    """A saved row as Counts, one per process (each holding the row's mean functions)."""
+    return [Count(v, None, row["functions"]) for v in row["instructions_per_step"]]
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [
+        f"{'case':<58} {'instructions/step':>17} {'spread':>8} {'est. cycles/step':>16}  processes"
+    ]
+    for r in rows:
+        name = f"{r['device']} {r['variant']} batch {r['batch']}"
+        cycles = r["estimated_cycles_per_step"]
+        lines.append(
+            f"{name:<58} {mean(r['instructions_per_step']):>17,.0f} {r['spread']:>8.3%} "
+            f"{format_count(cycles) if cycles else '-':>16}  {len(r['instructions_per_step'])}"
+        )
+    return "\n".join(lines)
