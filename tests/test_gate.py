@@ -1,15 +1,12 @@
-"""The gate: baselines keyed by hardware, a really slower step caught, floors judged on intervals,
-hostile files refused in one line."""
+"""The gate: baselines keyed by hardware, floors judged on intervals, hostile files refused in one
+line, nothing passed unjudged. (A really slower step caught, on counts: test_count.py.)"""
 
 import json
 import math
-import sys
 
 import pytest
 
 from cifar_spec.bench import gate, stats
-from cifar_spec.bench.paired import Case, build_arm, measure_pairs
-from cifar_spec.bench.worker import Worker
 from cifar_spec.cli import main
 
 INFO = {"cpu_model": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1"}
@@ -25,23 +22,6 @@ def test_a_baseline_is_kept_per_hardware_and_survives_a_torch_upgrade():
     )
 
 
-def step_times(*pythons: str) -> list[list[list[float]]]:
-    """Seconds per step of eager at batch 1 in one worker of each python, 16 rounds each.
-
-    Their rounds alternate, so that the load of tests running beside this one
-    (under xdist) falls on both alike: the gate's runs are minutes apart, but
-    what this test checks is how it judges two samples, not the machine's drift.
-    """
-    workers = [Worker(p, f"gate-test{i}", threads=1) for i, p in enumerate(pythons)]
-    try:
-        arms = [build_arm(w, Case("cpu", "eager", 1)) for w in workers]
-        samples = measure_pairs([tuple(arms)], min_pairs=16)
-    finally:
-        for w in workers:
-            w.stop()
-    return [[[pair[i] for pair in samples.groups[0]]] for i in range(len(pythons))]
-
-
 def row(times):
     return {
         "device": "cpu",
@@ -50,18 +30,6 @@ def row(times):
         "step_times": times,
         "seconds_per_step": stats.estimate(times).median,
     }
-
-
-@pytest.mark.slow
-def test_the_gate_calls_a_step_with_five_times_the_convolutions_a_regression(slow_python):
-    # Forward convolutions only: about a quarter of an eager step at batch 1, so ~2x in all.
-    baseline, slower = step_times(sys.executable, str(slow_python(5)))
-    [judged] = gate.judge_times([row(baseline)], [row(slower)], gate.DEFAULT_THRESHOLD)
-    assert judged.verdict == stats.REGRESSION and judged.ratio.low > 1 + gate.DEFAULT_THRESHOLD, (
-        judged,
-        baseline,
-        slower,
-    )
 
 
 def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
@@ -180,8 +148,9 @@ def judged(verdict):
         ([stats.NO_CHANGE], ["x"], [], 1, "gate: FAILED (1 speed-up(s) below the floor)"),
         ([stats.INCONCLUSIVE], [], [], 3, "gate: inconclusive (1 case(s) straddle the threshold"),
         ([stats.NO_CHANGE], [], ["x"], 3, "gate: inconclusive (1 speed-up(s) straddle the floor"),
+        ([], [], [], 3, "gate: inconclusive (no case of this run is in the baseline"),
     ],
-    ids=["passed", "improved", "regressed", "floor", "straddles", "floor-straddles"],
+    ids=["passed", "improved", "regressed", "floor", "straddles", "floor-straddles", "nothing"],
 )
 def test_every_outcome_ends_in_one_line_and_its_exit_code(verdicts, failed, unsure, code, line):
     got_code, got_line = gate.outcome([judged(v) for v in verdicts], failed, unsure)
@@ -267,3 +236,29 @@ def test_the_gate_end_to_end_saves_a_baseline_then_fails_a_speed_up_below_its_fl
     assert any(line.startswith("below the floor: cpu channels_last batch 1") for line in out)
     assert out[-1].startswith("gate: FAILED (") and "1 speed-up(s) below the floor" in out[-1]
     assert len(json.loads((tmp_path / "run.json").read_text())["rows"]) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '{"rows": [{"device": "cpu", "variant": "eager", "batch": 1}]}',
+        '{"rows": [{"device": "cpu", "variant": "eager", "batch": 1, '
+        '"instructions_per_step": [0], "functions": {}}]}',
+        '{"rows": [{"device": "cpu", "variant": "eager", "batch": 1, '
+        '"instructions_per_step": [5], "functions": {"f": "x"}}]}',
+    ],
+    ids=["not-an-object", "no-counts", "zero-count", "bad-function"],
+)
+def test_a_damaged_baseline_of_counts_is_refused_naming_the_file_and_the_fix(tmp_path, text):
+    path = tmp_path / "instructions.json"
+    path.write_text(text)
+    with pytest.raises(gate.GateError, match="instructions.json.*--metric instructions"):
+        gate.load_count_baseline(path)
+
+
+def test_counts_are_kept_per_cpu_at_one_thread_beside_the_times():
+    assert gate.count_baseline_path("s", INFO).parts[-2:] == ("AMD_EPYC-1t", "instructions.json")
+    assert gate.count_baseline_path("s", {**INFO, "torch_threads": 8}) == gate.count_baseline_path(
+        "s", INFO
+    )

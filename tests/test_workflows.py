@@ -61,3 +61,19 @@ def test_on_a_pull_request_the_gpu_job_compares_the_base_with_the_head():
 def test_baselines_are_kept_outside_the_actions_cache():
     text = (WORKFLOWS / "gpu.yml").read_text()
     assert "actions/cache" not in text and '--storage "$BASELINES"' in text
+
+
+def test_the_cpu_job_installs_valgrind_before_the_spec_so_that_counting_is_tested():
+    steps = [s.get("run", "") for s in load("spec.yml")["jobs"]["cpu"]["steps"]]
+    valgrind = next(i for i, run in enumerate(steps) if "apt-get install" in run)
+    assert "valgrind" in steps[valgrind] and valgrind < steps.index("make test")
+
+
+def test_on_a_pull_request_the_cpu_job_gates_the_base_against_the_head_on_counts():
+    steps = load("spec.yml")["jobs"]["cpu"]["steps"]
+    compare = next(s for s in steps if "cifar-spec compare" in s.get("run", ""))
+    assert compare["if"] == "${{ github.event_name == 'pull_request' }}"
+    run = compare["run"]
+    assert "base/.venv/bin/python .venv/bin/python" in run and "--metric instructions" in run
+    assert 'elif [ "$rc" -ne 0 ]; then\n  exit "$rc"' in run  # a regression fails the job
+    assert "--markdown compare.md" in run and "GITHUB_STEP_SUMMARY" in run

@@ -1,0 +1,240 @@
+"""Instruction counts: the CPU's deterministic metric. One environment counted twice is no
+change; an extra convolution is a regression that names the convolution; a case that never
+calls it is no change; what cannot be counted is refused in one line."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from cifar_spec.bench import count, gate, stats
+from cifar_spec.bench.paired import Case
+from cifar_spec.cli import main
+from cifar_spec.step import fastest_step
+
+EAGER = Case("cpu", "eager", 1)
+DEFAULT = Case("cpu", fastest_step("cpu").name, 1)  # its convolutions are aten's, not F.conv2d
+
+needs_valgrind = pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)"
+)
+
+# callgrind_annotate --tree=caller, cut down: a named function, and JIT code twice under one
+# caller (two kernels, two addresses), which must pool into one line named by that caller.
+ANNOTATED = """\
+--------------------------------------------------------------------------------
+Ir         file:function
+--------------------------------------------------------------------------------
+
+3,512,201  < ???:at::native::max_pool2d_kernel_impl(at::Tensor const&) (9x) [/t/libtorch_cpu.so]
+3,508,469  *  ???:void at::native::cpu_max_pool<float, false>(at::Tensor const&) [/t/libtorch_cpu.so]
+
+3,224,640  < ???:dnnl::impl::cpu::x64::jit_avx2_convolution_fwd_t::execute_forward() const (192x) [/t/libtorch_cpu.so]
+3,224,640  *  ???:0x00000000dc835000 [???]
+
+      200  < ???:at::foo() [/t/libtorch_cpu.so]
+    1,000  < ???:dnnl::impl::cpu::x64::jit_avx2_convolution_fwd_t::execute_forward() const (2x) [/t/libtorch_cpu.so]
+    1,200  *  ???:0x00000000dd000000 [???]
+
+      500  *  ./malloc/./malloc/malloc.c:_int_free [/usr/lib/x86_64-linux-gnu/libc.so.6]
+"""  # noqa: E501
+
+CONV_JIT = (
+    "JIT code (oneDNN) called from "
+    "dnnl::impl::cpu::x64::jit_avx2_convolution_fwd_t::execute_forward() const [libtorch_cpu.so]"
+)
+
+
+def test_unnamed_jit_code_is_pooled_under_the_function_that_calls_it_and_its_library():
+    functions = count.parse_annotate(ANNOTATED, steps=2)
+    assert functions == {
+        "void at::native::cpu_max_pool<float, false>(at::Tensor const&) [libtorch_cpu.so]": (
+            3_508_469 / 2
+        ),
+        CONV_JIT: (3_224_640 + 1_200) / 2,
+        "_int_free [libc.so.6]": 250,
+    }
+
+
+def test_the_estimated_cycles_are_callgrinds_weights_of_the_cache_misses():
+    values = {"Ir": 1000, "I1mr": 1, "D1mr": 2, "D1mw": 3, "ILmr": 1, "DLmr": 1, "DLmw": 0}
+    assert count.estimated_cycles(values, steps=2) == (1000 + 10 * 6 + 100 * 2) / 2
+    assert count.estimated_cycles({"Ir": 1000}, steps=1) is None
+
+
+def counts(*values: float, functions: dict | None = None) -> list[count.Count]:
+    return [count.Count(v, None, functions or {}) for v in values]
+
+
+@pytest.mark.parametrize(
+    "base, cand, verdict",
+    [
+        ((100e6, 100e6), (100e6, 100e6), stats.NO_CHANGE),
+        ((100e6, 100.001e6), (100.5e6, 100.5e6), stats.NO_CHANGE),
+        ((100e6, 100e6), (102e6, 102e6), stats.REGRESSION),
+        ((100e6, 100e6), (97e6, 97e6), stats.IMPROVEMENT),
+        ((100e6, 100e6), (100.9e6, 101.1e6), stats.INCONCLUSIVE),
+    ],
+)
+def test_a_count_verdict_takes_the_range_over_every_process_of_both_sides(base, cand, verdict):
+    assert count.judge(EAGER, counts(*base), counts(*cand), 0.01).verdict == verdict
+
+
+def test_processes_of_one_side_that_disagree_are_named_and_never_vouch_for_no_change():
+    # 0.2% apart: within the 1% threshold, but twice the tenth of it that processes may differ by.
+    judged = count.judge(EAGER, counts(100e6, 100.2e6), counts(100.1e6, 100.1e6), 0.01)
+    assert judged.verdict == stats.INCONCLUSIVE
+    assert "the baseline's processes disagree by 0.200%" in judged.note
+
+
+def test_a_moved_case_lists_the_functions_that_moved_most_first():
+    base = counts(100e6, 100e6, functions={"conv": 40e6, "pool": 10e6, "relu": 1e6})
+    cand = counts(103e6, 103e6, functions={"conv": 43.5e6, "pool": 9.5e6, "relu": 1e6})
+    judged = count.judge(EAGER, base, cand, 0.01, top=2)
+    assert judged.verdict == stats.REGRESSION
+    assert judged.top == [("conv", 40e6, 43.5e6), ("pool", 10e6, 9.5e6)]
+    unmoved = count.judge(EAGER, base, base, 0.01)
+    assert unmoved.verdict == stats.NO_CHANGE and unmoved.top == []
+
+
+def test_counting_without_valgrind_is_refused_with_the_install_command(monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(count.CountError, match=r"valgrind.*not on PATH.*apt-get install valgrind"):
+        count.check_tools()
+    code = main(["compare", sys.executable, sys.executable, "--metric", "instructions"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "apt-get install valgrind" in err
+
+
+@pytest.mark.parametrize("command", ["compare", "gate", "bench"])
+def test_counting_on_cuda_is_refused_in_one_line_saying_why(command, capsys):
+    pythons = [sys.executable, sys.executable] if command == "compare" else []
+    code = main([command, *pythons, "--metric", "instructions", "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "valgrind cannot run CUDA code" in err
+
+
+def test_counting_with_one_process_per_environment_is_refused(capsys):
+    code = main(
+        ["compare", sys.executable, sys.executable, "--metric", "instructions", "--workers", "1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "2 or more processes per environment" in err
+
+
+def process(label: str, value: float, functions: dict) -> count.Process:
+    info = {"python": sys.executable, "torch": "2.x", "cpu_model": "cpu", "threads": 1}
+    return count.Process(
+        label,
+        info,
+        {EAGER: count.Count(value, None, functions)},
+        {DEFAULT: "not here"},
+    )
+
+
+def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_markdown(
+    monkeypatch, tmp_path, capsys
+):
+    def fake_count_all(pythons, processes, cases, cache_sim=False):
+        assert processes == 2 and cases == [EAGER, DEFAULT]
+        return {
+            "baseline": [process(f"b{i}", 100e6, {"conv": 40e6}) for i in range(2)],
+            "candidate": [process(f"c{i}", 103e6, {"conv": 43e6}) for i in range(2)],
+        }
+
+    monkeypatch.setattr(count, "count_all", fake_count_all)
+    monkeypatch.setattr(count, "check_tools", lambda: None)
+    out, md = tmp_path / "v.json", tmp_path / "v.md"
+    code = main(
+        ["compare", sys.executable, sys.executable, "--metric", "instructions"]
+        + ["--variant", EAGER.variant, "--variant", DEFAULT.variant, "--batch-size", "1"]
+        + ["--json", str(out), "--markdown", str(md)]
+    )
+    printed = capsys.readouterr().out
+    assert code == 1 and printed.rstrip().endswith("compare: REGRESSION")
+    assert "1.0300 [1.0300, 1.0300]" in printed and "+3,000,000" in printed
+    assert f"{DEFAULT.variant} batch 1" in printed and "skipped: not here" in printed
+    data = json.loads(out.read_text())
+    [judged] = [r for r in data["counts"] if r["verdict"] != "skipped"]
+    assert judged["top_functions"][0] == {
+        "function": "conv",
+        "baseline": 40e6,
+        "candidate": 43e6,
+        "delta": 3e6,
+    }
+    assert data["verdicts"][0] == {
+        "device": "cpu",
+        "variant": "eager",
+        "batch": 1,
+        "verdict": "regression",
+        "decided_by": "instructions",
+    }
+    text = md.read_text()
+    assert "| cpu eager batch 1 |" in text and "**regression** | instructions |" in text
+    assert "| +3,000,000 | 40,000,000 | 43,000,000 | `conv` |" in text
+
+
+def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, capsys):
+    monkeypatch.setattr(count, "check_tools", lambda: None)
+    monkeypatch.setattr(
+        count,
+        "count_all",
+        lambda pythons, processes, cases, cache_sim=False: {
+            side: [
+                count.Process(
+                    "p",
+                    {"python": "p", "torch": "t", "cpu_model": "c", "threads": 1},
+                    {},
+                    {c: "cannot" for c in cases},
+                )
+            ]
+            * 2
+            for side in pythons
+        },
+    )
+    code = main(["compare", sys.executable, sys.executable, "--metric", "instructions"])
+    printed = capsys.readouterr().out
+    assert code == 3 and printed.rstrip().endswith("no case was judged: every one was skipped)")
+
+
+@needs_valgrind
+@pytest.mark.slow
+def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_regression_named(
+    slow_python, tmp_path
+):
+    """Counted for real: two processes each of this Python, of it again, and of it with every
+    F.conv2d run twice (sitecustomize.py), on eager and on the CPU's default step (whose
+    convolutions are aten's own, so the slowdown never reaches it)."""
+    counted = count.count_all(
+        {"baseline": sys.executable, "again": sys.executable, "slow": str(slow_python(2))},
+        2,
+        [EAGER, DEFAULT],
+    )
+
+    def judged(side, case):
+        base = [p.counts[case] for p in counted["baseline"]]
+        return count.judge(case, base, [p.counts[case] for p in counted[side]], 0.01)
+
+    for case in (EAGER, DEFAULT):
+        same = judged("again", case)
+        assert same.verdict == stats.NO_CHANGE, same
+        assert abs(same.ratio - 1) < 1e-4 and same.note == ""
+    slower = judged("slow", EAGER)
+    assert slower.verdict == stats.REGRESSION and slower.low > 1.05, slower
+    assert any("convolution" in name for name, _, _ in slower.top[:3]), slower.top
+    assert judged("slow", DEFAULT).verdict == stats.NO_CHANGE
+
+    # The gate on the same counts: a saved baseline, then this Python again and the slow one.
+    rows = {side: count.as_rows(processes, [EAGER, DEFAULT]) for side, processes in counted.items()}
+    path = tmp_path / "instructions.json"
+    gate.save_baseline(path, {"torch": "this"}, rows["baseline"])
+    baseline = gate.load_count_baseline(path)
+    said: list[str] = []
+    info = {"torch": "this"}
+    assert gate.judge_count_run(baseline, info, rows["again"], 0.01, said.append) == 0
+    assert said[-1] == "gate: passed"
+    assert gate.judge_count_run(baseline, info, rows["slow"], 0.01, said.append) == 1
+    assert said[-1] == "gate: FAILED (1 regression(s))"
+    assert any("convolution" in line for line in said)
