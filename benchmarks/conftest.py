@@ -13,14 +13,19 @@ come from `cifar_spec.bench.suite`: paired rounds against the baseline in
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from cifar_spec import plot
-from cifar_spec.bench import figures
+from cifar_spec.bench import count, figures
+from cifar_spec.bench.paired import Case
 from cifar_spec.bench.suite import WORKERS, Suite
 
 ROWS_KEY = pytest.StashKey[list]()
+COUNT_ROWS_KEY = pytest.StashKey[list]()
+CASES_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +36,59 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="worker processes for the paired figures (speed-up, spread); 0 for "
         "pytest-benchmark's own per-step timing only. Default: %(default)s",
     )
+    parser.addoption(
+        "--count-instructions",
+        action="store_true",
+        help="also count each timed CPU step's instructions under valgrind's callgrind (2 "
+        "processes, one thread; torch.compile is not counted: under valgrind it compiles "
+        "for many minutes); the counts go into extra_info, saved with the benchmark, and a "
+        "table. Needs valgrind (see README: instruction counts)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The CPU step cases collected, for counting them all in the same processes."""
+    found = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("device") == "cpu" and "variant" in params:
+            case = Case("cpu", params["variant"], params["batch"])
+            if "compile" not in case.variant:
+                found.append(case)
+    config.stash[CASES_KEY] = found
+
+
+class Counts:
+    """Instruction counts of every collected CPU case, taken at first use."""
+
+    def __init__(self, cases: list[Case]) -> None:
+        self.cases = cases
+        self.rows: dict | None = None
+
+    def row(self, case: Case) -> dict | None:
+        if case not in self.cases:
+            return None
+        if self.rows is None:
+            processes = count.count_all({"w": sys.executable}, 2, self.cases)["w"]
+            self.rows = {
+                Case(r["device"], r["variant"], r["batch"]): r
+                for r in count.as_rows(processes, self.cases)
+            }
+        return self.rows.get(case)
+
+
+@pytest.fixture(scope="session")
+def counts(request: pytest.FixtureRequest):
+    """Counts.row(case) under --count-instructions, else None."""
+    if not request.config.getoption("--count-instructions"):
+        return None
+    count.check_tools()
+    return Counts(request.config.stash.get(CASES_KEY, []))
+
+
+@pytest.fixture
+def record_count(request: pytest.FixtureRequest):
+    return request.config.stash.setdefault(COUNT_ROWS_KEY, []).append
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +121,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    counted = config.stash.get(COUNT_ROWS_KEY, [])
+    if counted:
+        terminalreporter.section("instructions per step (callgrind)")
+        terminalreporter.write_line(count.format_rows(counted))
+        terminalreporter.write_line(count.LEGEND.split("; ratio")[0])
     rows = config.stash.get(ROWS_KEY, [])
     if not rows:
         return

@@ -38,7 +38,9 @@ def time_in_this_process(benchmark, case: cases.StepBench) -> None:
 
 
 @pytest.mark.parametrize("device, variant, batch", CASES)
-def test_training_step_throughput(benchmark, suite, record, device, variant, batch):
+def test_training_step_throughput(
+    benchmark, suite, record, counts, record_count, device, variant, batch
+):
     options = cases.VARIANTS[variant]
     reason = cases.skip_reason(options, device)
     if reason:
@@ -57,6 +59,10 @@ def test_training_step_throughput(benchmark, suite, record, device, variant, bat
             row = suite.measure(Case(device, variant, batch))
             benchmark.extra_info.update(row)
             record(row)
+        counted = counts.row(Case(device, variant, batch)) if counts else None
+        if counted:
+            benchmark.extra_info["instructions_per_step"] = counted["instructions_per_step"]
+            record_count(counted)
     loss = case.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, p) for a, p in zip(before, case.model.parameters()))

@@ -55,6 +55,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     no_gpu = pytest.mark.skipif(
         not torch.cuda.is_available(), reason="no CUDA device on this machine"
     )
+    # The slow tests first: each starts worker processes for a minute or two, and one
+    # that began last would end the run on one core while the other idles.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("device") == "cuda":

@@ -204,37 +204,39 @@ def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, c
 def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_regression_named(
     slow_python, tmp_path
 ):
-    """Counted for real: two processes each of this Python, of it again, and of it with every
-    F.conv2d run twice (sitecustomize.py), on eager and on the CPU's default step (whose
-    convolutions are aten's own, so the slowdown never reaches it)."""
+    """Counted for real: two processes of this Python, and two of it with every F.conv2d run
+    twice (sitecustomize.py), on eager and on the CPU's default step (whose convolutions are
+    aten's own, so the slowdown never reaches it). The two processes of this Python are the
+    same environment counted twice (four processes, not six: they start in ~30 s each)."""
     counted = count.count_all(
-        {"baseline": sys.executable, "again": sys.executable, "slow": str(slow_python(2))},
-        2,
-        [EAGER, DEFAULT],
+        {"baseline": sys.executable, "slow": str(slow_python(2))}, 2, [EAGER, DEFAULT]
     )
+    first, second = counted["baseline"]
 
-    def judged(side, case):
-        base = [p.counts[case] for p in counted["baseline"]]
-        return count.judge(case, base, [p.counts[case] for p in counted[side]], 0.01)
+    def judged(case, base, cand):
+        return count.judge(
+            case, [p.counts[case] for p in base], [p.counts[case] for p in cand], 0.01
+        )
 
     for case in (EAGER, DEFAULT):
-        same = judged("again", case)
+        same = judged(case, [first], [second])
         assert same.verdict == stats.NO_CHANGE, same
         assert abs(same.ratio - 1) < 1e-4 and same.note == ""
-    slower = judged("slow", EAGER)
+    slower = judged(EAGER, counted["baseline"], counted["slow"])
     assert slower.verdict == stats.REGRESSION and slower.low > 1.05, slower
     assert any("convolution" in name for name, _, _ in slower.top[:3]), slower.top
-    assert judged("slow", DEFAULT).verdict == stats.NO_CHANGE
+    assert judged(DEFAULT, counted["baseline"], counted["slow"]).verdict == stats.NO_CHANGE
 
-    # The gate on the same counts: a saved baseline, then this Python again and the slow one.
-    rows = {side: count.as_rows(processes, [EAGER, DEFAULT]) for side, processes in counted.items()}
+    # The gate on the same counts: a baseline saved from the first process, then judged
+    # against the second (this Python again) and against the slow one.
     path = tmp_path / "instructions.json"
-    gate.save_baseline(path, {"torch": "this"}, rows["baseline"])
+    gate.save_baseline(path, {"torch": "this"}, count.as_rows([first], [EAGER, DEFAULT]))
     baseline = gate.load_count_baseline(path)
     said: list[str] = []
-    info = {"torch": "this"}
-    assert gate.judge_count_run(baseline, info, rows["again"], 0.01, said.append) == 0
+    again = count.as_rows([second], [EAGER, DEFAULT])
+    slow = count.as_rows(counted["slow"], [EAGER, DEFAULT])
+    assert gate.judge_count_run(baseline, {"torch": "this"}, again, 0.01, said.append) == 0
     assert said[-1] == "gate: passed"
-    assert gate.judge_count_run(baseline, info, rows["slow"], 0.01, said.append) == 1
+    assert gate.judge_count_run(baseline, {"torch": "this"}, slow, 0.01, said.append) == 1
     assert said[-1] == "gate: FAILED (1 regression(s))"
     assert any("convolution" in line for line in said)
