@@ -64,12 +64,19 @@ class Counts:
     def __init__(self, cases: list[Case]) -> None:
         self.cases = cases
         self.rows: dict | None = None
+        self.failed: Exception | None = None
 
     def row(self, case: Case) -> dict | None:
         if case not in self.cases:
             return None
+        if self.failed:  # counted once: a failure is not paid for again by every benchmark
+            raise self.failed
         if self.rows is None:
-            processes = count.count_all({"w": sys.executable}, 2, self.cases)["w"]
+            try:
+                processes = count.count_all({"w": sys.executable}, 2, self.cases)["w"]
+            except Exception as error:
+                self.failed = error
+                raise
             self.rows = {
                 Case(r["device"], r["variant"], r["batch"]): r
                 for r in count.as_rows(processes, self.cases)

@@ -185,8 +185,10 @@ def process_group(world: World) -> Iterator[None]:
     # The ranks leave together: a rank that tore its connections down while another was
     # still in its last exchange was seen ended by gloo in std::terminate (SIGABRT, "terminate
     # called without an active exception"; once in the spec, on a loaded machine).
-    dist.barrier()
-    dist.destroy_process_group()
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def together(world: World, work: Callable[[], T], here: bool) -> T | None:

@@ -41,7 +41,7 @@ Ir         file:function
 """  # noqa: E501
 
 CONV_JIT = (
-    "JIT code (oneDNN) called from "
+    "JIT code of oneDNN, called from "
     "dnnl::impl::cpu::x64::jit_avx2_convolution_fwd_t::execute_forward() const [libtorch_cpu.so]"
 )
 
@@ -94,8 +94,10 @@ def test_a_moved_case_lists_the_functions_that_moved_most_first():
     judged = count.judge(EAGER, base, cand, 0.01, top=2)
     assert judged.verdict == stats.REGRESSION
     assert judged.top == [("conv", 40e6, 43.5e6), ("pool", 10e6, 9.5e6)]
+    assert judged.moved and "conv" in "\n".join(count.format_judged(judged))
     unmoved = count.judge(EAGER, base, base, 0.01)
-    assert unmoved.verdict == stats.NO_CHANGE and unmoved.top == []
+    assert unmoved.verdict == stats.NO_CHANGE and not unmoved.moved
+    assert len(count.format_judged(unmoved)) == 1  # the row alone; its functions are in --json
 
 
 def test_counting_without_valgrind_is_refused_with_the_install_command(monkeypatch, capsys):
@@ -121,7 +123,21 @@ def test_counting_with_one_process_per_environment_is_refused(capsys):
         ["compare", sys.executable, sys.executable, "--metric", "instructions", "--workers", "1"]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "2 or more processes per environment" in err
+    assert code == 2 and err.count("\n") == 1 and "2 or more processes per environment" in err
+
+
+def test_counting_a_compiled_step_is_refused_before_any_work(capsys):
+    code = main(["bench", "--metric", "instructions", "--variant", "compile"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "torch.compile is not counted" in err
+
+
+def test_an_output_in_a_folder_that_does_not_exist_is_refused_before_any_work(tmp_path, capsys):
+    code = main(
+        ["compare", sys.executable, sys.executable, "--markdown", str(tmp_path / "no" / "x.md")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not a folder; create it" in err
 
 
 def process(label: str, value: float, functions: dict) -> count.Process:

@@ -257,6 +257,11 @@ def test_a_damaged_baseline_of_counts_is_refused_naming_the_file_and_the_fix(tmp
         gate.load_count_baseline(path)
 
 
+def test_counts_are_kept_per_cpu_at_one_thread_even_on_a_machine_with_a_gpu():
+    gpu = {**INFO, "gpu_name": "NVIDIA H200", "gpu_count": 1}
+    assert gate.count_baseline_path("s", gpu) == gate.count_baseline_path("s", INFO)
+
+
 def test_counts_are_kept_per_cpu_at_one_thread_beside_the_times():
     assert gate.count_baseline_path("s", INFO).parts[-2:] == ("AMD_EPYC-1t", "instructions.json")
     assert gate.count_baseline_path("s", {**INFO, "torch_threads": 8}) == gate.count_baseline_path(

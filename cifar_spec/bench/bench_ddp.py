@@ -123,7 +123,7 @@ def rank_main(variant: str, batch: int, pairs: int) -> None:
 def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tuple[float, float]]:
     """One group of fresh processes; rank 0's (alone, together) seconds per step, per pair."""
     port = free_port()
-    root = str(Path(__file__).parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds cifar_spec
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "cifar_spec.bench.bench_ddp", variant, str(batch), str(pairs)]
     ranks = []

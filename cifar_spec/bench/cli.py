@@ -83,12 +83,15 @@ def count_cases(args: argparse.Namespace) -> list:
 def count_rows(args: argparse.Namespace) -> list[dict]:
     from cifar_spec.bench import count
 
+    cases = count_cases(args)
     processes = count.count_all(
-        {"w": sys.executable}, args.workers or COUNT_PROCESSES, count_cases(args), args.cache_sim
+        {"w": sys.executable}, args.workers or COUNT_PROCESSES, cases, args.cache_sim
     )["w"]
-    for case, why in processes[0].unsupported.items():
+    skipped = {case: why for p in processes for case, why in p.unsupported.items()}
+    for case, why in skipped.items():
         progress(f"skipped {case.key}: {why}")
-    return count.as_rows(processes, count_cases(args))
+    # A case that one process could not run is left out, not judged on the others.
+    return count.as_rows(processes, [c for c in cases if c not in skipped])
 
 
 def check_count_device(args: argparse.Namespace) -> None:
@@ -167,12 +170,18 @@ def check_metric(args: argparse.Namespace, device: str) -> None:
     if args.metric == "time":
         return
     count.check_device(device)
-    count.check_tools()
     if args.workers is not None and args.workers < 2:
         raise ValueError(
             f"--workers {args.workers}: counting needs 2 or more processes per environment, "
             "so that the report shows whether they agree"
         )
+    compiled = [v for v in args.variant or [] if "compile" in v]
+    if compiled:
+        raise ValueError(
+            f"--variant {compiled[0]}: torch.compile is not counted (under valgrind it compiles "
+            "for longer than a build may take); count the other variants, time this one"
+        )
+    count.check_tools()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -188,10 +197,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
     cases = [Case(device, v, b) for v in variants for b in batches]
     results = judged = None
+    skipped = []
     thresholds = {}
     out: dict = {"metric": args.metric}
     if args.metric in ("time", "both"):
-        envs, results = compare.compare(
+        time_envs, results = compare.compare(
             args.baseline,
             args.candidate,
             cases,
@@ -200,11 +210,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.workers or compare.WORKERS,
             args.threads,
         )
-        print(compare.format_report(envs, results, args.threshold))
+        print(compare.format_report(time_envs, results, args.threshold))
+        out["environments"] = envs = time_envs
         thresholds["time"] = args.threshold
         out.update(threshold=args.threshold, results=[r.as_dict() for r in results])
     if args.metric in ("instructions", "both"):
-        envs, judged, skipped = compare.compare_counts(
+        count_envs, judged, skipped = compare.compare_counts(
             args.baseline,
             args.candidate,
             cases,
@@ -212,7 +223,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.workers or COUNT_PROCESSES,
             args.cache_sim,
         )
-        print(compare.format_count_report(envs, judged, skipped, args.instructions_threshold))
+        print(compare.format_count_report(count_envs, judged, skipped, args.instructions_threshold))
+        envs = count_envs if results is None else envs
+        out["counting_environments"] = count_envs  # one thread, under callgrind
         thresholds["instructions"] = args.instructions_threshold
         out.update(
             instructions_threshold=args.instructions_threshold,
@@ -223,7 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("verdicts (instructions decide where they ran; time is shown beside them):")
         for case, (verdict, metric) in decided.items():
             print(f"  {case.device} {case.variant} batch {case.batch}: {verdict} ({metric})")
-    out["environments"] = envs
+    out.setdefault("environments", envs)
     out["verdicts"] = [
         {"device": c.device, "variant": c.variant, "batch": c.batch, "verdict": v, "decided_by": m}
         for c, (v, m) in decided.items()
@@ -234,19 +247,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from cifar_spec.files import write_atomically
 
         write_atomically(
-            args.markdown, compare.format_markdown(envs, results, judged, thresholds).encode()
+            args.markdown,
+            compare.format_markdown(
+                envs, results, judged, thresholds, skipped if judged is not None else []
+            ).encode(),
         )
-    skipped_times = [r.verdict for r in results or [] if r.case not in decided]
-    code = compare.exit_code_of([v for v, _ in decided.values()] + skipped_times)
-    print(
-        {
-            0: "compare: no regression",
-            1: "compare: REGRESSION",
-            3: "compare: inconclusive (give it more --seconds)"
-            if any(v == "inconclusive" for v, _ in decided.values())
-            else "compare: inconclusive (no case was judged: every one was skipped)",
-        }[code]
-    )
+    code = compare.exit_code_of([v for v, _ in decided.values()])
+    print(compare.closing_line(code, decided))
     return code
 
 
@@ -257,8 +264,10 @@ def check_output_paths(*paths: str | None) -> None:
         if not path:
             continue
         folder = Path(path).parent
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"cannot write {path}: {folder} is not a folder; pick another path")
+        if not folder.is_dir():
+            raise ValueError(
+                f"cannot write {path}: {folder} is not a folder; create it or pick another path"
+            )
         if Path(path).is_dir():
             raise ValueError(f"cannot write {path}: it is a folder; give a file name")
 
@@ -348,7 +357,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         type=percent,
         default=None,
         help="a case regressed when its step time's 95%% interval (or its range of counts) "
-        "lies wholly above 1 + this, as a fraction or with %% (default: "
+        "lies wholly above 1 + this, a percentage, %% optional (default: "
         f"{gate_threshold() * 100:.0f}%% for time, {DEFAULT_COUNT_THRESHOLD * 100:.0f}%% for "
         "instructions)",
     )
@@ -371,7 +380,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         "--device",
         default="auto",
         choices=["auto", "cpu", "cuda"],
-        help="auto: cuda where there is one",
+        help="auto: cuda where there is one (the CPU for --metric instructions)",
     )
     c.add_argument(
         "--batch-size",
@@ -388,7 +397,8 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         "--threshold",
         type=percent,
         default=0.05,
-        help="no change within +-this; regression wholly above 1 + this",
+        help="no change within +-this; regression wholly above 1 + this (a percentage, "
+        "%% optional) (default: 5%%)",
     )
     c.add_argument(
         "--seconds",
@@ -414,7 +424,8 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         "--instructions-threshold",
         type=percent,
         default=DEFAULT_COUNT_THRESHOLD,
-        help="for counts: no change within +-this; regression wholly above 1 + this",
+        help="for counts: no change within +-this; regression wholly above 1 + this (a "
+        "percentage, %% optional) (default: 1%%)",
     )
     c.add_argument("--json", default=None, help="write the verdicts here")
     c.add_argument(

@@ -295,11 +295,26 @@ def exit_code_of(verdicts: list[str]) -> int:
     return 3 if not judged or stats.INCONCLUSIVE in judged else 0
 
 
+def closing_line(code: int, decided: dict) -> str:
+    """compare's last line, which says what to do about an inconclusive run."""
+    if code == 0:
+        return "compare: no regression"
+    if code == 1:
+        return "compare: REGRESSION"
+    metrics = {m for v, m in decided.values() if v == stats.INCONCLUSIVE}
+    if not metrics:
+        return "compare: inconclusive (no case was judged: every one was skipped)"
+    if metrics == {"time"}:
+        return "compare: inconclusive (give it more --seconds)"
+    return "compare: inconclusive (counting processes of one side disagree: see the notes)"
+
+
 def format_markdown(
     envs: dict,
     time_results: list[Result] | None,
     judged: list[count.Judged] | None,
     thresholds: dict,
+    skipped: list[Result] = (),
 ) -> str:
     """compare's verdicts as a markdown table, for a pull-request comment."""
     decided = decide(time_results, judged)
@@ -328,7 +343,12 @@ def format_markdown(
             f"| {case.device} {case.variant} batch {case.batch} | {time_cell} | {count_cell} "
             f"| **{verdict}** | {metric} |"
         )
-    moved = [j for j in judged or [] if j.top]
+    lines += [
+        f"| {r.case.device} {r.case.variant} batch {r.case.batch} | | | skipped: {r.reason} | |"
+        for r in skipped
+        if r.case not in decided
+    ]
+    moved = [j for j in judged or [] if j.moved]
     for j in moved:
         lines += [
             "",
@@ -339,7 +359,7 @@ def format_markdown(
             "|---:|---:|---:|---|",
         ]
         lines += [
-            f"| {c - b:+,.0f} | {b:,.0f} | {c:,.0f} | `{count.truncate(f, 120)}` |"
+            f"| {c - b:+,.0f} | {b:,.0f} | {c:,.0f} | `{count.truncate(count.compact(f), 120)}` |"
             for f, b, c in j.top
         ]
         lines.append("</details>")

@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,40 @@ class Process:
     unsupported: dict[Case, str]
 
 
-def count_process(python: str, label: str, cases: list[Case], cache_sim: bool = False) -> Process:
-    """Start one counting worker of `python`, count every case, stop it."""
+class Running:
+    """The counting workers started so far, to stop them all at once; one that starts after
+    the stop is stopped at once."""
+
+    def __init__(self) -> None:
+        self.workers: list[Worker] = []
+        self.stopped = False
+        self.lock = threading.Lock()
+
+    def add(self, worker: Worker) -> None:
+        with self.lock:
+            self.workers.append(worker)
+            stopped = self.stopped
+        if stopped:
+            worker.stop(polite=False)
+            raise WorkerError(f"{worker.name} was stopped: the count was given up")
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            workers = list(self.workers)
+        for worker in workers:
+            worker.stop(polite=False)
+
+
+def count_process(
+    python: str,
+    label: str,
+    cases: list[Case],
+    cache_sim: bool = False,
+    running: Running | None = None,
+) -> Process:
+    """Start one counting worker of `python`, count every case, stop it. The worker is kept in
+    `running` meanwhile, for whoever must stop it early."""
     folder = Path(tempfile.mkdtemp(prefix="cifar-spec-count-"))
     out_file = folder / "callgrind.out"
     try:
@@ -131,6 +164,8 @@ def count_process(python: str, label: str, cases: list[Case], cache_sim: bool = 
             wrapper=callgrind_command(out_file, cache_sim),
             hello_timeout=HELLO_TIMEOUT,
         )
+        if running is not None:
+            running.add(worker)
         with worker:
             unsupported = {}
             for case in cases:
@@ -161,20 +196,22 @@ def count_all(
         for side, python in pythons.items()
     ]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    with ThreadPoolExecutor(max_workers=max(1, cores)) as pool:
+    running = Running()
+    pool = ThreadPoolExecutor(max_workers=max(1, cores))
+    results: dict[str, list[Process]] = {side: [] for side in pythons}
+    try:
         futures = [
-            (side, pool.submit(count_process, python, label, cases, cache_sim))
+            (side, pool.submit(count_process, python, label, cases, cache_sim, running))
             for side, python, label in jobs
         ]
-        results: dict[str, list[Process]] = {side: [] for side in pythons}
-        errors = []
         for side, future in futures:
-            try:
-                results[side].append(future.result())
-            except WorkerError as error:
-                errors.append(error)
-    if errors:
-        raise errors[0]
+            results[side].append(future.result())
+    except BaseException:
+        # Ctrl-C or the first failure: nobody waits minutes for the other processes.
+        pool.shutdown(wait=False, cancel_futures=True)
+        running.stop()
+        raise
+    pool.shutdown()
     return results
 
 
@@ -215,10 +252,21 @@ def functions(path: Path, steps: int) -> dict[str, float]:
     """Instructions per step by function (self cost), from callgrind_annotate.
 
     JIT-compiled code has no symbol and a new address in every process; it is
-    pooled under the function that called it ("JIT code called from ..."), which
+    pooled under the function that called it ("JIT code of oneDNN, called from ..."), which
     names the kernel and is the same in every process.
     """
-    done = subprocess.run(
+    try:
+        done = annotate(path)
+    except subprocess.TimeoutExpired:
+        raise CountError(f"callgrind_annotate did not read {path} within 300 s") from None
+    if done.returncode:
+        said = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CountError(f"callgrind_annotate could not read {path}: {said}")
+    return parse_annotate(done.stdout, steps)
+
+
+def annotate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             "callgrind_annotate",
             "--inclusive=no",
@@ -234,9 +282,6 @@ def functions(path: Path, steps: int) -> dict[str, float]:
         text=True,
         timeout=300,
     )
-    if done.returncode:
-        raise CountError(f"callgrind_annotate could not read {path}: {done.stderr.strip()}")
-    return parse_annotate(done.stdout, steps)
 
 
 def parse_annotate(text: str, steps: int) -> dict[str, float]:
@@ -274,16 +319,16 @@ def short_name(name: str) -> str:
 def jit_name(callers: list[tuple[int, str]]) -> str:
     """Unnamed code, by its heaviest caller and that caller's library."""
     if not callers:
-        return f"{JIT} (no caller recorded)"
+        return f"{JIT}, no caller recorded"
     caller = short_name(max(callers)[1])
-    return f"{JIT} ({library(caller)}) called from {caller}"
+    return f"{JIT} of {library(caller)}, called from {caller}"
 
 
 def library(function: str) -> str:
     for marker, name in (("dnnl::", "oneDNN"), ("mkl", "oneMKL"), ("fbgemm", "FBGEMM")):
         if marker in function:
             return name
-    return "library unknown"
+    return "a library not known"
 
 
 # Verdicts on counts.
@@ -311,6 +356,7 @@ class Judged:
     note: str = ""
     top: list[tuple[str, float, float]] = field(default_factory=list)  # (function, base, cand)
     cycles: tuple[float, float] | None = None  # estimated, baseline and candidate
+    moved: bool = False  # beyond the threshold: its top functions are printed, not only saved
 
     def as_dict(self) -> dict:
         return {
@@ -325,6 +371,7 @@ class Judged:
             "ratio_high": self.high,
             "spread": {"baseline": spread(self.baseline), "candidate": spread(self.candidate)},
             "note": self.note,
+            "moved": self.moved,
             "estimated_cycles_per_step": list(self.cycles) if self.cycles else None,
             "top_functions": [
                 {"function": f, "baseline": b, "candidate": c, "delta": c - b}
@@ -379,8 +426,9 @@ def judge(
         low,
         high,
         "; ".join(notes),
-        attribution(base, cand, top) if moved else [],
+        attribution(base, cand, top),
         cycles,
+        moved,
     )
 
 
@@ -424,9 +472,19 @@ def format_judged(j: Judged, width: int = 58) -> list[str]:
         )
     if j.note:
         lines.append(f"    note: {j.note}")
-    for function, b, c in j.top:
-        lines.append(f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {truncate(function, 110)}")
+    for function, b, c in j.top if j.moved else []:
+        name = truncate(compact(function), 110)
+        lines.append(f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {name}")
     return lines
+
+
+def compact(name: str) -> str:
+    """A C++ name without its parameter lists, for a table: the class and function stay."""
+    previous = None
+    while previous != name:
+        previous = name
+        name = re.sub(r"\((?!anonymous namespace\))[^()]+\)", "()", name)
+    return name
 
 
 def truncate(text: str, width: int) -> str:

@@ -298,8 +298,10 @@ COUNT_BASELINE_FILE = "instructions.json"
 
 
 def count_baseline_path(storage: Path, info: dict) -> Path:
-    """Counts are taken at one thread: the folder is the CPU's, with 1 thread."""
-    return Path(storage) / fingerprint({**info, "torch_threads": 1}) / COUNT_BASELINE_FILE
+    """Counts are taken on the CPU at one thread: the folder is the CPU's, with 1 thread, on a
+    machine with a GPU too."""
+    cpu = {"cpu_model": info["cpu_model"], "torch_threads": 1}
+    return Path(storage) / fingerprint(cpu) / COUNT_BASELINE_FILE
 
 
 def load_count_baseline(path: Path) -> dict:
@@ -344,6 +346,8 @@ def judge_count_run(
     was = baseline.get("machine_info", {})
     say(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
     old = {case_key(r): r for r in baseline["rows"]}
+    for key in old.keys() - {case_key(r) for r in rows}:
+        say(f"note: {' '.join(map(str, key))} is in the baseline but was not counted in this run")
     judged = []
     for row in rows:
         before = old.get(case_key(row))

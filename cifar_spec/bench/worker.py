@@ -113,9 +113,10 @@ def build(request: dict, held: dict) -> dict:
     if "warm_up_steps" in request:
         # A fixed warm-up, for counting: one that ends on the clock leaves each process's
         # heap in another state, and glibc's malloc then counts differently.
+        seconds = [measure.time_round(case.step, case.device, 1).host]
         for _ in range(request["warm_up_steps"]):
-            seconds = measure.time_round(case.step, case.device, 1).host
-        return {"seconds_per_step": seconds}
+            seconds.append(measure.time_round(case.step, case.device, 1).host)
+        return {"seconds_per_step": seconds[-1]}
     return {"seconds_per_step": measure.warm_up(case.step, case.device)}
 
 
