@@ -258,6 +258,7 @@ class Worker:
     env: dict | None = None
     wrapper: list[str] = field(default_factory=list)  # e.g. valgrind and its options
     hello_timeout: float = HELLO_TIMEOUT
+    cwd: str | None = None  # where it runs; None: here
     process: subprocess.Popen = field(init=False)
     stderr: IO[bytes] = field(init=False)
     info: dict = field(init=False, default_factory=dict)
@@ -274,6 +275,7 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         self.info = self.call({"op": "hello"}, self.hello_timeout)
