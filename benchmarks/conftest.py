@@ -46,8 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected: only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The CPU step cases collected, for counting them all in the same processes."""
+    """The CPU step cases selected, for counting them all in the same processes."""
     found = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})

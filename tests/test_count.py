@@ -38,6 +38,10 @@ Ir         file:function
     1,200  *  ???:0x00000000dd000000 [???]
 
       500  *  ./malloc/./malloc/malloc.c:_int_free [/usr/lib/x86_64-linux-gnu/libc.so.6]
+
+       30  *  ???:0x000000000dcf2770 [/t/libtorch_cpu.so]
+
+       10  *  ???:0x000000000dcebec0 [/t/libtorch_cpu.so]
 """  # noqa: E501
 
 CONV_JIT = (
@@ -46,7 +50,7 @@ CONV_JIT = (
 )
 
 
-def test_unnamed_jit_code_is_pooled_under_the_function_that_calls_it_and_its_library():
+def test_code_without_a_symbol_is_pooled_by_caller_if_jit_and_by_library_if_stripped():
     functions = count.parse_annotate(ANNOTATED, steps=2)
     assert functions == {
         "void at::native::cpu_max_pool<float, false>(at::Tensor const&) [libtorch_cpu.so]": (
@@ -54,6 +58,7 @@ def test_unnamed_jit_code_is_pooled_under_the_function_that_calls_it_and_its_lib
         ),
         CONV_JIT: (3_224_640 + 1_200) / 2,
         "_int_free [libc.so.6]": 250,
+        "code without a symbol in libtorch_cpu.so": 20,
     }
 
 

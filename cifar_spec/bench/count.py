@@ -317,6 +317,10 @@ def short_name(name: str) -> str:
     if not match:
         return name
     function, obj = match.group(2), match.group(3)
+    if obj and re.fullmatch(r"0x[0-9a-fA-F]+", function):
+        # A local function stripped of its symbol: its address moves with every build, so
+        # two builds would show it as one function gone and another new; pooled per library.
+        return f"code without a symbol in {Path(obj).name}"
     return f"{function} [{Path(obj).name}]" if obj else function
 
 
