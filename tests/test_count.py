@@ -242,7 +242,9 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     for case in (EAGER, DEFAULT):
         same = judged(case, [first], [second])
         assert same.verdict == stats.NO_CHANGE, same
-        assert abs(same.ratio - 1) < 1e-4 and same.note == ""
+        # Processes of one environment agree within the tenth of the threshold the report
+        # allows (measured: 0.000-0.026%), and the row says nothing of a disagreement.
+        assert abs(same.ratio - 1) <= count.AGREEMENT * 0.01 and same.note == ""
     slower = judged(EAGER, counted["baseline"], counted["slow"])
     assert slower.verdict == stats.REGRESSION and slower.low > 1.05, slower
     assert any("convolution" in name for name, _, _ in slower.top[:3]), slower.top
