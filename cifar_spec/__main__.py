@@ -1,7 +1,14 @@
 """`python -m cifar_spec ...` is `cifar-spec ...`: for a machine without the console script,
 and for `torchrun -m cifar_spec`."""
 
+import os
+
 from cifar_spec.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if "RANK" in os.environ:  # a rank that torchrun started (distributed.end_rank says why)
+        from cifar_spec.distributed import end_rank
+
+        end_rank(code)
+    raise SystemExit(code)

@@ -211,4 +211,7 @@ HEADER = (
 
 
 if __name__ == "__main__":
+    from cifar_spec.distributed import end_rank
+
     rank_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    end_rank(0)  # without the interpreter's finalization (end_rank says why)
