@@ -137,12 +137,14 @@ def test_counting_a_compiled_step_is_refused_before_any_work(capsys):
     assert code == 2 and err.count("\n") == 1 and "torch.compile is not counted" in err
 
 
-def test_an_output_in_a_folder_that_does_not_exist_is_refused_before_any_work(tmp_path, capsys):
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
     code = main(
-        ["compare", sys.executable, sys.executable, "--markdown", str(tmp_path / "no" / "x.md")]
+        ["compare", sys.executable, sys.executable, "--markdown", str(tmp_path / "file/d/x.md")]
     )
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "is not a folder; create it" in err
+    assert code == 2 and err.count("\n") == 1 and "file is not a folder" in err
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def process(label: str, value: float, functions: dict) -> count.Process:

@@ -106,13 +106,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
         return gate_counts(args)
     info = figures.machine_info()
     path = gate.baseline_path(Path(args.storage), info)
-    if not args.save_baseline and not path.exists():
-        raise gate.GateError(
-            f"no baseline for this hardware ({gate.fingerprint(info)}) at {path}; make one on "
-            "this machine with `cifar-spec gate --save-baseline` (or restore that folder from "
-            "an earlier run's artifacts)"
-        )
+    require_baseline(args, path, f"for this hardware ({gate.fingerprint(info)})", "")
     baseline = None if args.save_baseline else gate.load_baseline(path)
+    check_output_paths(args.json)
     floors = {
         d: gate.load_floors(
             Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
@@ -130,17 +126,24 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return gate.judge_run(baseline, info, rows, floors, threshold, print)
 
 
+def require_baseline(args: argparse.Namespace, path: Path, what: str, flags: str) -> None:
+    """Unless saving one, a missing baseline is refused before any work, saying how to make it."""
+    from cifar_spec.bench import gate
+
+    if not args.save_baseline and not path.exists():
+        raise gate.GateError(
+            f"no baseline {what} at {path}; make one on this machine with `cifar-spec gate "
+            f"{flags}--save-baseline` (or restore that folder from an earlier run's artifacts)"
+        )
+
+
 def gate_counts(args: argparse.Namespace) -> int:
     from cifar_spec.bench import figures, gate
 
     check_count_device(args)
     info = figures.machine_info()
     path = gate.count_baseline_path(Path(args.storage), info)
-    if not args.save_baseline and not path.exists():
-        raise gate.GateError(
-            f"no baseline of counts for this CPU at {path}; make one on this machine with "
-            "`cifar-spec gate --metric instructions --save-baseline`"
-        )
+    require_baseline(args, path, "of counts for this CPU", "--metric instructions ")
     baseline = None if args.save_baseline else gate.load_count_baseline(path)
     check_output_paths(args.json)
     rows = count_rows(args)
@@ -246,6 +249,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.markdown:
         from cifar_spec.files import write_atomically
 
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         write_atomically(
             args.markdown,
             compare.format_markdown(
@@ -258,16 +262,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def check_output_paths(*paths: str | None) -> None:
-    """An output whose folder does not exist or is a file is refused before the measurement,
-    not after it."""
+    """An output under a file, or that is a folder, is refused before the measurement, not
+    after it."""
     for path in paths:
         if not path:
             continue
-        folder = Path(path).parent
+        # The writers create missing folders; an existing file where a folder must be is refused.
+        folder = next(p for p in Path(path).absolute().parents if p.exists())
         if not folder.is_dir():
-            raise ValueError(
-                f"cannot write {path}: {folder} is not a folder; create it or pick another path"
-            )
+            raise ValueError(f"cannot write {path}: {folder} is not a folder; pick another path")
         if Path(path).is_dir():
             raise ValueError(f"cannot write {path}: it is a folder; give a file name")
 
