@@ -55,11 +55,11 @@ def write_json(path: str, data: object) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from cifar_spec.bench import figures
 
+    check_output_paths(args.json)
     if args.metric == "instructions":
         from cifar_spec.bench import count
 
         check_count_device(args)
-        check_output_paths(args.json)
         rows = count_rows(args)
         print(count.format_rows(rows))
         print(count.LEGEND.split("; ratio")[0])
