@@ -57,6 +57,19 @@ def slow_python(tmp_path: Path, slow_site):
     return lambda factor: python_wrapper(tmp_path, f"python-slow{factor}", slow_site(factor))
 
 
+# What a worker of ours says first, for the scripted workers below that pretend to be one.
+HELLO = (
+    '{"python": "p", "python_version": "3", "torch": "x", "cuda": null, "cudnn": null, '
+    '"threads": 1, "cifar_spec": "c", "git": null, "cpu_model": "c"}'
+)
+
+
+@pytest.fixture
+def hello() -> str:
+    """The shell command with which a scripted worker answers hello."""
+    return f"read line; echo '{HELLO}'"
+
+
 @pytest.fixture
 def scripted_python(tmp_path: Path):
     """make(body) -> an executable 'python' that runs the shell `body` instead."""

@@ -91,13 +91,12 @@ def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
 
 
 def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothing(
-    scripted_python, capsys
+    scripted_python, hello, capsys
 ):
     # Passes the checks, answers hello, then dies when asked to build.
     python = scripted_python(
-        f'case "$1" in -c) exec "{sys.executable}" "$@";; esac\n'
-        'read line; echo \'{"torch": "x", "cpu_model": "c", "threads": 1, "python": "p"}\'\n'
-        "read line; echo 'CUDA error: out of memory' >&2; exit 7"
+        f'case "$2" in *find_spec*) exec "{sys.executable}" "$@";; esac\n'
+        f"{hello}\nread line; echo 'CUDA error: out of memory' >&2; exit 7"
     )
     assert (
         main(

@@ -1,6 +1,7 @@
 """Worker processes: they build and time cases, and a crashed or hung one is reported and ended."""
 
 import os
+import re
 import sys
 import time
 
@@ -56,12 +57,10 @@ def test_a_worker_that_dies_at_start_is_reported_with_its_exit_code(scripted_pyt
 
 
 def test_a_worker_that_hangs_is_stopped_within_the_timeout_and_leaves_nothing_running(
-    scripted_python,
+    scripted_python, hello
 ):
     # Answers hello, then swallows every request: a deadlocked step.
-    python = scripted_python(
-        'read line; echo \'{"torch": "x"}\'; while read line; do :; done; sleep 600'
-    )
+    python = scripted_python(f"{hello}; while read line; do :; done; sleep 600")
     w = Worker(str(python), "hung")
     start = time.perf_counter()
     with pytest.raises(WorkerError, match="did not answer 'round' within 1 s and was stopped"):
@@ -70,15 +69,15 @@ def test_a_worker_that_hangs_is_stopped_within_the_timeout_and_leaves_nothing_ru
     assert w.process.poll() is not None and not alive(w.process.pid)
 
 
-def test_a_worker_that_crashes_mid_round_is_reported(scripted_python):
-    python = scripted_python('read line; echo \'{"torch": "x"}\'; read line; exit 9')
+def test_a_worker_that_crashes_mid_round_is_reported(scripted_python, hello):
+    python = scripted_python(f"{hello}; read line; exit 9")
     w = Worker(str(python), "crash")
     with pytest.raises(WorkerError, match="exited during 'round' with exit code 9"):
         w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
 
 
-def test_a_stopped_worker_refuses_further_requests_in_one_clear_error(scripted_python):
-    python = scripted_python('read line; echo \'{"torch": "x"}\'; read line; exit 0')
+def test_a_stopped_worker_refuses_further_requests_in_one_clear_error(scripted_python, hello):
+    python = scripted_python(f"{hello}; read line; exit 0")
     w = Worker(str(python), "stopped")
     w.stop()
     with pytest.raises(WorkerError, match="was stopped after an earlier failure"):
@@ -98,3 +97,70 @@ def test_after_a_worker_dies_the_suite_fails_that_case_and_measures_the_next_afr
             suite.measure(Case("cpu", "channels_last", 2))
         row = suite.measure(Case("cpu", "channels_last", 2))
         assert row["speedup"] > 0 and row["processes"] == 1
+
+
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        ("echo 'Loading weights...'", "a line that is not JSON"),
+        ("echo '{\"host\": 0.1}'", "fields ['host'], not"),
+        ("echo '{\"host\": 0.1, \"gpu\": null, \"note\": 1}'", "fields ['gpu', 'host', 'note']"),
+        ("echo '{\"host\": \"fast\", \"gpu\": null}'", "a wrong value for host"),
+        ("echo '{\"host\": NaN, \"gpu\": null}'", "a wrong value for host"),
+        ("echo '[1, 2]'", "a list, not an object"),
+    ],
+)
+def test_a_reply_of_the_wrong_shape_stops_the_worker_in_one_line(
+    scripted_python, hello, answer, said
+):
+    python = scripted_python(f"{hello}; read line; {answer}; sleep 600")
+    w = Worker(str(python), "odd")
+    with pytest.raises(WorkerError, match=re.escape(said)) as error:
+        w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
+    assert "\n" not in str(error.value) and "it was stopped" in str(error.value)
+    assert not alive(w.process.pid)
+
+
+def test_a_stray_line_is_caught_before_it_shifts_every_later_reply(scripted_python, hello):
+    # Answers the first round twice: the second line would be read as the next reply.
+    round_reply = '{"host": 0.1, "gpu": null}'
+    python = scripted_python(
+        f"{hello}; read line; echo '{round_reply}'; echo '{round_reply}'; sleep 600"
+    )
+    w = Worker(str(python), "stray")
+    assert w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)["host"] == 0.1
+    time.sleep(0.5)  # the stray line arrives
+    with pytest.raises(WorkerError, match="sent a line before 'round' was asked"):
+        w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
+    assert not alive(w.process.pid)
+
+
+def test_a_worker_that_closes_its_output_and_keeps_running_is_stopped_in_one_line(
+    scripted_python, hello
+):
+    python = scripted_python(f"{hello}; read line; exec 1>&-; sleep 600")
+    w = Worker(str(python), "mute")
+    start = time.perf_counter()
+    with pytest.raises(WorkerError, match="closed its output during 'round' but kept running"):
+        w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
+    assert time.perf_counter() - start < 10
+    assert not alive(w.process.pid)
+
+
+def test_a_torch_in_the_current_folder_or_on_pythonpath_never_runs_in_a_worker(
+    tmp_path, monkeypatch
+):
+    # What a user might leave where they run cifar-spec: each would leave a mark if run.
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for folder in (here, elsewhere):
+        folder.mkdir()
+        for name in ("torch.py", "runpy.py", "sitecustomize.py", "json.py"):
+            (folder / name).write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write('{name}')\n")
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("PYTHONPATH", str(elsewhere))
+    monkeypatch.setenv("PYTHONSTARTUP", str(elsewhere / "torch.py"))
+    with Worker(sys.executable, "clean", threads=1, cwd=str(here)) as w:
+        import torch
+
+        assert w.info["torch"] == torch.__version__
+    assert not (tmp_path / "ran").exists()

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from cifar_spec.bench import cases, measure
 from cifar_spec.bench.paired import Samples
+from cifar_spec.bench.spawn import clean_environment, python_command
 from cifar_spec.bench.stats import Estimate
 
 GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
@@ -123,21 +124,21 @@ def rank_main(variant: str, batch: int, pairs: int) -> None:
 def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tuple[float, float]]:
     """One group of fresh processes; rank 0's (alone, together) seconds per step, per pair."""
     port = free_port()
-    root = str(Path(__file__).resolve().parents[2])  # the folder that holds cifar_spec
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "cifar_spec.bench.bench_ddp", variant, str(batch), str(pairs)]
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds this cifar_spec
+    command = python_command(
+        sys.executable, "cifar_spec.bench.bench_ddp", variant, str(batch), str(pairs), first=root
+    )
     ranks = []
     try:
         for rank in range(processes):
             env = dict(
-                os.environ,
+                clean_environment(),
                 RANK=str(rank),
                 LOCAL_RANK=str(rank),
                 WORLD_SIZE=str(processes),
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=str(port),
                 OMP_NUM_THREADS="1",
-                PYTHONPATH=path,
             )
             ranks.append(
                 subprocess.Popen(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from cifar_spec.bench import count, stats
 from cifar_spec.bench.paired import Case, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.spawn import clean_environment, probe_command
 from cifar_spec.bench.worker import Worker, start_workers, stop_all
 
 WORKERS = 3  # per environment to start with: pairs come from 3 pairs of fresh processes
@@ -57,7 +58,13 @@ def check_python(python: str) -> None:
         "give the path of a venv's bin/python"
     )
     try:
-        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            probe_command(python, PROBE),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=clean_environment(),
+        )
     except (OSError, subprocess.TimeoutExpired):
         raise BadEnvironment(not_python) from None
     if done.returncode:

@@ -2,13 +2,15 @@
 
 One process is not a sample: the same step built the same way times 1.22 ms in
 some fresh processes and 1.80 ms in others. So every figure comes from several
-workers, each a fresh `python -m cifar_spec.bench.worker` that builds its own
-instances of the cases. A controller (the benchmarks, `cifar-spec bench`,
+workers, each a fresh Python running this module (started by `spawn`: never code from
+the current folder or a stray PYTHONPATH) that builds its own instances of the cases. A controller (the benchmarks, `cifar-spec bench`,
 `compare`) asks one worker at a time for a round, so that workers never compete
 for the cores, and may drive workers of two Python environments side by side.
 
 The protocol is one JSON object per line: a request on the worker's stdin, its
-reply on stdout. A worker needs torch and cifar_spec only: torchvision, which a
+reply on stdout. The controller accepts only the replies listed in `REPLIES`, in
+order: a line of another shape, a stray line, a closed pipe or a hang stops the
+worker and everything it started, and ends in one line. A worker needs torch and cifar_spec only: torchvision, which a
 custom or nightly torch often lacks a match for, is never imported here.
 
 Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "device",
@@ -23,6 +25,7 @@ exactly those steps. A request that fails gets {"error": "..."}.
 from __future__ import annotations
 
 import json
+import math
 import os
 import selectors
 import shutil
@@ -33,11 +36,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
+
+from cifar_spec.bench.spawn import clean_environment, python_command
 
 BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
 HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
 INSTRUMENT_TIMEOUT = 60.0
+MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is under 1 kB
 
 
 # The worker's side.
@@ -243,6 +249,62 @@ def serve(threads: int | None = None) -> None:
 
 # The controller's side.
 
+NONE = type(None)
+TEXT = (str, NONE)
+# Each request's possible replies: the fields each must have, and those it may have.
+# Nothing else is accepted: a reply of another shape is not from a worker of ours.
+REPLIES: dict[str, list[tuple[dict, dict]]] = {
+    "hello": [
+        (
+            {
+                "python": str,
+                "python_version": str,
+                "torch": str,
+                "cuda": TEXT,
+                "cudnn": (int, NONE),
+                "threads": int,
+                "cifar_spec": str,
+                "git": TEXT,
+                "cpu_model": str,
+            },
+            {"gpu_name": str},
+        )
+    ],
+    "build": [({"seconds_per_step": float}, {}), ({"unsupported": str}, {})],
+    "round": [({"host": float, "gpu": (float, NONE)}, {})],
+    "peak": [({"best": float, "median": float, "shape": str, "tries": int, "precision": str}, {})],
+    "instrument": [({}, {})],
+    "count": [({"dump": int}, {})],
+    "drop": [({}, {})],
+}
+ERROR_REPLY = ({"error": str}, {})
+
+
+def fits(value: object, kinds: type | tuple) -> bool:
+    """`value` is of `kinds`; a float field takes an int, never a bool, NaN or infinity."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    if isinstance(value, float):
+        return float in kinds and math.isfinite(value)
+    return isinstance(value, kinds)
+
+
+def reply_problem(op: str, reply: object) -> str | None:
+    """What is wrong with `reply` as an answer to `op`, or None."""
+    if not isinstance(reply, dict):
+        return f"a {type(reply).__name__}, not an object"
+    shapes = [*REPLIES.get(op, []), ERROR_REPLY]
+    for required, optional in shapes:
+        if set(required) <= set(reply) <= set(required) | set(optional):
+            kinds = {**required, **optional}
+            wrong = [name for name in reply if not fits(reply[name], kinds[name])]
+            return f"a wrong value for {', '.join(wrong)}" if wrong else None
+    expected = " or ".join(sorted(map(repr, map(sorted, (r for r, _ in shapes)))))
+    return f"fields {sorted(reply)}, not {expected}"
+
 
 class WorkerError(RuntimeError):
     """A worker crashed, hung or refused a request; the message says which and why."""
@@ -262,19 +324,19 @@ class Worker:
     process: subprocess.Popen = field(init=False)
     stderr: IO[bytes] = field(init=False)
     info: dict = field(init=False, default_factory=dict)
+    _buffer: bytes = field(init=False, default=b"")
 
     def __post_init__(self) -> None:
         self.stderr = tempfile.TemporaryFile()
-        command = [*self.wrapper, self.python, "-m", "cifar_spec.bench.worker"]
-        if self.threads:
-            command += ["--threads", str(self.threads)]
+        extra = ["--threads", str(self.threads)] if self.threads else []
+        command = [*self.wrapper, *python_command(self.python, "cifar_spec.bench.worker", *extra)]
         # A session of its own, so that stopping it stops whatever it started.
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=self.env,
+            env=clean_environment(self.env),
             cwd=self.cwd,
             start_new_session=True,
         )
@@ -282,47 +344,93 @@ class Worker:
 
     def call(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most `timeout` seconds for its reply."""
+        op = request["op"]
         if self.process.stdin.closed:
             raise WorkerError(f"{self.name} was stopped after an earlier failure")
+        if self.pending():  # a line no request asked for: every later reply would be shifted
+            self.refuse(f"sent a line before '{op}' was asked: {self.read_line(0)!r:.80}")
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
         except BrokenPipeError:
-            self.fail(f"exited before {request['op']}")
+            self.fail(f"before '{op}'")
         line = self.read_line(timeout)
         if line is None:
             self.stop(polite=False)  # a hung worker would not read an exit request
             raise WorkerError(
-                f"{self.name} did not answer '{request['op']}' within "
-                f"{timeout:.0f} s and was stopped"
+                f"{self.name} did not answer '{op}' within {timeout:.0f} s and was stopped"
             )
         if not line:
-            self.fail(f"exited during '{request['op']}'")
-        reply = json.loads(line)
+            self.fail(f"during '{op}'")
+        try:
+            reply = json.loads(line)
+        except (ValueError, RecursionError):
+            self.refuse(f"answered '{op}' with a line that is not JSON: {line!r:.80}")
+        problem = reply_problem(op, reply)
+        if problem:
+            self.refuse(f"answered '{op}' with {problem}")
         if "error" in reply:
-            raise WorkerError(f"{self.name} could not {request['op']}: {reply['error']}")
+            raise WorkerError(f"{self.name} could not {op}: {reply['error']}")
         return reply
 
-    def read_line(self, timeout: float) -> bytes | None:
-        """A line of the worker's stdout; b'' at its end; None when `timeout` passes first."""
+    def pending(self) -> bool:
+        """Whether the worker has written anything that no request has read yet."""
+        if self._buffer:
+            return True
         with selectors.DefaultSelector() as selector:
             selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                return None
-        return self.process.stdout.readline()
+            if not selector.select(0):
+                return False
+        chunk = os.read(self.process.stdout.fileno(), 65536)
+        self._buffer += chunk
+        return bool(chunk)  # b'': the worker closed its output, which the call will report
+
+    def read_line(self, timeout: float) -> bytes | None:
+        """A line of the worker's stdout; b'' at its end; None when `timeout` passes first.
+
+        Read unbuffered into a buffer of our own, so that `pending` sees every byte
+        the worker wrote, and a line longer than any reply is not held in memory.
+        """
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                if len(self._buffer) > MAX_REPLY:
+                    self.refuse(f"sent a line of over {MAX_REPLY} bytes")
+                if not selector.select(max(0.0, deadline - time.monotonic())):
+                    return None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b""
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
 
     @property
     def name(self) -> str:
         return f"worker {self.label} ({self.python})"
 
-    def fail(self, what: str) -> None:
-        code = self.process.wait(timeout=10)
+    def fail(self, when: str) -> NoReturn:
+        """The worker broke off: stop it (it may still run, its output closed) and say how."""
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
         self.stderr.seek(0)
         tail = self.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
-        self.stop()
-        raise WorkerError(
-            f"{self.name} {what} with exit code {code}" + (f": {' | '.join(tail)}" if tail else "")
+        self.stop(polite=False)
+        how = (
+            f"closed its output {when} but kept running (it was stopped)"
+            if code is None
+            else f"exited {when} with exit code {code}"
         )
+        raise WorkerError(f"{self.name} {how}" + (f": {' | '.join(tail)}" if tail else ""))
+
+    def refuse(self, what: str) -> NoReturn:
+        """The worker broke the protocol: stop it and everything it started, and say how."""
+        self.stop(polite=False)
+        raise WorkerError(f"{self.name} {what}; it was stopped (is it this cifar_spec's worker?)")
 
     def stop(self, polite: bool = True) -> None:
         """End the worker and everything it started; safe to call twice."""
