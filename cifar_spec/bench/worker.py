@@ -1,17 +1,18 @@
 """Worker processes that build and time training steps on request, and the handle to drive one.
 
-One process is not a sample: the same step built the same way times 1.22 ms in
-some fresh processes and 1.80 ms in others. So every figure comes from several
-workers, each a fresh Python running this module (started by `spawn`: never code from
-the current folder or a stray PYTHONPATH) that builds its own instances of the cases. A controller (the benchmarks, `cifar-spec bench`,
-`compare`) asks one worker at a time for a round, so that workers never compete
-for the cores, and may drive workers of two Python environments side by side.
+One process is not a sample: the same step built the same way times 1.22 ms in some
+fresh processes and 1.80 ms in others. So every figure comes from several workers, each
+a fresh Python running this module (started by `spawn`: never code from the current
+folder or a stray PYTHONPATH) that builds its own instances of the cases. A controller
+(the benchmarks, `cifar-spec bench`, `compare`) asks one worker at a time for a round,
+so that workers never compete for the cores, and may drive workers of two Python
+environments side by side.
 
-The protocol is one JSON object per line: a request on the worker's stdin, its
-reply on stdout. The controller accepts only the replies listed in `REPLIES`, in
-order: a line of another shape, a stray line, a closed pipe or a hang stops the
-worker and everything it started, and ends in one line. A worker needs torch and cifar_spec only: torchvision, which a
-custom or nightly torch often lacks a match for, is never imported here.
+The protocol is one JSON object per line: a request on the worker's stdin, its reply on
+stdout. The controller accepts only the replies listed in `REPLIES`, in order: a line of
+another shape, a stray line, a closed pipe or a hang stops the worker and everything it
+started, and ends in one line. A worker needs torch and cifar_spec only: torchvision,
+which a custom or nightly torch often lacks a match for, is never imported here.
 
 Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "device",
 "variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported": why};
