@@ -9,18 +9,28 @@ written by ``files.write_atomically``: a crash leaves the last whole one.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from cifar_spec.files import check_writable, write_atomically, write_text_atomically
+from cifar_spec.files import (
+    UnsafeFile,
+    check_writable,
+    read_untrusted,
+    write_atomically,
+    write_text_atomically,
+)
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 LOSS_PLOT = "loss.png"
-RUN_FILES = (CHECKPOINT, HISTORY, LOSS_PLOT)  # what an earlier run leaves behind
+RUN_FILES = (CHECKPOINT, HISTORY, LOSS_PLOT)
+# A checkpoint is read whole: the model and its momentum are under 1 MB, and the
+# history adds a few hundred bytes an epoch.
+CHECKPOINT_LIMIT = 64 << 20  # what an earlier run leaves behind
 # Each part of a checkpoint and the type it must have.
 PARTS = {
     "model": dict,
@@ -66,7 +76,12 @@ def check_run_folder(out: Path, resume: bool) -> None:
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
-    write_atomically(out / CHECKPOINT, lambda f: torch.save(state, f))
+    # Serialized in memory first: torch.save's own writer reports a full disk as a
+    # RuntimeError, where the atomic writer's OSError names the cause (and the last
+    # checkpoint stays whole either way).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomically(out / CHECKPOINT, buffer.getvalue())
 
 
 def save_history(out: Path, config: dict, history: list[dict]) -> None:
@@ -109,11 +124,14 @@ def model_problem(saved: dict, model: nn.Module) -> str | None:
 def load_checkpoint(path: Path, model: nn.Module) -> dict:
     """The checkpoint at `path`, every part present, typed, and shaped for `model`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_untrusted(path, CHECKPOINT_LIMIT, "a checkpoint")
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(
             f"no checkpoint at {path} to resume; start a new run without --resume"
         ) from None
+    except UnsafeFile:
+        raise
     except Exception as error:  # torch raises several types for a bad zip or pickle
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(error).__name__}); it is truncated or "

@@ -32,7 +32,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cifar_spec.files import folder_lock, load_pickle, write_atomically, write_text_atomically
+from cifar_spec.files import (
+    folder_lock,
+    load_pickle,
+    parse_json,
+    read_untrusted,
+    write_atomically,
+    write_text_atomically,
+)
 from cifar_spec.model import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -60,6 +67,11 @@ FIXES = (
     "or train on the synthetic stand-in with --synthetic"
 )
 MARKER = "synthetic.json"  # tells our files from real CIFAR-10, which we never overwrite
+MARKER_LIMIT = 4096  # bytes: the marker is one short line
+# A batch file is read whole: real CIFAR-10's are 31 MB (10,000 images of 3,072 bytes
+# and their names); at most 20,000 images a file keeps ours under the limit too.
+BATCH_LIMIT = 64 << 20
+MAX_FILE_IMAGES = 20_000
 
 
 class DataError(RuntimeError):
@@ -108,6 +120,11 @@ def check_synthetic_settings(n_train: int, n_test: int, seed: int) -> None:
         raise ValueError(f"image counts must be >= 0, got n_train={n_train}, n_test={n_test}")
     if seed < 0:
         raise ValueError(f"the data set's seed must be >= 0, got {seed}")
+    if n_train > 5 * MAX_FILE_IMAGES or n_test > MAX_FILE_IMAGES:
+        raise ValueError(
+            f"at most {5 * MAX_FILE_IMAGES:,} training and {MAX_FILE_IMAGES:,} test images fit "
+            f"CIFAR-10's files (each is read whole), got n_train={n_train}, n_test={n_test}"
+        )
 
 
 def write_batch(path: Path, batch: dict) -> None:
@@ -162,8 +179,9 @@ def is_synthetic(root: str | Path) -> bool:
 
 def synthetic_settings(root: str | Path) -> dict | None:
     """What a complete synthetic set under `root` was written with; None if there is none."""
+    path = Path(root) / BASE_FOLDER / MARKER
     try:
-        settings = json.loads((Path(root) / BASE_FOLDER / MARKER).read_text())
+        settings = parse_json(read_untrusted(path, MARKER_LIMIT, "a marker"), path, "a marker")
     except (OSError, ValueError):
         return None
     return settings if isinstance(settings, dict) and settings.get("complete") is True else None
@@ -258,7 +276,7 @@ def check_files(folder: Path, train: bool, synthetic: bool) -> dict[str, str]:
     for name in TRAIN_FILES + [TEST_FILE, META_FILE]:
         path = folder / name
         try:
-            raw = path.read_bytes()
+            raw = read_untrusted(path, BATCH_LIMIT, "a CIFAR-10 batch")
         except OSError as error:
             raise DataError(
                 f"no readable CIFAR-10 under {folder.parent.resolve()} "

@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import os
 import pickle
+import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -86,6 +89,94 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return write_atomically(path, text.encode())
 
 
+# What a path can be other than a regular file, as a refusal names it.
+KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+MAX_DEPTH = 32  # nesting of a JSON file we read; ours nest 5 deep at most
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in KINDS if test(mode)), "not a regular file")
+
+
+def read_untrusted(path: str | Path, limit: int, what: str) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes; UnsafeFile if not.
+
+    Anything else at the path is refused unread: a FIFO would block the reader for
+    ever, a link to /dev/zero would fill the memory. It is checked before it is
+    opened (opening a device can have effects of its own), opened without blocking,
+    and checked again by its descriptor, so a file swapped in between is not read.
+    OSError (a missing file, a folder we cannot read) is the caller's to word.
+    """
+    path = Path(path)
+    refuse(path, os.stat(path), limit, what)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        refuse(path, os.fstat(fd), limit, what)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > limit:  # it grew since
+        refuse_size(path, len(raw), limit, what)
+    return raw
+
+
+def refuse(path: Path, st: os.stat_result, limit: int, what: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFile(
+            f"{path} is {kind_of(st.st_mode)}, not a regular file; it cannot be {what}: "
+            "remove it or give another path (it was not read)"
+        )
+    if st.st_size > limit:
+        refuse_size(path, st.st_size, limit, what)
+
+
+def refuse_size(path: Path, size: int, limit: int, what: str) -> None:
+    raise UnsafeFile(
+        f"{path} holds {size:,} bytes or more, more than {what} ever needs ({limit:,}); "
+        "it is not one: remove it or give another path (it was not read)"
+    )
+
+
+def json_depth(text: str) -> int:
+    """How deep `text`'s arrays and objects nest, strings aside; without recursion."""
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_json(raw: bytes, path: str | Path, what: str) -> object:
+    """`raw`, the bytes of `path`, as JSON; ValueError naming the file for anything that is
+    not UTF-8 JSON of at most MAX_DEPTH levels, or that holds NaN or Infinity (which Python
+    would read, and every comparison with them would then be false)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {error.start}); it is not {what}"
+        ) from None
+    if json_depth(text) > MAX_DEPTH:
+        raise ValueError(f"{path} nests deeper than {MAX_DEPTH} levels; it is not {what}")
+
+    def constant(name: str) -> None:
+        raise ValueError(f"{path}: {name} is not a number; {what} holds finite values only")
+
+    try:
+        return json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}); it is not {what}"
+        ) from None
+
+
 class FolderBusy(RuntimeError):
     """Another process holds the folder's lock; the message names its pid."""
 
@@ -102,13 +193,21 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(
-            folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+            folder / LOCK_FILE,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            0o644,
         )
     except OSError as error:  # ELOOP: a link planted where the lock file goes
         raise UnsafeFile(
             f"cannot lock {folder / LOCK_FILE} ({error.strerror}); remove it"
         ) from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or device planted there: never written to
+            raise UnsafeFile(
+                f"cannot lock {folder / LOCK_FILE}: it is {kind_of(mode)}, not a regular "
+                "file; remove it"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

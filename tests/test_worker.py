@@ -104,9 +104,9 @@ def test_after_a_worker_dies_the_suite_fails_that_case_and_measures_the_next_afr
     [
         ("echo 'Loading weights...'", "a line that is not JSON"),
         ("echo '{\"host\": 0.1}'", "fields ['host'], not"),
-        ("echo '{\"host\": 0.1, \"gpu\": null, \"note\": 1}'", "fields ['gpu', 'host', 'note']"),
-        ("echo '{\"host\": \"fast\", \"gpu\": null}'", "a wrong value for host"),
-        ("echo '{\"host\": NaN, \"gpu\": null}'", "a wrong value for host"),
+        ('echo \'{"host": 0.1, "gpu": null, "note": 1}\'', "fields ['gpu', 'host', 'note']"),
+        ('echo \'{"host": "fast", "gpu": null}\'', "a wrong value for host"),
+        ('echo \'{"host": NaN, "gpu": null}\'', "a wrong value for host"),
         ("echo '[1, 2]'", "a list, not an object"),
     ],
 )

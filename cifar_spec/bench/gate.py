@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from cifar_spec.bench import stats
+from cifar_spec.files import parse_json, read_untrusted
 
 # From the false-alarm rate: the same code gated against its own baseline 10 times on a
 # quiet 2-core VM (benchmarks/RESULTS.md, 40 judged cases) gave one false regression, eager
@@ -37,6 +38,7 @@ from cifar_spec.bench import stats
 # rounds interleave.
 DEFAULT_THRESHOLD = 0.30
 BASELINE_FILE = "baseline.json"
+JSON_LIMIT = 16 << 20  # bytes in a baseline or floors file; a full baseline is under 100 kB
 
 
 class GateError(ValueError):
@@ -58,23 +60,15 @@ def baseline_path(storage: Path, info: dict) -> Path:
 
 def load_json(path: Path, what: str) -> object:
     try:
-        text = Path(path).read_text()
+        raw = read_untrusted(path, JSON_LIMIT, f"a {what}")
     except FileNotFoundError:
         raise GateError(f"no {what} at {path}") from None
     except OSError as error:
         raise GateError(f"cannot read the {what} {path}: {error.strerror}") from None
     try:
-        # NaN and Infinity are not JSON; Python would accept them and compare nothing.
-        return json.loads(text, parse_constant=lambda name: _refuse_constant(path, name))
-    except json.JSONDecodeError as error:
-        raise GateError(
-            f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
-            f"fix or delete the {what}"
-        ) from None
-
-
-def _refuse_constant(path: Path, name: str) -> None:
-    raise GateError(f"{path}: {name} is not a number a gate can compare; use a finite value")
+        return parse_json(raw, path, f"a {what}")
+    except ValueError as error:
+        raise GateError(f"{error}; fix or delete the {what}") from None
 
 
 def load_baseline(path: Path) -> dict:
