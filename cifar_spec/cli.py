@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import math
 import os
 import sys
@@ -354,16 +356,40 @@ USER_ERRORS = (
 )
 
 
+def describe_os_error(error: OSError) -> str:
+    """A failed read or write in one line: what, where, and the way out."""
+    where = f" {os.fsdecode(error.filename)}" if error.filename is not None else ""
+    fixes = {
+        errno.ENOSPC: "free some space or choose a folder on another disk",
+        errno.EDQUOT: "free some space or choose a folder on another disk",
+        errno.EROFS: "choose a folder on a writable file system",
+        errno.EACCES: "choose a folder you can write to",
+        errno.EPERM: "choose a folder you can write to",
+    }
+    fix = fixes.get(error.errno, "check the path and try again")
+    return f"cannot use{where}: {error.strerror or error}; {fix}"
+
+
+def readable_output() -> None:
+    """Names we print may hold bytes that are not UTF-8 (a path of another encoding): print
+    them escaped, rather than fail on them in the middle of an error message."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    readable_output()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except distributed.StoppedElsewhere:  # the rank that stopped the run says why
         return 2
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, OSError) as error:
         rank = os.environ.get("RANK", "0")  # under torchrun each rank says its own
         where = "" if rank == "0" else f"rank {rank}: "
-        print(f"cifar-spec: error: {where}{error}", file=sys.stderr)
+        said = describe_os_error(error) if isinstance(error, OSError) else error
+        print(f"cifar-spec: error: {where}{said}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
         print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,6 +34,8 @@ import torch
 from torch import Tensor
 
 from cifar_spec.files import (
+    LOCK_FILE,
+    check_writable,
     folder_lock,
     load_pickle,
     parse_json,
@@ -107,12 +110,42 @@ def synthetic_images(
     return pixels.round().astype(np.uint8).reshape(n, 3072)
 
 
-def check_writable(folder: Path) -> None:
-    if (folder / "batches.meta").exists() and not (folder / MARKER).exists():
+def check_ours_to_write(folder: Path) -> None:
+    """`folder` is missing, empty, or holds our marker; DataError naming what is there if not.
+
+    A folder we did not write may hold real CIFAR-10 or a user's own files, and
+    one behind a link is somewhere else again: neither is ever written into.
+    """
+    if folder.is_symlink():
         raise DataError(
-            f"{folder} already holds a CIFAR-10 data set that this project did not write; "
-            "refusing to overwrite it: choose another --root"
+            f"{folder} is a link (to {os.readlink(folder)}); the synthetic writer writes only "
+            "into a folder of its own: remove the link or choose another --root"
         )
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; remove it or choose another --root")
+    names = {entry.name for entry in os.scandir(folder)} - {LOCK_FILE}
+    if not names or MARKER in names and marker(folder / MARKER) is not None:
+        return
+    what = (
+        "a CIFAR-10 data set"
+        if META_FILE in names
+        else f"files ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''})"
+    )
+    raise DataError(
+        f"{folder} already holds {what} that this project did not write; "
+        "refusing to overwrite it: choose another --root"
+    )
+
+
+def marker(path: Path) -> dict | None:
+    """The settings in our marker at `path` (complete or not), or None where it is not ours."""
+    try:
+        settings = parse_json(read_untrusted(path, MARKER_LIMIT, "a marker"), path, "a marker")
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) and "complete" in settings else None
 
 
 def check_synthetic_settings(n_train: int, n_test: int, seed: int) -> None:
@@ -141,9 +174,17 @@ def write_synthetic_cifar10(
     """
     check_synthetic_settings(n_train, n_test, seed)
     folder = Path(root) / BASE_FOLDER
-    check_writable(folder)
+    check_ours_to_write(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        check_writable(folder)
+    except OSError as error:
+        raise DataError(
+            f"cannot write the data set in {folder} ({error.strerror}); "
+            "choose a --root on a disk with room that you can write to"
+        ) from None
     with folder_lock(folder, "a synthetic data set"):
-        check_writable(folder)  # again: another writer may have finished meanwhile
+        check_ours_to_write(folder)  # again: another writer may have finished meanwhile
         # The marker goes first: a write cut short leaves a folder that is still ours.
         write_text_atomically(folder / MARKER, json.dumps({"complete": False}))
         rng = np.random.default_rng(seed)
@@ -179,12 +220,8 @@ def is_synthetic(root: str | Path) -> bool:
 
 def synthetic_settings(root: str | Path) -> dict | None:
     """What a complete synthetic set under `root` was written with; None if there is none."""
-    path = Path(root) / BASE_FOLDER / MARKER
-    try:
-        settings = parse_json(read_untrusted(path, MARKER_LIMIT, "a marker"), path, "a marker")
-    except (OSError, ValueError):
-        return None
-    return settings if isinstance(settings, dict) and settings.get("complete") is True else None
+    settings = marker(Path(root) / BASE_FOLDER / MARKER)
+    return settings if settings is not None and settings.get("complete") is True else None
 
 
 def is_class_index(value: object) -> bool:

@@ -26,6 +26,7 @@ import pickle
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +36,7 @@ import numpy as np
 # Open flags for a file of ours: never through a link, never inherited by a child.
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_FILE = ".cifar-spec.lock"
+PROBE_BYTES = 1 << 16  # what `check_writable` writes: a disk without room for it is full
 
 
 class UnsafeFile(RuntimeError):
@@ -46,9 +48,74 @@ def open_folder(folder: Path) -> int:
     return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
-    """Write `write` (bytes, or a function given the open file) to `path`, atomically."""
+def descriptor_of(path: Path) -> int | None:
+    """N if `path` leads, through links, to this process's descriptor N (/dev/stdout,
+    /dev/fd/N, /proc/self/fd/N); None otherwise. Such a path is a stream the user opened."""
+    own = re.compile(rf"/proc/(?:self|thread-self|{os.getpid()}(?:/task/\d+)?)/fd/(\d+)")
+    for _ in range(40):  # the kernel's own limit on links in a path
+        path = Path(os.path.realpath(path.parent)) / path.name
+        found = own.fullmatch(str(path))
+        if found:
+            return int(found.group(1))
+        if not path.is_symlink():
+            return None
+        path = path.parent / os.readlink(path)
+    return None
+
+
+def target_problem(path: Path) -> str | None:
+    """Why `path` cannot be written (replaced whole), or None. A link there is replaced, never
+    followed; anything else that is not a regular file is refused: renaming over a device or
+    FIFO would replace it, writing through one planted by someone else could do worse."""
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        return f"cannot write {path}: {folder} is not a folder; pick another path"
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    return (
+        f"cannot write {path}: it is {kind_of(mode)}, and cifar-spec writes regular files only "
+        "(or its own standard output, /dev/stdout); give a file path"
+    )
+
+
+def prepare_output(path: str | Path) -> None:
+    """Before any work: `path` can be written, its missing folders made; UnsafeFile if not.
+
+    So that an hour's measurement or training is never lost to a bad path at its end.
+    """
     path = Path(path)
+    if descriptor_of(path) is not None:
+        return
+    problem = target_problem(path)
+    if problem:
+        raise UnsafeFile(problem)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent)
+    except OSError as error:
+        raise UnsafeFile(
+            f"cannot write {path} ({error.strerror}); choose a path in a folder you can write to"
+        ) from None
+
+
+def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write `write` (bytes, or a function given the open file) to `path`, atomically; to our
+    own descriptor as a stream where `path` is one (`--json /dev/stdout`)."""
+    path = Path(path)
+    descriptor = descriptor_of(path)
+    if descriptor is not None:
+        for stream in (sys.stdout, sys.stderr):  # what we printed before comes before
+            stream.flush()
+        with os.fdopen(os.dup(descriptor), "wb") as f:
+            f.write(write) if isinstance(write, bytes) else write(f)
+        return path
+    problem = target_problem(path)
+    if problem:
+        raise UnsafeFile(problem)
     folder = open_folder(path.parent)
     try:
         # A random name no one can plant a link at in advance; O_EXCL refuses one anyway.
@@ -79,8 +146,14 @@ def check_writable(folder: str | Path) -> None:
     fd = open_folder(Path(folder))
     try:
         probe = f".probe.{secrets.token_hex(8)}"
-        os.close(os.open(probe, NEW_FILE, 0o644, dir_fd=fd))
-        os.unlink(probe, dir_fd=fd)
+        file = os.open(probe, NEW_FILE, 0o644, dir_fd=fd)
+        try:
+            # Some bytes too: an empty file costs no space, so only a write finds a full disk.
+            os.write(file, bytes(PROBE_BYTES))
+            os.fsync(file)
+        finally:
+            os.close(file)
+            os.unlink(probe, dir_fd=fd)
     finally:
         os.close(fd)
 
@@ -248,6 +321,13 @@ def latin1_bytes(text: object, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def empty_bytes(*args: object) -> bytes:
+    """Protocol 2 stores b'' as a call to bytes() (an empty batch's pixels): nothing else."""
+    if args:
+        raise Refused(f"a call to bytes with {len(args)} argument(s)")
+    return b""
+
+
 NDARRAY = object()  # stands for numpy.ndarray: named in a pickle, never called from one
 ARRAY_DTYPES = ("u1", "i4", "i8")  # the pixels, and labels where a tool stored them as arrays
 ADMITTED = {
@@ -256,6 +336,8 @@ ADMITTED = {
     ("numpy", "ndarray"): NDARRAY,
     ("numpy", "dtype"): make_dtype,
     ("_codecs", "encode"): latin1_bytes,
+    ("__builtin__", "bytes"): empty_bytes,  # protocol 2 names Python 2's module
+    ("builtins", "bytes"): empty_bytes,
 }
 
 

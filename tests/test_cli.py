@@ -206,7 +206,7 @@ def test_a_data_root_that_cannot_be_written_is_refused_in_one_line(unwritable, c
     one_line_error(
         capsys,
         ["train", "--data-root", str(unwritable / "data"), "--dry-run"],
-        "cannot write the synthetic stand-in",
+        "cannot write the data set in",
     )
 
 

@@ -312,3 +312,54 @@ def test_a_second_writer_of_one_data_folder_is_refused_naming_the_first(tmp_path
         with pytest.raises(FolderBusy, match=f"pid {os.getpid()}"):
             write_synthetic_cifar10(tmp_path, 10, 5)
     assert not (tmp_path / "cifar-10-batches-py" / "test_batch").exists()
+
+
+def test_synth_refuses_a_folder_holding_files_it_did_not_write_and_leaves_them(tmp_path, capsys):
+    from cifar_spec.cli import main
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(b"the user's own")  # no batches.meta, no marker
+    assert main(["data", "synth", "--root", str(tmp_path), "--n-train", "5", "--n-test", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files (test_batch) that this project did not" in err
+    assert [p.name for p in folder.iterdir()] == ["test_batch"]
+    assert (folder / "test_batch").read_bytes() == b"the user's own"
+
+
+def test_synth_never_writes_through_a_linked_data_folder(tmp_path, capsys):
+    from cifar_spec.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "cifar-10-batches-py").symlink_to(elsewhere)
+    argv = ["data", "synth", "--root", str(tmp_path / "root"), "--n-train", "5", "--n-test", "5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a link (to" in err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_synth_rewrites_a_folder_of_its_own(tmp_path):
+    write_synthetic_cifar10(tmp_path, 10, 5, seed=1)
+    write_synthetic_cifar10(tmp_path, 10, 5, seed=2)
+    assert load_cifar10(tmp_path, train=False).targets is not None
+
+
+@pytest.mark.parametrize("n_train, n_test", [(3, 0), (0, 4)])
+def test_the_empty_batches_synth_writes_are_read_back(tmp_path, n_train, n_test):
+    # Fewer than 5 training images leave some of the 5 batches empty; their pixels
+    # are b'', which protocol 2 stores as a call to bytes().
+    write_synthetic_cifar10(tmp_path, n_train, n_test)
+    assert len(load_cifar10(tmp_path, train=True)) == n_train
+    assert len(load_cifar10(tmp_path, train=False)) == n_test
+
+
+def test_bytes_called_with_arguments_is_still_refused(tmp_path):
+    # What an attacker would reach for: bytes(...) building something other than b''.
+    planted = pickle.dumps(bytes, protocol=2)[:-1] + b"K\x05\x85R."  # bytes((5,))
+    from cifar_spec.files import load_pickle
+
+    with pytest.raises(UnsafeFile, match="a call to bytes with 1 argument"):
+        load_pickle(planted, tmp_path / "test_batch")

@@ -48,7 +48,6 @@ def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
 def write_json(path: str, data: object) -> None:
     from cifar_spec.files import write_atomically
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(data, indent=1).encode())
 
 
@@ -108,13 +107,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
     path = gate.baseline_path(Path(args.storage), info)
     require_baseline(args, path, f"for this hardware ({gate.fingerprint(info)})", "")
     baseline = None if args.save_baseline else gate.load_baseline(path)
-    check_output_paths(args.json)
     floors = {
         d: gate.load_floors(
             Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
         )
         for d in bench_devices(args.device)
     }
+    check_output_paths(args.json, path if args.save_baseline else None)
     rows = measure_rows(args)  # every file is checked above, before this work
     if args.json:
         write_json(args.json, {"machine_info": info, "rows": rows})
@@ -145,7 +144,7 @@ def gate_counts(args: argparse.Namespace) -> int:
     path = gate.count_baseline_path(Path(args.storage), info)
     require_baseline(args, path, "of counts for this CPU", "--metric instructions ")
     baseline = None if args.save_baseline else gate.load_count_baseline(path)
-    check_output_paths(args.json)
+    check_output_paths(args.json, path if args.save_baseline else None)
     rows = count_rows(args)
     if args.json:
         write_json(args.json, {"machine_info": info, "rows": rows})
@@ -249,7 +248,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.markdown:
         from cifar_spec.files import write_atomically
 
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         write_atomically(
             args.markdown,
             compare.format_markdown(
@@ -261,23 +259,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return code
 
 
-def check_output_paths(*paths: str | None) -> None:
-    """An output under a file, or that is a folder, is refused before the measurement, not
-    after it."""
-    for path in paths:
-        if not path:
-            continue
-        # The writers create missing folders; an existing file where a folder must be is refused.
-        folder = next(p for p in Path(path).absolute().parents if p.exists())
-        if not folder.is_dir():
-            raise ValueError(f"cannot write {path}: {folder} is not a folder; pick another path")
-        if Path(path).is_dir():
-            raise ValueError(f"cannot write {path}: it is a folder; give a file name")
+def check_output_paths(*paths: str | Path | None) -> None:
+    """Every output is checked, its folders made, before the measurement, not after it."""
+    from cifar_spec.files import prepare_output
+
+    for path in filter(None, paths):
+        prepare_output(path)
 
 
 def cmd_bench_ddp(args: argparse.Namespace) -> int:
     from cifar_spec.bench import bench_ddp
 
+    check_output_paths(args.json)
     variants = args.variant or ["eager", fast_exact_step("cpu", data_parallel=True).name]
     rows = []
     print(bench_ddp.HEADER)
