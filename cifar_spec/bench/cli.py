@@ -107,6 +107,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     path = gate.baseline_path(Path(args.storage), info)
     require_baseline(args, path, f"for this hardware ({gate.fingerprint(info)})", "")
     baseline = None if args.save_baseline else gate.load_baseline(path)
+    if baseline is not None:
+        gate.check_covers(baseline, path, bench_devices(args.device))
     floors = {
         d: gate.load_floors(
             Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
@@ -144,6 +146,8 @@ def gate_counts(args: argparse.Namespace) -> int:
     path = gate.count_baseline_path(Path(args.storage), info)
     require_baseline(args, path, "of counts for this CPU", "--metric instructions ")
     baseline = None if args.save_baseline else gate.load_count_baseline(path)
+    if baseline is not None:
+        gate.check_covers(baseline, path, ["cpu"], "--metric instructions ")
     check_output_paths(args.json, path if args.save_baseline else None)
     rows = count_rows(args)
     if args.json:

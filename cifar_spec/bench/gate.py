@@ -97,6 +97,18 @@ def load_baseline(path: Path) -> dict:
     return data
 
 
+def check_covers(data: dict, path: Path, devices: list[str], flags: str = "") -> None:
+    """Before any work: a baseline with no case on the devices this run measures would judge
+    nothing, and a gate that judges nothing must not seem to pass."""
+    held = sorted({row["device"] for row in data["rows"]})
+    if not set(held) & set(devices):
+        holds = f"cases on {', '.join(held)} only" if held else "no cases at all"
+        raise GateError(
+            f"the baseline {path} holds {holds}, none on {', '.join(devices)}: it could judge "
+            f"nothing; save one here with `cifar-spec gate {flags}--save-baseline`"
+        )
+
+
 def _positive(value: object) -> bool:
     return (
         isinstance(value, (int, float))
