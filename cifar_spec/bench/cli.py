@@ -22,6 +22,9 @@ def percent(text: str) -> float:
     return value / 100
 
 
+STREAM = " (a regular file; /dev/stdout streams it)"
+
+
 def bench_devices(name: str) -> list[str]:
     if name == "all":
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -337,7 +340,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     )
     add_measure_options(p)
     add_metric_options(p, both=False)
-    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--json", default=None, help="also write the rows here" + STREAM)
     p.set_defaults(func=cmd_bench)
     g = commands.add_parser(
         "gate",
@@ -367,7 +370,9 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="folder of DEVICE.json floors (default: those shipped with cifar_spec)",
     )
-    g.add_argument("--json", default=".benchmarks/latest.json", help="where this run's rows go")
+    g.add_argument(
+        "--json", default=".benchmarks/latest.json", help="where this run's rows go" + STREAM
+    )
     g.set_defaults(func=cmd_gate)
     c = commands.add_parser(
         "compare",
@@ -427,7 +432,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         help="for counts: no change within +-this; regression wholly above 1 + this (a "
         "percentage, %% optional) (default: 1%%)",
     )
-    c.add_argument("--json", default=None, help="write the verdicts here")
+    c.add_argument("--json", default=None, help="write the verdicts here" + STREAM)
     c.add_argument(
         "--markdown",
         default=None,
@@ -455,7 +460,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     d.add_argument("--processes", type=positive_int, default=2, help="DDP processes")
     d.add_argument("--groups", type=positive_int, default=3, help="fresh sets of processes")
     d.add_argument("--pairs", type=positive_int, default=12, help="paired rounds per group")
-    d.add_argument("--json", default=None, help="also write the rows here")
+    d.add_argument("--json", default=None, help="also write the rows here" + STREAM)
     d.set_defaults(func=cmd_bench_ddp)
 
 
