@@ -151,3 +151,10 @@ def test_a_threshold_outside_zero_to_a_hundred_percent_is_refused(text, capsys):
     with pytest.raises(SystemExit):
         main(["compare", sys.executable, sys.executable, "--threshold", text])
     assert "--threshold" in capsys.readouterr().err
+
+
+def test_a_python_that_answers_the_check_with_something_else_is_refused(scripted_python):
+    # A wrapper that prints a line of its own after every run: not a module's name.
+    python = scripted_python(f'"{sys.executable}" "$@"; echo \'{{"host": 1.0}}\'')
+    with pytest.raises(compare.BadEnvironment, match="not as a Python does"):
+        compare.check_python(str(python))

@@ -37,17 +37,20 @@ class BadEnvironment(ValueError):
 
 # Finds the modules without importing them: importing torch takes seconds, and the
 # workers import it anyway (a torch that is found but will not import fails their start,
-# naming the error). Prints the first module missing, or nothing.
-PROBE = """
+# naming the error). Its last line is "missing NAME" for the first module missing, or "found".
+MODULES = ("torch", "cifar_spec", "cifar_spec.bench.worker")
+PROBE = f"""
 import importlib.util
-for name in ("torch", "cifar_spec", "cifar_spec.bench.worker"):
+for name in {MODULES!r}:
     try:
         found = importlib.util.find_spec(name) is not None
     except ImportError:
         found = False
     if not found:
-        print(name)
+        print("missing", name)
         break
+else:
+    print("found")
 """
 
 
@@ -67,14 +70,20 @@ def check_python(python: str) -> None:
         )
     except (OSError, subprocess.TimeoutExpired):
         raise BadEnvironment(not_python) from None
-    if done.returncode:
+    said = done.stdout.strip().splitlines()[-1:]
+    if done.returncode or not said:
         raise BadEnvironment(not_python)
-    missing = done.stdout.strip()
+    missing = said[0].removeprefix("missing ")
+    if said[0] != "found" and missing not in MODULES:
+        raise BadEnvironment(
+            f"{python} answered the check for torch and cifar_spec with {said[0]!r:.80}, "
+            "not as a Python does; give the path of a venv's bin/python"
+        )
     if missing == "torch":
         raise BadEnvironment(
             f"{python} cannot import torch; install it with `{python} -m pip install torch`"
         )
-    if missing:
+    if said[0] != "found":
         raise BadEnvironment(
             f"{python} cannot import {missing}; install this checkout there with "
             f"`{python} -m pip install --no-deps -e .` (torch alone is needed beside it)"
