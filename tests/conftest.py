@@ -3,6 +3,9 @@ Pythons made slower or broken on purpose, for the measurement's tests."""
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -95,3 +98,34 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_split(synthetic_root: Path) -> DeviceData:
     """The tutorial's split (test) of the shared set, on the CPU."""
     return to_device(load_cifar10(synthetic_root, train=False))
+
+
+@pytest.fixture
+def plant():
+    """plant(path, kind) puts `kind` at `path`: what a hostile user leaves where a file of
+    ours is read or written (a FIFO, a device, a socket, a folder, a sparse 1 GiB file)."""
+
+    def make(path: Path, kind: str) -> None:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "link to /dev/zero":
+            path.symlink_to("/dev/zero")
+        elif kind == "character device":
+            if os.geteuid() != 0:
+                pytest.skip("mknod needs root")
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # the kernel's /dev/zero
+        elif kind == "socket":
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(str(path))
+            server.close()
+        elif kind == "folder":
+            path.mkdir()
+        elif kind == "huge file":
+            with open(path, "wb") as f:
+                f.truncate(1 << 30)  # sparse: a GiB that costs no disk
+        else:
+            raise ValueError(kind)
+
+    return make

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_untrusted_files import plant
 
 from cifar_spec import files
 from cifar_spec.cli import main
@@ -98,7 +97,9 @@ def test_a_link_planted_at_the_lock_file_is_refused(tmp_path, victim):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "character device", "socket"])
-def test_the_writer_refuses_a_special_file_at_the_target_and_leaves_it_in_place(tmp_path, kind):
+def test_the_writer_refuses_a_special_file_at_the_target_and_leaves_it_in_place(
+    tmp_path, kind, plant
+):
     target = tmp_path / "latest.json"
     plant(target, kind)
     mode = os.lstat(target).st_mode
@@ -130,7 +131,9 @@ def test_the_writer_writes_through_its_own_standard_output_as_a_stream(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "character device"])
-def test_bench_refuses_a_special_file_at_its_json_path_before_measuring(tmp_path, capsys, kind):
+def test_bench_refuses_a_special_file_at_its_json_path_before_measuring(
+    tmp_path, capsys, kind, plant
+):
     target = tmp_path / "latest.json"
     plant(target, kind)
     start = time.perf_counter()

@@ -6,12 +6,9 @@ stack. Each is refused in one line before it is read, by the one reader every
 file goes through (`files.read_untrusted`), whichever command meets it.
 """
 
-import os
 import re
 import shutil
 import signal
-import socket
-import stat
 from pathlib import Path
 
 import pytest
@@ -35,31 +32,6 @@ def no_hang():
     signal.signal(signal.SIGALRM, previous)
 
 
-def plant(path, kind):
-    """Put `kind` at `path`: what a hostile user leaves where a file of ours is read."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "link to /dev/zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "character device":
-        if os.geteuid() != 0:
-            pytest.skip("mknod needs root")
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # the kernel's /dev/zero
-    elif kind == "socket":
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
-        server.close()
-    elif kind == "folder":
-        path.mkdir()
-    elif kind == "huge file":
-        with open(path, "wb") as f:
-            f.truncate(1 << 30)  # sparse: a GiB that costs no disk
-    else:
-        raise ValueError(kind)
-
-
 KINDS = ["fifo", "link to /dev/zero", "character device", "socket", "folder", "huge file"]
 SAID = {
     "fifo": "is a FIFO, not a regular file",
@@ -72,7 +44,9 @@ SAID = {
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_reader_refuses_anything_but_a_regular_file_of_a_sane_size_unread(tmp_path, kind):
+def test_the_reader_refuses_anything_but_a_regular_file_of_a_sane_size_unread(
+    tmp_path, kind, plant
+):
     path = tmp_path / "file"
     plant(path, kind)
     with pytest.raises(UnsafeFile, match=SAID[kind]):
@@ -112,7 +86,7 @@ def train(root, out, *extra):
 @pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "huge file"])
 @pytest.mark.parametrize("name", ["test_batch", "batches.meta", "synthetic.json"])
 def test_training_refuses_a_planted_data_file_in_one_line_before_any_work(
-    data_root, tmp_path, capsys, name, kind
+    data_root, tmp_path, capsys, name, kind, plant
 ):
     plant(data_root / "cifar-10-batches-py" / name, kind)
     assert train(data_root, tmp_path / "run") == 2
@@ -122,7 +96,9 @@ def test_training_refuses_a_planted_data_file_in_one_line_before_any_work(
 
 
 @pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "huge file"])
-def test_resuming_refuses_a_planted_checkpoint_in_one_line(data_root, tmp_path, capsys, kind):
+def test_resuming_refuses_a_planted_checkpoint_in_one_line(
+    data_root, tmp_path, capsys, kind, plant
+):
     out = tmp_path / "run"
     out.mkdir()
     plant(out / "checkpoint.pt", kind)
@@ -132,7 +108,7 @@ def test_resuming_refuses_a_planted_checkpoint_in_one_line(data_root, tmp_path, 
 
 
 @pytest.mark.parametrize("kind", ["fifo", "character device"])
-def test_a_lock_file_that_is_not_a_regular_file_is_refused_and_never_written(tmp_path, kind):
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_and_never_written(tmp_path, kind, plant):
     plant(tmp_path / files.LOCK_FILE, kind)
     with pytest.raises(UnsafeFile, match="not a regular file; remove it"):
         with files.folder_lock(tmp_path, "a test"):
@@ -147,7 +123,9 @@ def baseline_path(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "huge file"])
-def test_the_gate_refuses_a_planted_baseline_in_one_line_before_timing(tmp_path, capsys, kind):
+def test_the_gate_refuses_a_planted_baseline_in_one_line_before_timing(
+    tmp_path, capsys, kind, plant
+):
     path = baseline_path(tmp_path, capsys)
     path.parent.mkdir(parents=True)
     plant(path, kind)
