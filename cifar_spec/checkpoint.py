@@ -20,6 +20,7 @@ from cifar_spec.files import (
     UnsafeFile,
     check_writable,
     read_untrusted,
+    target_problem,
     write_atomically,
     write_text_atomically,
 )
@@ -63,6 +64,11 @@ def check_run_folder(out: Path, resume: bool) -> None:
         raise CheckpointError(
             f"cannot write to --out {out} ({error.strerror}); choose a folder you can write to"
         ) from None
+    # A FIFO or device where a file goes that is written, not read, would stop the run later.
+    for name in (HISTORY, LOSS_PLOT):
+        problem = target_problem(out / name)
+        if problem:
+            raise CheckpointError(problem)
     earlier = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
     if resume and CHECKPOINT not in earlier:
         raise CheckpointError(

@@ -141,3 +141,18 @@ def test_a_baseline_nested_100000_deep_is_refused_in_one_line(tmp_path, capsys):
     assert main(["gate", "--device", "cpu", "--storage", str(tmp_path)]) in (2, 3)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nests deeper than 32 levels" in err
+
+
+@pytest.mark.parametrize("name", ["history.json", "loss.png"])
+def test_resuming_refuses_a_fifo_where_a_run_file_goes_before_training(
+    data_root, tmp_path, capsys, name, plant
+):
+    out = tmp_path / "run"
+    assert train(data_root, out) == 0
+    saved = (out / "checkpoint.pt").read_bytes()
+    plant(out / name, "fifo")
+    capsys.readouterr()
+    assert train(data_root, out, "--resume", "--epochs", "2") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{name}: it is a FIFO" in err
+    assert (out / "checkpoint.pt").read_bytes() == saved
