@@ -80,30 +80,43 @@ def alive(pid: int) -> bool:
 
 
 def launch(scenario: str, out: Path, data: Path, size: int = 2) -> list[int]:
-    """Run `scenario` of distributed_ranks.py on `size` ranks; their exit codes.
+    """Run `scenario` of distributed_ranks.py on `size` ranks; their exit codes."""
+    command = [sys.executable, str(HERE / "distributed_ranks.py"), scenario, str(out), str(data)]
+    # A stalled rank never exits by itself: rank 0, which gives up on it, is waited for.
+    waited = 1 if scenario == "stalled" else size
+    return run_ranks([command] * size, out, free_port(), waited=waited)
+
+
+def run_ranks(
+    commands: list[list[str]],
+    out: Path,
+    port: int,
+    size: int | None = None,
+    waited: int | None = None,
+) -> list[int]:
+    """Start rank i of `size` (default: one per command) as `commands[i]`, in `out`; wait for the
+    first `waited` (default: all) to exit; their exit codes, stderr in out/stderr-RANK.txt.
 
     Each rank leads a process group of its own, killed whatever happens, so no
     rank outlives the test (asserted).
     """
-    port = free_port()
+    size = len(commands) if size is None else size
     processes = []
     deadline = time.monotonic() + LAUNCH_SECONDS
     try:
-        for rank in range(size):
+        for rank, command in enumerate(commands):
             with open(out / f"stderr-{rank}.txt", "wb") as stderr:
-                command = [sys.executable, str(HERE / "distributed_ranks.py"), scenario]
                 processes.append(
                     subprocess.Popen(
-                        command + [str(out), str(data)],
+                        command,
+                        cwd=out,  # not a checkout: `python -m` puts the folder it runs in first
                         env=rank_environment(rank, size, port),
                         stdout=subprocess.DEVNULL,
                         stderr=stderr,
                         start_new_session=True,
                     )
                 )
-        for process in processes:
-            if scenario == "stalled" and process is processes[1]:
-                break  # stopped on purpose: it never exits by itself
+        for process in processes[:waited]:
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
     finally:
         for process in processes:
