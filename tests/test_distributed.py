@@ -263,6 +263,56 @@ def test_a_rank_that_dies_mid_run_stops_the_others_with_a_clear_error_in_bounded
     assert state["epoch"] == 1
 
 
+def train_command(data: Path, out: Path, *flags: str) -> list[str]:
+    """`python -m cifar_spec train` on 64 images in steps of 4, into `out`, with `flags`."""
+    command = [sys.executable, "-m", "cifar_spec", "train", "--data-root", str(data)]
+    command += ["--epochs", "1", "--limit", "64", "--batch-size", "4", "--no-progress"]
+    return [*command, "--out", str(out), *flags]
+
+
+def the_error(out: Path, rank: int) -> str:
+    """The one line a rank wrote: asserted to be all of its stderr, and no traceback."""
+    lines = stderr_of(out, rank).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifar-spec: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_master_port_held_by_a_program_that_is_no_store_stops_both_ranks_in_one_line(
+    tmp_path, synthetic_root
+):
+    with socket.socket() as squatter:
+        # Listening, it accepts connections (the kernel does) but never answers one.
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        command = train_command(synthetic_root, tmp_path / "run", "--dist-timeout", "1")
+        start = time.monotonic()
+        codes = run_ranks([command, command], tmp_path, port)
+        took = time.monotonic() - start
+    assert codes == [2, 2]
+    assert f"MASTER_PORT {port} is taken on this machine by another program" in the_error(
+        tmp_path, 0
+    )
+    # Rank 1 reached the port, and waits on torch's join no longer than 2 x 1 s + 5 s.
+    assert f"nothing at 127.0.0.1:{port} answered as the run's store" in the_error(tmp_path, 1)
+    assert took < 30
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peers_never_come_stops_after_the_timeout_in_one_line(
+    tmp_path, synthetic_root
+):
+    command = train_command(synthetic_root, tmp_path / "run", "--dist-timeout", "1")
+    start = time.monotonic()
+    assert run_ranks([command], tmp_path, free_port(), size=2) == [2]
+    took = time.monotonic() - start
+    assert "only 1 of 2 processes came to 127.0.0.1:" in the_error(tmp_path, 0)
+    assert took < 30
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_shards_of_every_batch_cover_it_once_however_it_splits():
     for count in range(1, 12):
         parts = [split(count, rank, 3) for rank in range(3)]
@@ -304,6 +354,12 @@ TORCHRUN_ENV = dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PO
         ),
         (dict(TORCHRUN_ENV, RANK="2"), [], "RANK=2 is outside a world of WORLD_SIZE=2"),
         (dict(TORCHRUN_ENV, WORLD_SIZE="two"), [], "WORLD_SIZE='two' is not a whole number"),
+        (dict(TORCHRUN_ENV, MASTER_PORT="99999"), [], "MASTER_PORT=99999 is not a port"),
+        (
+            dict(TORCHRUN_ENV, MASTER_ADDR="no-such-host.invalid"),
+            [],
+            "MASTER_ADDR=no-such-host.invalid names no machine that this one can find",
+        ),
         (TORCHRUN_ENV, ["--batch-size", "3"], "--batch-size 3 .* does not divide among 2"),
         (
             TORCHRUN_ENV,
@@ -311,7 +367,15 @@ TORCHRUN_ENV = dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PO
             "--backend nccl exchanges CUDA tensors only.*use --backend gloo",
         ),
     ],
-    ids=["world-without-master", "rank-outside-world", "size-not-a-number", "batch", "backend"],
+    ids=[
+        "world-without-master",
+        "rank-outside-world",
+        "size-not-a-number",
+        "port-out-of-range",
+        "address-unknown",
+        "batch",
+        "backend",
+    ],
 )
 def test_a_bad_distributed_launch_is_refused_in_one_line_before_any_work(
     tmp_path, monkeypatch, capsys, env, flags, message
