@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import distributed_ranks as ranks  # what each rank runs: the same batches and settings here
@@ -27,8 +28,15 @@ import cifar_spec
 from cifar_spec.checkpoint import load_checkpoint
 from cifar_spec.cli import main
 from cifar_spec.data import DeviceData
-from cifar_spec.distributed import DistributedError, Shard, World, split, world_from_env
-from cifar_spec.loop import TrainConfig, fit
+from cifar_spec.distributed import (
+    DistributedError,
+    Shard,
+    World,
+    difference,
+    split,
+    world_from_env,
+)
+from cifar_spec.loop import TrainConfig, fit, shared_settings
 from cifar_spec.model import CifarNet
 from cifar_spec.step import (
     StepOptions,
@@ -278,6 +286,36 @@ def the_error(out: Path, rank: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "flag, value, named",
+    [
+        ("--lr", "0.02", "lr is 0.01 on rank 0 but 0.02 on rank 1"),
+        ("--limit", "32", "limit is 64 on rank 0 but 32 on rank 1"),
+    ],
+    ids=["lr", "limit"],
+)
+def test_ranks_launched_with_different_settings_all_stop_before_a_step_in_one_line_naming_them(
+    tmp_path, synthetic_root, flag, value, named
+):
+    run = tmp_path / "run"
+    ranks_0_and_1 = [
+        train_command(synthetic_root, run, "--dist-timeout", "20"),
+        train_command(synthetic_root, run, "--dist-timeout", "20", flag, value),
+    ]
+    start = time.monotonic()
+    codes = run_ranks(ranks_0_and_1, tmp_path, free_port())
+    took = time.monotonic() - start
+    assert codes == [2, 2], stderr_of(tmp_path, 0) + stderr_of(tmp_path, 1)
+    for rank in (0, 1):
+        error = the_error(tmp_path, rank)
+        assert "the ranks were launched with different settings: " in error
+        assert named in error and error.endswith("launch every rank with the same arguments")
+    # Starting two Pythons with torch is most of it (about 10 s on a 2-core runner).
+    assert took < 30
+    assert not any(run.iterdir())  # checked by rank 0 before the data, then left untouched
+
+
+@pytest.mark.slow
 def test_a_master_port_held_by_a_program_that_is_no_store_stops_both_ranks_in_one_line(
     tmp_path, synthetic_root
 ):
@@ -311,6 +349,26 @@ def test_a_rank_whose_peers_never_come_stops_after_the_timeout_in_one_line(
     assert "only 1 of 2 processes came to 127.0.0.1:" in the_error(tmp_path, 0)
     assert took < 30
     assert not (tmp_path / "run").exists()
+
+
+def test_a_setting_that_differs_is_named_with_its_value_on_each_rank():
+    assert difference("lr", [0.01, 0.02, 0.01, 0.03, 0.02]) == (
+        "lr is 0.01 on rank 0 but 0.02 on ranks 1 and 4, 0.03 on rank 3"
+    )
+    assert (
+        difference("seed", [0] + [1] * 6) == "seed is 0 on rank 0 but 1 on ranks 1, 2, 3 and 3 more"
+    )
+    assert difference("limit", [None, 32]) == "limit is unset on rank 0 but 32 on rank 1"
+
+
+def test_ranks_compare_the_type_of_their_device_not_the_gpu_each_one_takes(test_split):
+    first, second = (World(rank, 2, rank, "nccl") for rank in (0, 1))
+    config = TrainConfig(limit=8)
+    on = lambda world: shared_settings(  # noqa: E731
+        replace(config, device=world.device("cuda")), test_split.head(8), False, world
+    )
+    assert on(first) == on(second) and on(first)["device"] == "cuda"
+    assert on(first)["lr"] == 0.01 and on(first)["images"].startswith("8 (labels ")
 
 
 def test_the_shards_of_every_batch_cover_it_once_however_it_splits():
