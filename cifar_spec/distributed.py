@@ -4,7 +4,10 @@
 environment, who it is (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and where the
 others meet (``MASTER_ADDR``, ``MASTER_PORT``). ``world_from_env`` reads that
 once, before any work, and refuses a half-set environment; ``process_group``
-joins the group and leaves it on every exit path.
+joins the group (or says in one line why it cannot: a port another program
+holds, an address that names no machine, ranks that never came) and leaves it
+on every exit path. Before the first step ``agree`` stops every rank unless
+all were launched with rank 0's settings.
 
 Every rank holds the whole split on its device and draws the same order each
 epoch (from the seeded generator, as one process does); from each global batch
@@ -23,7 +26,10 @@ all-reduces its one flat gradient itself (``sum_gradients``).
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +82,8 @@ class World:
     local_rank: int  # its index among the processes on its machine: which GPU it takes
     backend: str  # "gloo" (CPU) or "nccl" (CUDA)
     timeout: float = DEFAULT_TIMEOUT  # seconds an exchange waits for a missing rank
+    address: str = "127.0.0.1"  # MASTER_ADDR: where rank 0 (or torchrun) keeps the run's store
+    port: int = 29500  # MASTER_PORT
 
     @property
     def leader(self) -> bool:
@@ -137,8 +145,22 @@ def world_from_env(
             f"RANK={rank} is outside a world of WORLD_SIZE={size} processes "
             f"(ranks 0 to {size - 1}); launch with torchrun, which sets both"
         )
+    port = read_int(environ, "MASTER_PORT")
+    if not 0 < port < 65536:
+        raise DistributedError(
+            f"MASTER_PORT={port} is not a port (1 to 65535); give every process the same free "
+            "port, or launch with `torchrun --standalone`, which picks one"
+        )
     local_rank = read_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
-    world = World(rank, size, local_rank, pick_backend(backend, device), timeout)
+    world = World(
+        rank,
+        size,
+        local_rank,
+        pick_backend(backend, device),
+        timeout,
+        environ["MASTER_ADDR"],
+        port,
+    )
     check_device(world, device)
     return world
 
@@ -185,17 +207,98 @@ def end_rank(code: int) -> None:
     os._exit(code)
 
 
+def check_address(world: World) -> None:
+    """Refuse a MASTER_ADDR that names no machine at once; torch would retry it for a timeout."""
+    try:
+        socket.getaddrinfo(world.address, world.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise DistributedError(
+            f"MASTER_ADDR={world.address} names no machine that this one can find ({reason}); "
+            "set it to rank 0's host name or IP address, the same on every process"
+        ) from None
+
+
+def join_problem(error: BaseException, world: World) -> str:
+    """What torch's failure to join means, and what to change: one line."""
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    at = f"{world.address}:{world.port}"
+    if "EADDRINUSE" in text or "address already in use" in text:
+        return (
+            f"MASTER_PORT {world.port} is taken on this machine by another program, so rank 0 "
+            "cannot keep the run's store there; give every process the same free port, or "
+            "launch with `torchrun --standalone`, which picks one"
+        )
+    joined = re.search(r"(\d+)/(\d+) clients joined", text)
+    if joined:
+        return (
+            f"only {joined[1]} of {joined[2]} processes came to {at} within --dist-timeout "
+            f"{world.timeout:g} s; start all {world.size} with the same MASTER_ADDR, MASTER_PORT "
+            "and WORLD_SIZE (or raise --dist-timeout)"
+        )
+    if "trying to connect" in text:
+        return (
+            f"nothing answered at {at} within --dist-timeout {world.timeout:g} s; start rank 0 "
+            "(it keeps the run's store there) and give every process the same MASTER_ADDR and "
+            "MASTER_PORT"
+        )
+    return (
+        f"could not join the other processes at {at} ({text[:200]}); give every process the "
+        "same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, and start rank 0"
+    )
+
+
+# Joining waits for the store (up to the timeout), then for every rank's address in it (the
+# timeout again); past both, and a margin for a loaded machine, torch is stuck, not slow.
+JOIN_MARGIN = 5.0
+
+
+def join(world: World) -> None:
+    """Join the run's process group, or stop in one line that says why it cannot be joined.
+
+    torch bounds every wait but one: a client of the store waits for ever for the first
+    reply of whatever accepted its connection at MASTER_PORT (a program that is not a
+    store held rank 1 for 56 s, until that program closed the port). So torch joins in a
+    thread of its own, and this one stops waiting once torch's own waits (twice the
+    timeout) and `JOIN_MARGIN` have passed.
+    """
+    check_address(world)
+    failed: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            if world.backend == "nccl":
+                torch.cuda.set_device(world.local_rank)  # the current GPU is per thread
+            dist.init_process_group(
+                world.backend,
+                rank=world.rank,
+                world_size=world.size,
+                timeout=timedelta(seconds=world.timeout),
+            )
+        except BaseException as error:  # handed to the waiting thread, which says it
+            failed.append(error)
+
+    joiner = threading.Thread(target=init, name="join-process-group", daemon=True)
+    joiner.start()
+    limit = 2 * world.timeout + JOIN_MARGIN
+    joiner.join(limit)
+    if joiner.is_alive():
+        raise DistributedError(
+            f"nothing at {world.address}:{world.port} answered as the run's store in {limit:g} s "
+            f"(twice --dist-timeout, and {JOIN_MARGIN:g}): another program holds MASTER_PORT "
+            f"{world.port}, or rank 0 is stuck; give every process the same free port, or "
+            "launch with `torchrun --standalone`, which picks one"
+        )
+    if failed:
+        raise DistributedError(join_problem(failed[0], world)) from None
+
+
 @contextmanager
 def process_group(world: World) -> Iterator[None]:
     """Join the run's process group for the block; leave it however the block ends."""
     if world.backend == "nccl":
         torch.cuda.set_device(world.local_rank)  # before any collective: nccl binds to it
-    dist.init_process_group(
-        world.backend,
-        rank=world.rank,
-        world_size=world.size,
-        timeout=timedelta(seconds=world.timeout),
-    )
+    join(world)
     try:
         yield
     except BaseException:
@@ -208,6 +311,20 @@ def process_group(world: World) -> Iterator[None]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+@contextmanager
+def before_training() -> Iterator[None]:
+    """A rank lost in an exchange before the first step: PeerLost, in one line, not gloo's."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not is_lost_peer(error):
+            raise
+        raise PeerLost(
+            "another process of the run died or stopped answering before training began "
+            f"({str(error).strip().splitlines()[0][:200]}); nothing was saved"
+        ) from None
 
 
 def together(world: World, work: Callable[[], T], here: bool) -> T | None:
@@ -225,7 +342,8 @@ def together(world: World, work: Callable[[], T], here: bool) -> T | None:
         except Exception as caught:  # re-raised below, after the others have heard of it
             error = caught
     messages: list[str | None] = [None] * world.size
-    dist.all_gather_object(messages, None if error is None else str(error))
+    with before_training():
+        dist.all_gather_object(messages, None if error is None else str(error))
     if error is not None:
         raise error
     for rank, message in enumerate(messages):
@@ -237,8 +355,57 @@ def together(world: World, work: Callable[[], T], here: bool) -> T | None:
 def from_leader(world: World, value: T | None) -> T:
     """Rank 0's `value`, on every rank."""
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    with before_training():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shown(value: object) -> str:
+    return "unset" if value is None else str(value)
+
+
+def ranks_named(ranks: list[int]) -> str:
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    if len(ranks) > 4:
+        return f"ranks {', '.join(map(str, ranks[:3]))} and {len(ranks) - 3} more"
+    return f"ranks {', '.join(map(str, ranks[:-1]))} and {ranks[-1]}"
+
+
+def difference(name: str, values: list[object]) -> str:
+    """`name` on rank 0, then each other value with the ranks that have it (three at most)."""
+    elsewhere: dict[str, list[int]] = {}
+    for rank, value in enumerate(values):
+        if value != values[0]:
+            elsewhere.setdefault(shown(value), []).append(rank)
+    kinds = list(elsewhere.items())
+    others = ", ".join(f"{value} on {ranks_named(ranks)}" for value, ranks in kinds[:3])
+    more = ", and others on other ranks" if len(kinds) > 3 else ""
+    return f"{name} is {shown(values[0])} on rank 0 but {others}{more}"
+
+
+def agree(world: World, settings: Mapping[str, object]) -> None:
+    """Return only if every rank was launched with rank 0's `settings`; else stop each rank.
+
+    Ranks that differ (another --lr, --limit, data set) would train on, each its own
+    run, their sums mixed, or meet different exchanges and fail deep inside one.
+    One gather before the first step finds it; every rank raises the same message.
+    """
+    gathered: list[dict | None] = [None] * world.size
+    with before_training():
+        dist.all_gather_object(gathered, dict(settings))
+    names = list(dict.fromkeys(name for each in gathered for name in each))
+    differences = [
+        difference(name, [each.get(name) for each in gathered])
+        for name in names
+        if any(each.get(name) != gathered[0].get(name) for each in gathered)
+    ]
+    if differences:
+        raise DistributedError(
+            "the ranks were launched with different settings: "
+            + "; ".join(differences)
+            + "; launch every rank with the same arguments"
+        )
 
 
 def split(count: int, rank: int, size: int) -> slice:

@@ -27,6 +27,7 @@ from cifar_spec.distributed import (
     PeerLost,
     Shard,
     World,
+    agree,
     data_parallel_step,
     from_leader,
     is_lost_peer,
@@ -322,6 +323,24 @@ def train(
     return [row["loss_sum"] for row in run.history]
 
 
+def shared_settings(config: TrainConfig, data: DeviceData, resume: bool, world: World) -> dict:
+    """What every rank of a run must have as rank 0 has it: the settings and data it trains.
+
+    The device's type only: each rank's GPU is its own (cuda:0 on one, cuda:1 on the next).
+    """
+    options = config.step or fast_exact_step(config.device, data_parallel=True)
+    record = data.record()
+    return dict(
+        asdict(config),
+        device=torch.device(config.device).type,
+        step=options.name,
+        resume=resume,
+        backend=world.backend,
+        data=record["split"],
+        images=f"{record['images']} (labels {record['labels_sha256']})",
+    )
+
+
 def fit(
     config: TrainConfig,
     data: DeviceData,
@@ -335,10 +354,13 @@ def fit(
     With `config.out`, the run folder is checked before any work and locked
     while the run writes to it. As one of `world`'s processes (its process
     group joined), the sums are those of the global batches, on every rank;
-    rank 0 alone checks, locks and writes the run folder.
+    rank 0 alone checks, locks and writes the run folder, once every rank is
+    known to have its settings and data.
     """
     if config.limit is not None:
         data = data.head(config.limit)
+    if world is not None:  # before any rank can stop alone on its own settings
+        agree(world, shared_settings(config, data, resume, world))
     check_data(data)
     check_memory(config.batch_size, len(data), config.device)
     if not config.out:

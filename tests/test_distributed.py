@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import distributed_ranks as ranks  # what each rank runs: the same batches and settings here
@@ -27,8 +28,15 @@ import cifar_spec
 from cifar_spec.checkpoint import load_checkpoint
 from cifar_spec.cli import main
 from cifar_spec.data import DeviceData
-from cifar_spec.distributed import DistributedError, Shard, World, split, world_from_env
-from cifar_spec.loop import TrainConfig, fit
+from cifar_spec.distributed import (
+    DistributedError,
+    Shard,
+    World,
+    difference,
+    split,
+    world_from_env,
+)
+from cifar_spec.loop import TrainConfig, fit, shared_settings
 from cifar_spec.model import CifarNet
 from cifar_spec.step import (
     StepOptions,
@@ -80,30 +88,43 @@ def alive(pid: int) -> bool:
 
 
 def launch(scenario: str, out: Path, data: Path, size: int = 2) -> list[int]:
-    """Run `scenario` of distributed_ranks.py on `size` ranks; their exit codes.
+    """Run `scenario` of distributed_ranks.py on `size` ranks; their exit codes."""
+    command = [sys.executable, str(HERE / "distributed_ranks.py"), scenario, str(out), str(data)]
+    # A stalled rank never exits by itself: rank 0, which gives up on it, is waited for.
+    waited = 1 if scenario == "stalled" else size
+    return run_ranks([command] * size, out, free_port(), waited=waited)
+
+
+def run_ranks(
+    commands: list[list[str]],
+    out: Path,
+    port: int,
+    size: int | None = None,
+    waited: int | None = None,
+) -> list[int]:
+    """Start rank i of `size` (default: one per command) as `commands[i]`, in `out`; wait for the
+    first `waited` (default: all) to exit; their exit codes, stderr in out/stderr-RANK.txt.
 
     Each rank leads a process group of its own, killed whatever happens, so no
     rank outlives the test (asserted).
     """
-    port = free_port()
+    size = len(commands) if size is None else size
     processes = []
     deadline = time.monotonic() + LAUNCH_SECONDS
     try:
-        for rank in range(size):
+        for rank, command in enumerate(commands):
             with open(out / f"stderr-{rank}.txt", "wb") as stderr:
-                command = [sys.executable, str(HERE / "distributed_ranks.py"), scenario]
                 processes.append(
                     subprocess.Popen(
-                        command + [str(out), str(data)],
+                        command,
+                        cwd=out,  # not a checkout: `python -m` puts the folder it runs in first
                         env=rank_environment(rank, size, port),
                         stdout=subprocess.DEVNULL,
                         stderr=stderr,
                         start_new_session=True,
                     )
                 )
-        for process in processes:
-            if scenario == "stalled" and process is processes[1]:
-                break  # stopped on purpose: it never exits by itself
+        for process in processes[:waited]:
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
     finally:
         for process in processes:
@@ -250,6 +271,106 @@ def test_a_rank_that_dies_mid_run_stops_the_others_with_a_clear_error_in_bounded
     assert state["epoch"] == 1
 
 
+def train_command(data: Path, out: Path, *flags: str) -> list[str]:
+    """`python -m cifar_spec train` on 64 images in steps of 4, into `out`, with `flags`."""
+    command = [sys.executable, "-m", "cifar_spec", "train", "--data-root", str(data)]
+    command += ["--epochs", "1", "--limit", "64", "--batch-size", "4", "--no-progress"]
+    return [*command, "--out", str(out), *flags]
+
+
+def the_error(out: Path, rank: int) -> str:
+    """The one line a rank wrote: asserted to be all of its stderr, and no traceback."""
+    lines = stderr_of(out, rank).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifar-spec: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flag, value, named",
+    [
+        ("--lr", "0.02", "lr is 0.01 on rank 0 but 0.02 on rank 1"),
+        ("--limit", "32", "limit is 64 on rank 0 but 32 on rank 1"),
+    ],
+    ids=["lr", "limit"],
+)
+def test_ranks_launched_with_different_settings_all_stop_before_a_step_in_one_line_naming_them(
+    tmp_path, synthetic_root, flag, value, named
+):
+    run = tmp_path / "run"
+    ranks_0_and_1 = [
+        train_command(synthetic_root, run, "--dist-timeout", "20"),
+        train_command(synthetic_root, run, "--dist-timeout", "20", flag, value),
+    ]
+    start = time.monotonic()
+    codes = run_ranks(ranks_0_and_1, tmp_path, free_port())
+    took = time.monotonic() - start
+    assert codes == [2, 2], stderr_of(tmp_path, 0) + stderr_of(tmp_path, 1)
+    for rank in (0, 1):
+        error = the_error(tmp_path, rank)
+        assert "the ranks were launched with different settings: " in error
+        assert named in error and error.endswith("launch every rank with the same arguments")
+    # Starting two Pythons with torch is most of it (about 10 s on a 2-core runner).
+    assert took < 30
+    assert not any(run.iterdir())  # checked by rank 0 before the data, then left untouched
+
+
+@pytest.mark.slow
+def test_a_master_port_held_by_a_program_that_is_no_store_stops_both_ranks_in_one_line(
+    tmp_path, synthetic_root
+):
+    with socket.socket() as squatter:
+        # Listening, it accepts connections (the kernel does) but never answers one.
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        command = train_command(synthetic_root, tmp_path / "run", "--dist-timeout", "1")
+        start = time.monotonic()
+        codes = run_ranks([command, command], tmp_path, port)
+        took = time.monotonic() - start
+    assert codes == [2, 2]
+    assert f"MASTER_PORT {port} is taken on this machine by another program" in the_error(
+        tmp_path, 0
+    )
+    # Rank 1 reached the port, and waits on torch's join no longer than 2 x 1 s + 5 s.
+    assert f"nothing at 127.0.0.1:{port} answered as the run's store" in the_error(tmp_path, 1)
+    assert took < 30
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peers_never_come_stops_after_the_timeout_in_one_line(
+    tmp_path, synthetic_root
+):
+    command = train_command(synthetic_root, tmp_path / "run", "--dist-timeout", "1")
+    start = time.monotonic()
+    assert run_ranks([command], tmp_path, free_port(), size=2) == [2]
+    took = time.monotonic() - start
+    assert "only 1 of 2 processes came to 127.0.0.1:" in the_error(tmp_path, 0)
+    assert took < 30
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_setting_that_differs_is_named_with_its_value_on_each_rank():
+    assert difference("lr", [0.01, 0.02, 0.01, 0.03, 0.02]) == (
+        "lr is 0.01 on rank 0 but 0.02 on ranks 1 and 4, 0.03 on rank 3"
+    )
+    assert (
+        difference("seed", [0] + [1] * 6) == "seed is 0 on rank 0 but 1 on ranks 1, 2, 3 and 3 more"
+    )
+    assert difference("limit", [None, 32]) == "limit is unset on rank 0 but 32 on rank 1"
+
+
+def test_ranks_compare_the_type_of_their_device_not_the_gpu_each_one_takes(test_split):
+    first, second = (World(rank, 2, rank, "nccl") for rank in (0, 1))
+    config = TrainConfig(limit=8)
+    on = lambda world: shared_settings(  # noqa: E731
+        replace(config, device=world.device("cuda")), test_split.head(8), False, world
+    )
+    assert on(first) == on(second) and on(first)["device"] == "cuda"
+    assert on(first)["lr"] == 0.01 and on(first)["images"].startswith("8 (labels ")
+
+
 def test_the_shards_of_every_batch_cover_it_once_however_it_splits():
     for count in range(1, 12):
         parts = [split(count, rank, 3) for rank in range(3)]
@@ -291,6 +412,12 @@ TORCHRUN_ENV = dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PO
         ),
         (dict(TORCHRUN_ENV, RANK="2"), [], "RANK=2 is outside a world of WORLD_SIZE=2"),
         (dict(TORCHRUN_ENV, WORLD_SIZE="two"), [], "WORLD_SIZE='two' is not a whole number"),
+        (dict(TORCHRUN_ENV, MASTER_PORT="99999"), [], "MASTER_PORT=99999 is not a port"),
+        (
+            dict(TORCHRUN_ENV, MASTER_ADDR="no-such-host.invalid"),
+            [],
+            "MASTER_ADDR=no-such-host.invalid names no machine that this one can find",
+        ),
         (TORCHRUN_ENV, ["--batch-size", "3"], "--batch-size 3 .* does not divide among 2"),
         (
             TORCHRUN_ENV,
@@ -298,7 +425,15 @@ TORCHRUN_ENV = dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PO
             "--backend nccl exchanges CUDA tensors only.*use --backend gloo",
         ),
     ],
-    ids=["world-without-master", "rank-outside-world", "size-not-a-number", "batch", "backend"],
+    ids=[
+        "world-without-master",
+        "rank-outside-world",
+        "size-not-a-number",
+        "port-out-of-range",
+        "address-unknown",
+        "batch",
+        "backend",
+    ],
 )
 def test_a_bad_distributed_launch_is_refused_in_one_line_before_any_work(
     tmp_path, monkeypatch, capsys, env, flags, message
