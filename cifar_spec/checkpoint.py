@@ -28,10 +28,10 @@ from cifar_spec.files import (
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 LOSS_PLOT = "loss.png"
-RUN_FILES = (CHECKPOINT, HISTORY, LOSS_PLOT)
+RUN_FILES = (CHECKPOINT, HISTORY, LOSS_PLOT)  # what an earlier run leaves behind
 # A checkpoint is read whole: the model and its momentum are under 1 MB, and the
 # history adds a few hundred bytes an epoch.
-CHECKPOINT_LIMIT = 64 << 20  # what an earlier run leaves behind
+CHECKPOINT_LIMIT = 64 << 20
 # Each part of a checkpoint and the type it must have.
 PARTS = {
     "model": dict,

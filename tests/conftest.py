@@ -129,3 +129,13 @@ def plant():
             raise ValueError(kind)
 
     return make
+
+
+@pytest.fixture
+def no_workers(monkeypatch):
+    """Fail the test if the command starts a worker: it was to refuse before measuring."""
+
+    def started(self):
+        raise AssertionError("a worker was started: the command measured before it refused")
+
+    monkeypatch.setattr("cifar_spec.bench.worker.Worker.__post_init__", started)

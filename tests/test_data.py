@@ -17,6 +17,7 @@ from cifar_spec.data import (
     DataError,
     DeviceData,
     load_cifar10,
+    synthetic_settings,
     to_device,
     write_synthetic_cifar10,
 )
@@ -343,8 +344,10 @@ def test_synth_never_writes_through_a_linked_data_folder(tmp_path, capsys):
 
 def test_synth_rewrites_a_folder_of_its_own(tmp_path):
     write_synthetic_cifar10(tmp_path, 10, 5, seed=1)
+    first = (tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes()
     write_synthetic_cifar10(tmp_path, 10, 5, seed=2)
-    assert load_cifar10(tmp_path, train=False).targets is not None
+    assert (tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes() != first
+    assert synthetic_settings(tmp_path)["seed"] == 2
 
 
 @pytest.mark.parametrize("n_train, n_test", [(3, 0), (0, 4)])
@@ -358,8 +361,18 @@ def test_the_empty_batches_synth_writes_are_read_back(tmp_path, n_train, n_test)
 
 def test_bytes_called_with_arguments_is_still_refused(tmp_path):
     # What an attacker would reach for: bytes(...) building something other than b''.
-    planted = pickle.dumps(bytes, protocol=2)[:-1] + b"K\x05\x85R."  # bytes((5,))
+    planted = pickle.dumps(bytes, protocol=2)[:-1] + b"K\x05\x85R."  # bytes(5)
     from cifar_spec.files import load_pickle
 
     with pytest.raises(UnsafeFile, match="a call to bytes with 1 argument"):
         load_pickle(planted, tmp_path / "test_batch")
+
+
+@pytest.mark.slow
+def test_the_largest_files_synth_writes_are_read_back(tmp_path):
+    # 10,000 images a file, as CIFAR-10's; the worst case for the reader's size limit
+    # (its pixels take up to two bytes each in protocol 2's latin-1 strings).
+    write_synthetic_cifar10(tmp_path, 0, 10_000)
+    assert len(load_cifar10(tmp_path, train=False)) == 10_000
+    with pytest.raises(ValueError, match="at most 50,000 training and 10,000 test images"):
+        write_synthetic_cifar10(tmp_path / "more", 0, 10_001)

@@ -3,7 +3,7 @@ line, nothing passed unjudged. (A really slower step caught, on counts: test_cou
 
 import json
 import math
-import time
+import shutil
 
 import pytest
 
@@ -182,11 +182,17 @@ CUDA_ROW = {"device": "cuda", "variant": "eager", "batch": 1, "step_times": [[0.
     [
         ("time", "baseline", [], "holds no cases at all, none on cpu"),
         ("time", "baseline", [CUDA_ROW], "holds cases on cuda only, none on cpu"),
-        ("instructions", "counts", [], "holds no cases at all, none on cpu"),
+        pytest.param(
+            "instructions",
+            "counts",
+            [],
+            "holds no cases at all, none on cpu",
+            marks=pytest.mark.skipif(shutil.which("valgrind") is None, reason="no valgrind"),
+        ),
     ],
 )
 def test_a_baseline_with_no_case_for_this_device_is_refused_before_any_work(
-    tmp_path, capsys, metric, file, rows, said
+    tmp_path, capsys, no_workers, metric, file, rows, said
 ):
     from cifar_spec.bench.figures import machine_info
 
@@ -194,12 +200,10 @@ def test_a_baseline_with_no_case_for_this_device_is_refused_before_any_work(
     path = (gate.baseline_path if file == "baseline" else gate.count_baseline_path)(tmp_path, info)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"machine_info": info, "rows": rows}))
-    start = time.perf_counter()
     argv = ["gate", "--storage", str(tmp_path), "--device", "cpu", "--metric", metric]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err and "could judge nothing" in err
-    assert time.perf_counter() - start < 5  # refused, not measured first
 
 
 def test_a_nan_floor_in_a_floors_folder_stops_the_gate_before_any_measurement(tmp_path, capsys):

@@ -129,7 +129,9 @@ def test_a_stray_line_is_caught_before_it_shifts_every_later_reply(scripted_pyth
     )
     w = Worker(str(python), "stray")
     assert w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)["host"] == 0.1
-    time.sleep(0.5)  # the stray line arrives
+    deadline = time.monotonic() + 10
+    while not w.pending() and time.monotonic() < deadline:  # the stray line arrives
+        time.sleep(0.05)
     with pytest.raises(WorkerError, match="sent a line before 'round' was asked"):
         w.call({"op": "round", "key": "k", "steps": 1}, timeout=30)
     assert not alive(w.process.pid)

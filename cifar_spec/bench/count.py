@@ -163,9 +163,9 @@ def count_process(
             env={**os.environ, **COUNT_ENV},
             wrapper=callgrind_command(out_file, cache_sim),
             hello_timeout=HELLO_TIMEOUT,
-            # A folder of its own, empty: `python -m` puts the current folder first on the
-            # path, and a checkout there (or a planted torch.py) would change what is
-            # imported and so what is counted (0.1% between runs from two folders).
+            # A folder of its own, empty, so that nothing about the caller's folder is
+            # counted: runs started from two folders once counted 0.1% apart (the folder
+            # was on the path then; spawn's start now keeps it off).
             cwd=str(folder),
         )
         if running is not None:

@@ -19,11 +19,15 @@ import os
 from collections.abc import Mapping
 
 # Variables that change which code Python imports or runs at start-up
-# (PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, PYTHONUSERBASE, PYTHONWARNINGS, which
-# imports the modules its categories name, ...). Every PYTHON* variable goes,
-# except these, which change only how the interpreter behaves.
+# (PYTHONPATH, PYTHONSTARTUP, PYTHONUSERBASE, PYTHONWARNINGS, which imports the
+# modules its categories name, ...). Every PYTHON* variable goes, except these,
+# which change how the interpreter behaves, or only narrow where it looks:
+# PYTHONHOME is where this very Python's standard library is (a relocated one
+# needs it), PYTHONNOUSERSITE keeps ~/.local's packages out, as the user asked.
 KEPT = frozenset(
     {
+        "PYTHONHOME",
+        "PYTHONNOUSERSITE",
         "PYTHONHASHSEED",
         "PYTHONUNBUFFERED",
         "PYTHONIOENCODING",

@@ -11,8 +11,12 @@ environments side by side.
 The protocol is one JSON object per line: a request on the worker's stdin, its reply on
 stdout. The controller accepts only the replies listed in `REPLIES`, in order: a line of
 another shape, a stray line, a closed pipe or a hang stops the worker and everything it
-started, and ends in one line. A worker needs torch and cifar_spec only: torchvision,
-which a custom or nightly torch often lacks a match for, is never imported here.
+started, and ends in one line. (A stray line is found when it arrives before the next
+request; one of a reply's own shape that arrives after the next request is sent passes
+as that request's reply and is found one request later: only ids echoed in every reply
+would close that gap, which workers of earlier checkouts, compared against, do not send.)
+A worker needs torch and cifar_spec only: torchvision, which a custom or nightly torch
+often lacks a match for, is never imported here.
 
 Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "device",
 "variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported": why};
@@ -349,7 +353,7 @@ class Worker:
         if self.process.stdin.closed:
             raise WorkerError(f"{self.name} was stopped after an earlier failure")
         if self.pending():  # a line no request asked for: every later reply would be shifted
-            self.refuse(f"sent a line before '{op}' was asked: {self.read_line(0)!r:.80}")
+            self.refuse(f"sent a line before '{op}' was asked: {self._buffer[:80]!r}")
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
