@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from cifar_spec.files import (
     UnsafeFile,
+    cannot_write,
     check_writable,
     read_untrusted,
     target_problem,
@@ -61,9 +62,7 @@ def check_run_folder(out: Path, resume: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
         check_writable(out)
     except OSError as error:
-        raise CheckpointError(
-            f"cannot write to --out {out} ({error.strerror}); choose a folder you can write to"
-        ) from None
+        raise CheckpointError(cannot_write(f"to --out {out}", error)) from None
     # A FIFO or device where a file goes that is written, not read, would stop the run later.
     for name in (HISTORY, LOSS_PLOT):
         problem = target_problem(out / name)

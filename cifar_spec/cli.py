@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import math
 import os
 import sys
@@ -16,7 +15,7 @@ import torch
 from cifar_spec import data, distributed, losses
 from cifar_spec.bench.worker import WorkerError
 from cifar_spec.checkpoint import CheckpointError, check_run_folder
-from cifar_spec.files import FolderBusy, UnsafeFile
+from cifar_spec.files import FolderBusy, UnsafeFile, cannot_write
 from cifar_spec.loop import Interrupted, TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
 from cifar_spec.step import (
@@ -73,10 +72,7 @@ def write_stand_in(root: Path) -> None:
     try:
         data.write_synthetic_cifar10(root)
     except OSError as error:
-        raise data.DataError(
-            f"cannot write the synthetic stand-in in {root} ({error.strerror}); "
-            "pass a --data-root you can write to"
-        ) from None
+        raise data.DataError(cannot_write(f"the synthetic stand-in in {root}", error)) from None
 
 
 def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print) -> Path:
@@ -357,17 +353,9 @@ USER_ERRORS = (
 
 
 def describe_os_error(error: OSError) -> str:
-    """A failed read or write in one line: what, where, and the way out."""
-    where = f" {os.fsdecode(error.filename)}" if error.filename is not None else ""
-    fixes = {
-        errno.ENOSPC: "free some space or choose a folder on another disk",
-        errno.EDQUOT: "free some space or choose a folder on another disk",
-        errno.EROFS: "choose a folder on a writable file system",
-        errno.EACCES: "choose a folder you can write to",
-        errno.EPERM: "choose a folder you can write to",
-    }
-    fix = fixes.get(error.errno, "check the path and try again")
-    return f"cannot use{where}: {error.strerror or error}; {fix}"
+    """A failed read or write that no command worded itself, in one line."""
+    where = os.fsdecode(error.filename) if error.filename is not None else "a file"
+    return cannot_write(where, error)
 
 
 def readable_output() -> None:

@@ -35,6 +35,8 @@ from torch import Tensor
 
 from cifar_spec.files import (
     LOCK_FILE,
+    PROBE_PREFIX,
+    cannot_write,
     check_writable,
     folder_lock,
     load_pickle,
@@ -127,7 +129,12 @@ def check_ours_to_write(folder: Path) -> None:
         return
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; remove it or choose another --root")
-    names = {entry.name for entry in os.scandir(folder)} - {LOCK_FILE}
+    # The lock and a probe are our own (another writer's, or one a killed run left).
+    names = {
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.name != LOCK_FILE and not entry.name.startswith(PROBE_PREFIX)
+    }
     if not names or MARKER in names and marker(folder / MARKER) is not None:
         return
     what = (
@@ -181,10 +188,7 @@ def write_synthetic_cifar10(
         folder.mkdir(parents=True, exist_ok=True)
         check_writable(folder)
     except OSError as error:
-        raise DataError(
-            f"cannot write the data set in {folder} ({error.strerror}); "
-            "choose a --root on a disk with room that you can write to"
-        ) from None
+        raise DataError(cannot_write(f"the data set in {folder}", error)) from None
     with folder_lock(folder, "a synthetic data set"):
         check_ours_to_write(folder)  # again: another writer may have finished meanwhile
         # The marker goes first: a write cut short leaves a folder that is still ours.

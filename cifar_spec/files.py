@@ -18,6 +18,7 @@ integer dtypes. Anything else is refused before it runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -36,6 +37,7 @@ import numpy as np
 # Open flags for a file of ours: never through a link, never inherited by a child.
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_FILE = ".cifar-spec.lock"
+PROBE_PREFIX = ".probe."
 PROBE_BYTES = 1 << 16  # what `check_writable` writes: a disk without room for it is full
 
 
@@ -99,9 +101,7 @@ def prepare_output(path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent)
     except OSError as error:
-        raise UnsafeFile(
-            f"cannot write {path} ({error.strerror}); choose a path in a folder you can write to"
-        ) from None
+        raise UnsafeFile(cannot_write(str(path), error)) from None
 
 
 def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
@@ -139,6 +139,22 @@ def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], objec
     return path
 
 
+# What to do about a write that failed, by its cause; one wording for every writer.
+WRITE_FIXES = {
+    errno.ENOSPC: "free some space or choose a folder on another disk",
+    errno.EDQUOT: "free some space or choose a folder on another disk",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
+}
+
+
+def cannot_write(what: str, error: OSError) -> str:
+    """One line for a write that failed: what, why, and the way out."""
+    fix = WRITE_FIXES.get(error.errno, "check the path and choose another if need be")
+    return f"cannot write {what} ({error.strerror or error}); {fix}"
+
+
 def check_writable(folder: str | Path) -> None:
     """Raise OSError unless a new file can be made in `folder`; the probe is removed again.
 
@@ -147,7 +163,7 @@ def check_writable(folder: str | Path) -> None:
     """
     fd = open_folder(Path(folder))
     try:
-        probe = f".probe.{secrets.token_hex(8)}"
+        probe = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
         file = os.open(probe, NEW_FILE, 0o644, dir_fd=fd)
         try:
             # Some bytes too: an empty file costs no space, so only a write finds a full disk.

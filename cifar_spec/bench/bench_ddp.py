@@ -17,6 +17,7 @@ Weak scaling, as DDP is used: the batch of each process stays the same.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from cifar_spec.bench import cases, measure
 from cifar_spec.bench.paired import Samples
 from cifar_spec.bench.spawn import clean_environment, python_command
 from cifar_spec.bench.stats import Estimate
+from cifar_spec.bench.worker import WorkerError
 
 GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
 PAIRS = 12  # pairs of rounds per group
@@ -160,8 +162,27 @@ def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tupl
             if process.stdout:
                 process.stdout.close()
     if ranks[0].returncode:
-        raise RuntimeError(f"rank 0 of the {variant} group failed (exit {ranks[0].returncode})")
-    return [tuple(pair) for pair in json.loads(out.strip().splitlines()[-1])]
+        raise WorkerError(f"rank 0 of the {variant} group failed (exit {ranks[0].returncode})")
+    return parse_pairs(out, variant)
+
+
+def parse_pairs(out: str, variant: str) -> list[tuple[float, float]]:
+    """Rank 0's last line: a JSON list of [alone, together] seconds, both positive."""
+    try:
+        pairs = json.loads(out.strip().splitlines()[-1])
+        if (
+            all(
+                len(pair) == 2 and all(isinstance(v, float) and 0 < v < math.inf for v in pair)
+                for pair in pairs
+            )
+            and pairs
+        ):
+            return [tuple(pair) for pair in pairs]
+    except (ValueError, TypeError, IndexError, RecursionError):
+        pass
+    raise WorkerError(
+        f"rank 0 of the {variant} group ended without its timings ({out.strip()[-80:]!r})"
+    )
 
 
 def scaling(

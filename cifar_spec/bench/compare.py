@@ -74,7 +74,7 @@ def check_python(python: str) -> None:
     if done.returncode or not said:
         raise BadEnvironment(not_python)
     missing = said[0].removeprefix("missing ")
-    if said[0] != "found" and missing not in MODULES:
+    if said[0] != "found" and (missing == said[0] or missing not in MODULES):
         raise BadEnvironment(
             f"{python} answered the check for torch and cifar_spec with {said[0]!r:.80}, "
             "not as a Python does; give the path of a venv's bin/python"
