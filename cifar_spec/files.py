@@ -207,12 +207,9 @@ def read_untrusted(path: str | Path, limit: int, what: str) -> bytes:
     path = Path(path)
     refuse(path, os.stat(path), limit, what)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
+    with os.fdopen(fd, "rb") as f:
         refuse(path, os.fstat(fd), limit, what)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(limit + 1)
-    finally:
-        os.close(fd)
+        raw = f.read(limit + 1)
     if len(raw) > limit:  # it grew since
         refuse_size(path, len(raw), limit, what)
     return raw

@@ -3,8 +3,8 @@
 `python -m module` puts the current folder first on `sys.path`, and every
 Python reads `PYTHONPATH`: a `torch.py` left where a user runs `cifar-spec bench`,
 or a stray `PYTHONPATH` in their shell, would run inside every worker while the
-table looked normal. So a worker, probe or rank is started as `python -c BOOT`:
-BOOT drops the current folder from `sys.path` before anything is imported (site's
+table looked normal. So a worker, probe or rank is started as `python -c`, with code
+that first drops the current folder from `sys.path` before anything is imported (site's
 own imports run earlier, before Python adds that folder), and the environment it
 gets has no variable that tells Python where to find code.
 
@@ -37,12 +37,11 @@ KEPT = frozenset(
     }
 )
 
-BOOT = """\
+# What every start runs first: the current folder off the path, before any import.
+OFF_PATH = """\
 import sys
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
-{first}import runpy
-runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
 """
 
 
@@ -50,12 +49,13 @@ def python_command(python: str, module: str, *args: str, first: str | None = Non
     """The command that runs `module` as a script in `python`, never from the current folder;
     `first`: a folder to put first on its path (a checkout whose code must run)."""
     head = f"sys.path.insert(0, {first!r})\n" if first else ""
-    return [python, "-c", BOOT.format(first=head, module=module), *args]
+    run = f"import runpy\nrunpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+    return [python, "-c", OFF_PATH + head + run, *args]
 
 
 def probe_command(python: str, code: str) -> list[str]:
     """`python -c code`, with the current folder off the path before `code` imports anything."""
-    return [python, "-c", BOOT.split("{first}")[0] + code]
+    return [python, "-c", OFF_PATH + code]
 
 
 def clean_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
