@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from cifar_spec import plot
-from cifar_spec.bench import count, figures
-from cifar_spec.bench.paired import Case
+from cifar_spec.bench import callgrind, machine, report
+from cifar_spec.bench.cases import Case
+from cifar_spec.bench.counts import as_rows
 from cifar_spec.bench.suite import WORKERS, Suite
 
 ROWS_KEY = pytest.StashKey[list]()
@@ -74,13 +75,13 @@ class Counts:
             raise self.failed
         if self.rows is None:
             try:
-                processes = count.count_all({"w": sys.executable}, 2, self.cases)["w"]
+                processes = callgrind.count_all({"w": sys.executable}, 2, self.cases)["w"]
             except Exception as error:
                 self.failed = error
                 raise
             self.rows = {
                 Case(r["device"], r["variant"], r["batch"]): r
-                for r in count.as_rows(processes, self.cases)
+                for r in as_rows(processes, self.cases)
             }
         return self.rows.get(case)
 
@@ -90,7 +91,7 @@ def counts(request: pytest.FixtureRequest):
     """Counts.row(case) under --count-instructions, else None."""
     if not request.config.getoption("--count-instructions"):
         return None
-    count.check_tools()
+    callgrind.check_tools()
     return Counts(request.config.stash.get(CASES_KEY, []))
 
 
@@ -125,20 +126,20 @@ def record(request: pytest.FixtureRequest):
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    machine_info.update(figures.machine_info())
+    machine_info.update(machine.machine_info())
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     counted = config.stash.get(COUNT_ROWS_KEY, [])
     if counted:
         terminalreporter.section("instructions per step (callgrind)")
-        terminalreporter.write_line(count.format_rows(counted))
-        terminalreporter.write_line(count.LEGEND.split("; ratio")[0])
+        terminalreporter.write_line(report.format_rows(counted))
+        terminalreporter.write_line(report.LEGEND.split("; ratio")[0])
     rows = config.stash.get(ROWS_KEY, [])
     if not rows:
         return
     terminalreporter.section("training-step throughput")
-    terminalreporter.write_line(figures.format_table(rows))
+    terminalreporter.write_line(report.format_table(rows))
     terminalreporter.write_line(
         "speed-up: the median over quads of paired rounds (A B B A) against the baseline "
         "(eager, or the tutorial's loop), with its 95% interval (the wider of a two-level "

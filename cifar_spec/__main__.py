@@ -4,11 +4,10 @@ and for `torchrun -m cifar_spec`."""
 import os
 
 from cifar_spec.cli import main
+from cifar_spec.distributed import end_rank
 
 if __name__ == "__main__":
     code = main()
     if "RANK" in os.environ:  # a rank that torchrun started (distributed.end_rank says why)
-        from cifar_spec.distributed import end_rank
-
         end_rank(code)
     raise SystemExit(code)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cifar_spec.errors import CheckpointError, UnsafeFile
 from cifar_spec.files import (
-    UnsafeFile,
     cannot_write,
     check_writable,
     read_untrusted,
@@ -47,10 +47,6 @@ PARTS = {
 # Settings a resumed run must share with the checkpoint it resumes;
 # epochs may grow and the device may change.
 RESUME_MUST_MATCH = ("batch_size", "lr", "seed", "shuffle", "limit")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or its run folder cannot be used; the message names the file and the fix."""
 
 
 def check_run_folder(out: Path, resume: bool) -> None:

@@ -34,30 +34,22 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from cifar_spec.data import DeviceData
+from cifar_spec.errors import DistributedError, PeerLost, StoppedElsewhere
 from cifar_spec.step import Step, StepOptions, make_step
-
-if TYPE_CHECKING:  # data.py imports torchvision, which a step needs not
-    from cifar_spec.data import DeviceData
 
 T = TypeVar("T")
 # What torchrun sets; a process with RANK or WORLD_SIZE set is one of several and needs all four.
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT = 300.0  # seconds: rank 0 may write the 60,000-image stand-in while others wait
-
-
-class DistributedError(ValueError):
-    """The environment or settings cannot make a process group; the message says what to set."""
-
-
-class PeerLost(RuntimeError):
-    """Another rank died or stalled mid-run; this one stopped instead of waiting for ever."""
 
 
 def is_lost_peer(error: BaseException) -> bool:
@@ -67,10 +59,6 @@ def is_lost_peer(error: BaseException) -> bool:
         return True
     text = str(error)
     return type(error) is RuntimeError and any(name in text for name in ("gloo", "NCCL", "nccl"))
-
-
-class StoppedElsewhere(RuntimeError):
-    """Another rank refused the run before it began (it says why); this one stopped with it."""
 
 
 @dataclass(frozen=True)
@@ -473,7 +461,6 @@ def weighted_sum_hook(shard: Shard, bucket):  # untyped: DDP rejects a string an
 
 def data_parallel(model: nn.Module, shard: Shard) -> nn.Module:
     """`model` in DDP (which broadcasts rank 0's parameters), its gradients weighted and summed."""
-    from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
     wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

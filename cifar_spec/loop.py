@@ -21,10 +21,8 @@ import torch
 from torch import nn
 
 from cifar_spec import checkpoint, plot
-from cifar_spec.checkpoint import CheckpointError
 from cifar_spec.data import DeviceData
 from cifar_spec.distributed import (
-    PeerLost,
     Shard,
     World,
     agree,
@@ -33,15 +31,15 @@ from cifar_spec.distributed import (
     is_lost_peer,
     together,
 )
+from cifar_spec.errors import CheckpointError, Interrupted, NonFiniteLoss, PeerLost
 from cifar_spec.files import folder_lock
 from cifar_spec.model import CifarNet, check_images
 from cifar_spec.step import (
-    NonFiniteLoss,
     Step,
     StepOptions,
     check_labels,
     check_memory,
-    fast_exact_step,
+    default_step,
     make_step,
     prepare_model,
 )
@@ -62,7 +60,7 @@ class TrainConfig:
     shuffle: bool = False  # the tutorial's DataLoader does not shuffle
     limit: int | None = None  # train on the first `limit` images only (None: all)
     out: str | None = None  # run folder for checkpoints, history and plot (None: none)
-    step: StepOptions | None = None  # how each step runs; None: fast_exact_step(device)
+    step: StepOptions | None = None  # how each step runs; None: default_step(device)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -75,10 +73,6 @@ class TrainConfig:
             )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1 image, got {self.limit}")
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; the message says what was saved and how to resume."""
 
 
 @dataclass
@@ -122,7 +116,7 @@ class Run:
 def new_run(config: TrainConfig, world: World | None = None) -> Run:
     """A run from its seed; as one of `world`'s processes, with the data-parallel step."""
     torch.manual_seed(config.seed)
-    options = config.step or fast_exact_step(config.device, data_parallel=world is not None)
+    options = config.step or default_step(config.device, data_parallel=world is not None)
     model = prepare_model(CifarNet().to(config.device), options)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
@@ -328,7 +322,7 @@ def shared_settings(config: TrainConfig, data: DeviceData, resume: bool, world: 
 
     The device's type only: each rank's GPU is its own (cuda:0 on one, cuda:1 on the next).
     """
-    options = config.step or fast_exact_step(config.device, data_parallel=True)
+    options = config.step or default_step(config.device, data_parallel=True)
     record = data.record()
     return dict(
         asdict(config),

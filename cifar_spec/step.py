@@ -20,15 +20,11 @@ from torch import Tensor, nn
 
 from cifar_spec import manual_backward
 from cifar_spec.cuda_graph import cuda_graphed
+from cifar_spec.errors import NonFiniteLoss
 from cifar_spec.model import NUM_CLASSES, check_images
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Step = Callable[[Tensor, Tensor], Tensor]
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite: caught before its backward where the step reads
-    the loss (the CPU), else at the end of the epoch; never saved in a checkpoint."""
 
 
 def check_labels(labels: Tensor, num_images: int, num_classes: int = NUM_CLASSES) -> None:
@@ -198,8 +194,8 @@ def unsupported(
     )
 
 
-# What the library adds to channels_last for speed, fastest first: the first
-# that `unsupported` accepts on the device, with what the user asked, wins.
+# What the library adds to channels_last for speed, fastest first: the first that suits
+# the device and combines with what the user asked wins.
 SPEED_UPS = (
     dict(one_call_sgd=True, cuda_graph=True),  # a GPU: the host no longer paces the kernels
     dict(one_call_sgd=True, manual_backward=True),  # a CPU: no autograd bookkeeping
@@ -207,41 +203,30 @@ SPEED_UPS = (
 )
 
 
-def fastest_step(
+def default_step(
     device: str | torch.device,
     bf16: bool = False,
     compile: bool = False,
     data_parallel: bool = False,
 ) -> StepOptions:
-    """The fastest options that run on `device` with the precision and compilation asked for.
-
-    Never drops what was asked: if nothing runs (no compiler, say), the last
-    candidate comes back and `unsupported` says why.
-    """
-    for extra in SPEED_UPS:
-        if extra.get("manual_backward") and torch.device(device).type != "cpu":
-            # A win measured on CPUs only; on a GPU it is chosen nowhere else (fast_exact_step).
-            continue
-        options = StepOptions(channels_last=True, bf16=bf16, compile=compile, **extra)
-        if unsupported(options, device, data_parallel=data_parallel) is None:
-            break
-    return options
-
-
-def fast_exact_step(device: str | torch.device, data_parallel: bool = False) -> StepOptions:
-    """The fastest options that keep the tutorial's float32 result: the library's default.
+    """The library's step on `device`: the fastest options for its kind of device, with the
+    precision and compilation asked for (without either: the tutorial's float32 result).
 
     On a CPU: NHWC, the one-call update and manual_backward (the backward written
-    out). On a GPU: NHWC, the one-call update and the whole step
-    replayed as a CUDA graph, except under DDP (see `data_parallel_conflict`).
+    out). On a GPU: NHWC, the one-call update and the whole step replayed as a CUDA
+    graph, except under DDP (see `data_parallel_conflict`). The choice depends on the
+    device's kind, not on this machine; whether it runs here is `unsupported`'s to say.
     """
-    on_gpu = torch.device(device).type == "cuda"
-    return StepOptions(
-        channels_last=True,
-        one_call_sgd=True,
-        cuda_graph=on_gpu and not data_parallel,
-        manual_backward=not on_gpu,
-    )
+    on_cpu = torch.device(device).type == "cpu"
+    for extra in SPEED_UPS:
+        options = StepOptions(channels_last=True, bf16=bf16, compile=compile, **extra)
+        if options.cuda_graph and on_cpu or options.manual_backward and not on_cpu:
+            continue  # a graph needs a GPU; the written-out backward is a win measured on CPUs
+        if not options_conflict(options) and not (
+            data_parallel and data_parallel_conflict(options)
+        ):
+            return options
+    return options
 
 
 def prepare_model(model: nn.Module, options: StepOptions) -> nn.Module:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import ToTensor
 
-from cifar_spec.data import load_cifar10
+from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.model import CifarNet
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cifar_spec.data import DeviceData, load_cifar10, to_device, write_synthetic_cifar10
+from cifar_spec.cifar10 import load_cifar10
+from cifar_spec.data import DeviceData, to_device
+from cifar_spec.synthetic import write_synthetic_cifar10
 
 # Loaded at start-up by every Python run with this folder on PYTHONPATH: each
 # convolution computes its result FACTOR times. A really slower step, through
@@ -138,4 +140,4 @@ def no_workers(monkeypatch):
     def started(self):
         raise AssertionError("a worker was started: the command measured before it refused")
 
-    monkeypatch.setattr("cifar_spec.bench.worker.Worker.__post_init__", started)
+    monkeypatch.setattr("cifar_spec.bench._handle.Worker.__post_init__", started)

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from cifar_spec import distributed
-from cifar_spec.data import load_cifar10, to_device
+from cifar_spec.cifar10 import load_cifar10
+from cifar_spec.data import to_device
 from cifar_spec.distributed import PeerLost, Shard, data_parallel_step, process_group
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet
-from cifar_spec.step import StepOptions, fast_exact_step, prepare_model
+from cifar_spec.step import StepOptions, default_step, prepare_model
 
-STEP_OPTIONS = {"eager": StepOptions(), "default": fast_exact_step("cpu", data_parallel=True)}
+STEP_OPTIONS = {"eager": StepOptions(), "default": default_step("cpu", data_parallel=True)}
 FIT = dict(epochs=2, limit=103, batch_size=4, shuffle=True)  # 25 batches of 4, then 2 + 1
 TIMEOUT = 10.0  # seconds a rank waits for a silent one: short, so the spec stays quick
 

@@ -116,7 +116,8 @@ def test_a_new_run_refuses_a_folder_holding_any_earlier_runs_file(tmp_path, test
 
 
 def test_resuming_on_other_data_is_refused_naming_both(tmp_path, synthetic_root, test_split):
-    from cifar_spec.data import load_cifar10, to_device
+    from cifar_spec.cifar10 import load_cifar10
+    from cifar_spec.data import to_device
 
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     before = snapshot(tmp_path)

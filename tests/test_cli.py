@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.cli import build_parser, main
-from cifar_spec.data import load_cifar10, write_synthetic_cifar10
+from cifar_spec.synthetic import write_synthetic_cifar10
 
 
 def test_summary_prints_the_tutorials_two_losses_and_the_parameter_count(capsys):

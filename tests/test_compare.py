@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cifar_spec.bench import compare, stats
-from cifar_spec.bench.paired import Case
+from cifar_spec.bench.cases import Case
 from cifar_spec.cli import main
 
 
@@ -51,7 +51,7 @@ def test_a_missing_python_ends_the_command_in_one_line_with_exit_code_2(tmp_path
 )
 def test_the_exit_code_is_1_on_any_regression_else_3_when_inconclusive(verdicts, code):
     results = [compare.Result(Case("cpu", "eager", 1), v) for v in verdicts]
-    assert compare.exit_code(results) == code
+    assert stats.exit_code([r.verdict for r in results]) == code
 
 
 @pytest.mark.slow
@@ -141,7 +141,7 @@ def test_a_time_budget_that_is_not_a_positive_finite_number_is_refused(seconds, 
 
 @pytest.mark.parametrize("text, fraction", [("5", 0.05), ("12.5%", 0.125)])
 def test_a_threshold_is_read_as_a_percentage(text, fraction):
-    from cifar_spec.bench.cli import percent
+    from cifar_spec.cli.options import percent
 
     assert percent(text) == pytest.approx(fraction)
 

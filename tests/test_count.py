@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from cifar_spec.bench import count, gate, stats
-from cifar_spec.bench.paired import Case
+from cifar_spec.bench import baselines, callgrind, counts, gate, report, stats
+from cifar_spec.bench.cases import Case
 from cifar_spec.cli import main
-from cifar_spec.step import fastest_step
+from cifar_spec.step import default_step
 
 EAGER = Case("cpu", "eager", 1)
-DEFAULT = Case("cpu", fastest_step("cpu").name, 1)  # its convolutions are aten's, not F.conv2d
+DEFAULT = Case("cpu", default_step("cpu").name, 1)  # its convolutions are aten's, not F.conv2d
 
 needs_valgrind = pytest.mark.skipif(
     shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)"
@@ -51,7 +51,7 @@ CONV_JIT = (
 
 
 def test_code_without_a_symbol_is_pooled_by_caller_if_jit_and_by_library_if_stripped():
-    functions = count.parse_annotate(ANNOTATED, steps=2)
+    functions = callgrind.parse_annotate(ANNOTATED, steps=2)
     assert functions == {
         "void at::native::cpu_max_pool<float, false>(at::Tensor const&) [libtorch_cpu.so]": (
             3_508_469 / 2
@@ -64,12 +64,12 @@ def test_code_without_a_symbol_is_pooled_by_caller_if_jit_and_by_library_if_stri
 
 def test_the_estimated_cycles_are_callgrinds_weights_of_the_cache_misses():
     values = {"Ir": 1000, "I1mr": 1, "D1mr": 2, "D1mw": 3, "ILmr": 1, "DLmr": 1, "DLmw": 0}
-    assert count.estimated_cycles(values, steps=2) == (1000 + 10 * 6 + 100 * 2) / 2
-    assert count.estimated_cycles({"Ir": 1000}, steps=1) is None
+    assert callgrind.estimated_cycles(values, steps=2) == (1000 + 10 * 6 + 100 * 2) / 2
+    assert callgrind.estimated_cycles({"Ir": 1000}, steps=1) is None
 
 
-def counts(*values: float, functions: dict | None = None) -> list[count.Count]:
-    return [count.Count(v, None, functions or {}) for v in values]
+def counted(*values: float, functions: dict | None = None) -> list[callgrind.Count]:
+    return [callgrind.Count(v, None, functions or {}) for v in values]
 
 
 @pytest.mark.parametrize(
@@ -83,32 +83,36 @@ def counts(*values: float, functions: dict | None = None) -> list[count.Count]:
     ],
 )
 def test_a_count_verdict_takes_the_range_over_every_process_of_both_sides(base, cand, verdict):
-    assert count.judge(EAGER, counts(*base), counts(*cand), 0.01).verdict == verdict
+    assert counts.judge(EAGER, counted(*base), counted(*cand), 0.01).verdict == verdict
 
 
 def test_processes_of_one_side_that_disagree_are_named_and_never_vouch_for_no_change():
     # 0.2% apart: within the 1% threshold, but twice the tenth of it that processes may differ by.
-    judged = count.judge(EAGER, counts(100e6, 100.2e6), counts(100.1e6, 100.1e6), 0.01)
+    judged = counts.judge(EAGER, counted(100e6, 100.2e6), counted(100.1e6, 100.1e6), 0.01)
     assert judged.verdict == stats.INCONCLUSIVE
     assert "the baseline's processes disagree by 0.200%" in judged.note
 
 
 def test_a_moved_case_lists_the_functions_that_moved_most_first():
-    base = counts(100e6, 100e6, functions={"conv": 40e6, "pool": 10e6, "relu": 1e6})
-    cand = counts(103e6, 103e6, functions={"conv": 43.5e6, "pool": 9.5e6, "relu": 1e6})
-    judged = count.judge(EAGER, base, cand, 0.01, top=2)
+    base = counted(100e6, 100e6, functions={"conv": 40e6, "pool": 10e6, "relu": 1e6})
+    cand = counted(103e6, 103e6, functions={"conv": 43.5e6, "pool": 9.5e6, "relu": 1e6})
+    judged = counts.judge(EAGER, base, cand, 0.01, top=2)
     assert judged.verdict == stats.REGRESSION
     assert judged.top == [("conv", 40e6, 43.5e6), ("pool", 10e6, 9.5e6)]
-    assert judged.moved and "conv" in "\n".join(count.format_judged(judged))
-    unmoved = count.judge(EAGER, base, base, 0.01)
+    assert judged.moved and "conv" in "\n".join(report.format_count_judged(judged))
+    unmoved = counts.judge(EAGER, base, base, 0.01)
     assert unmoved.verdict == stats.NO_CHANGE and not unmoved.moved
-    assert len(count.format_judged(unmoved)) == 1  # the row alone; its functions are in --json
+    assert (
+        len(report.format_count_judged(unmoved)) == 1
+    )  # the row alone; its functions are in --json
 
 
 def test_counting_without_valgrind_is_refused_with_the_install_command(monkeypatch, capsys):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(count.CountError, match=r"valgrind.*not on PATH.*apt-get install valgrind"):
-        count.check_tools()
+    with pytest.raises(
+        callgrind.CountError, match=r"valgrind.*not on PATH.*apt-get install valgrind"
+    ):
+        callgrind.check_tools()
     code = main(["compare", sys.executable, sys.executable, "--metric", "instructions"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "apt-get install valgrind" in err
@@ -147,12 +151,12 @@ def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine"
 
 
-def process(label: str, value: float, functions: dict) -> count.Process:
+def process(label: str, value: float, functions: dict) -> callgrind.Process:
     info = {"python": sys.executable, "torch": "2.x", "cpu_model": "cpu", "threads": 1}
-    return count.Process(
+    return callgrind.Process(
         label,
         info,
-        {EAGER: count.Count(value, None, functions)},
+        {EAGER: callgrind.Count(value, None, functions)},
         {DEFAULT: "not here"},
     )
 
@@ -167,8 +171,8 @@ def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_
             "candidate": [process(f"c{i}", 103e6, {"conv": 43e6}) for i in range(2)],
         }
 
-    monkeypatch.setattr(count, "count_all", fake_count_all)
-    monkeypatch.setattr(count, "check_tools", lambda: None)
+    monkeypatch.setattr(callgrind, "count_all", fake_count_all)
+    monkeypatch.setattr(callgrind, "check_tools", lambda: None)
     out, md = tmp_path / "v.json", tmp_path / "v.md"
     code = main(
         ["compare", sys.executable, sys.executable, "--metric", "instructions"]
@@ -200,13 +204,13 @@ def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_
 
 
 def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, capsys):
-    monkeypatch.setattr(count, "check_tools", lambda: None)
+    monkeypatch.setattr(callgrind, "check_tools", lambda: None)
     monkeypatch.setattr(
-        count,
+        callgrind,
         "count_all",
         lambda pythons, processes, cases, cache_sim=False: {
             side: [
-                count.Process(
+                callgrind.Process(
                     "p",
                     {"python": "p", "torch": "t", "cpu_model": "c", "threads": 1},
                     {},
@@ -231,13 +235,13 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     twice (sitecustomize.py), on eager and on the CPU's default step (whose convolutions are
     aten's own, so the slowdown never reaches it). The two processes of this Python are the
     same environment counted twice (four processes, not six: they start in ~30 s each)."""
-    counted = count.count_all(
+    counted = callgrind.count_all(
         {"baseline": sys.executable, "slow": str(slow_python(2))}, 2, [EAGER, DEFAULT]
     )
     first, second = counted["baseline"]
 
     def judged(case, base, cand):
-        return count.judge(
+        return counts.judge(
             case, [p.counts[case] for p in base], [p.counts[case] for p in cand], 0.01
         )
 
@@ -246,7 +250,7 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
         assert same.verdict == stats.NO_CHANGE, same
         # Processes of one environment agree within the tenth of the threshold the report
         # allows (measured: 0.000-0.026%), and the row says nothing of a disagreement.
-        assert abs(same.ratio - 1) <= count.AGREEMENT * 0.01 and same.note == ""
+        assert abs(same.ratio - 1) <= counts.AGREEMENT * 0.01 and same.note == ""
     slower = judged(EAGER, counted["baseline"], counted["slow"])
     assert slower.verdict == stats.REGRESSION and slower.low > 1.05, slower
     assert any("convolution" in name for name, _, _ in slower.top[:3]), slower.top
@@ -255,11 +259,11 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     # The gate on the same counts: a baseline saved from the first process, then judged
     # against the second (this Python again) and against the slow one.
     path = tmp_path / "instructions.json"
-    gate.save_baseline(path, {"torch": "this"}, count.as_rows([first], [EAGER, DEFAULT]))
-    baseline = gate.load_count_baseline(path)
+    baselines.save_baseline(path, {"torch": "this"}, counts.as_rows([first], [EAGER, DEFAULT]))
+    baseline = baselines.load_baseline(path, "instructions")
     said: list[str] = []
-    again = count.as_rows([second], [EAGER, DEFAULT])
-    slow = count.as_rows(counted["slow"], [EAGER, DEFAULT])
+    again = counts.as_rows([second], [EAGER, DEFAULT])
+    slow = counts.as_rows(counted["slow"], [EAGER, DEFAULT])
     assert gate.judge_count_run(baseline, {"torch": "this"}, again, 0.01, said.append) == 0
     assert said[-1] == "gate: passed"
     assert gate.judge_count_run(baseline, {"torch": "this"}, slow, 0.01, said.append) == 1

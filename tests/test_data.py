@@ -11,17 +11,12 @@ import torch
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import ToTensor
 
-from cifar_spec.data import (
-    CLASSES,
-    CheckedCIFAR10,
-    DataError,
-    DeviceData,
-    load_cifar10,
-    synthetic_settings,
-    to_device,
-    write_synthetic_cifar10,
-)
+from cifar_spec.cifar10 import CheckedCIFAR10, load_cifar10
+from cifar_spec.cifar10_format import CLASSES
+from cifar_spec.data import DeviceData, to_device
+from cifar_spec.errors import DataError
 from cifar_spec.files import UnsafeFile
+from cifar_spec.synthetic import synthetic_settings, write_synthetic_cifar10
 
 
 @pytest.fixture
@@ -62,7 +57,7 @@ def test_the_checked_subclass_changes_only_the_checksums_torchvision_holds_the_f
 
 
 def test_cifar10s_file_names_and_published_md5s_are_torchvisions():
-    from cifar_spec import data
+    from cifar_spec import cifar10_format as data
 
     assert data.BASE_FOLDER == CIFAR10.base_folder
     assert data.TRAIN_FILES == [name for name, _ in CIFAR10.train_list]
@@ -206,7 +201,7 @@ def test_real_cifar10_is_never_overwritten_by_the_synthetic_writer(tmp_path, roo
 
 
 def test_a_synthetic_write_cut_short_leaves_a_folder_that_is_still_ours(tmp_path, monkeypatch):
-    import cifar_spec.data as data
+    import cifar_spec.synthetic as data
 
     def fail(*_):
         raise OSError("disk full")
@@ -362,7 +357,7 @@ def test_the_empty_batches_synth_writes_are_read_back(tmp_path, n_train, n_test)
 def test_bytes_called_with_arguments_is_still_refused(tmp_path):
     # What an attacker would reach for: bytes(...) building something other than b''.
     planted = pickle.dumps(bytes, protocol=2)[:-1] + b"K\x05\x85R."  # bytes(5)
-    from cifar_spec.files import load_pickle
+    from cifar_spec.safe_pickle import load_pickle
 
     with pytest.raises(UnsafeFile, match="a call to bytes with 1 argument"):
         load_pickle(planted, tmp_path / "test_batch")

@@ -40,8 +40,7 @@ from cifar_spec.loop import TrainConfig, fit, shared_settings
 from cifar_spec.model import CifarNet
 from cifar_spec.step import (
     StepOptions,
-    fast_exact_step,
-    fastest_step,
+    default_step,
     make_step,
     prepare_model,
     unsupported,
@@ -463,10 +462,9 @@ def test_ddp_refuses_the_cuda_graph_and_says_why():
 
 def test_under_ddp_the_default_steps_leave_out_the_cuda_graph_and_keep_the_rest():
     on_gpus = StepOptions(channels_last=True, one_call_sgd=True)
-    assert fast_exact_step("cuda", data_parallel=True) == on_gpus
-    assert fastest_step("cuda", data_parallel=True) == on_gpus
-    cpu = fast_exact_step("cpu", data_parallel=True)
-    assert cpu == fast_exact_step("cpu") and cpu.manual_backward
+    assert default_step("cuda", data_parallel=True) == on_gpus
+    cpu = default_step("cpu", data_parallel=True)
+    assert cpu == default_step("cpu") and cpu.manual_backward
     for options in (cpu, StepOptions(channels_last=True, bf16=True), StepOptions()):
         assert unsupported(options, "cpu", data_parallel=True) is None
 

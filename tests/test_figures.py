@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cifar_spec.bench import cases, figures
+from cifar_spec.bench import cases, figures, machine, report
 from cifar_spec.model import CifarNet
 from cifar_spec.step import StepOptions
 
@@ -43,13 +43,13 @@ def test_the_figures_follow_from_the_rate_and_the_peak():
 def test_a_rate_above_the_peak_is_shown_as_an_underestimated_peak_not_a_fraction():
     row = figures.rate_figures("cpu", "channels_last", 256, 2000.0, 69_209_856, PEAK)
     assert row["roofline_fraction"] is None and row["peak_underestimated"]
-    assert "peak underestimated" in figures.format_table([{**row, "speedup": 1.2}])
+    assert "peak underestimated" in report.format_table([{**row, "speedup": 1.2}])
 
 
 def test_the_table_shows_each_speed_up_with_its_interval_and_marks_noisy_rows():
     base = figures.rate_figures("cpu", "eager", 1, 250.0, 69_209_856, PEAK)
     fast = figures.rate_figures("cpu", "channels_last", 1, 300.0, 69_209_856, PEAK)
-    table = figures.format_table(
+    table = report.format_table(
         [
             {**base, "speedup": 1.0, "spread": 0.03},
             {**fast, "speedup": 1.2, "speedup_ci": [1.15, 1.26], "spread": 0.14, "noisy": True},
@@ -61,7 +61,7 @@ def test_the_table_shows_each_speed_up_with_its_interval_and_marks_noisy_rows():
 
 
 def test_machine_info_names_the_hardware_and_every_version():
-    info = figures.machine_info()
+    info = machine.machine_info()
     assert {
         "cpu_model",
         "torch_threads",

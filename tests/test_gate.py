@@ -7,18 +7,18 @@ import shutil
 
 import pytest
 
-from cifar_spec.bench import gate, stats
+from cifar_spec.bench import baselines, gate, stats
 from cifar_spec.cli import main
 
 INFO = {"cpu_model": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1"}
 
 
 def test_a_baseline_is_kept_per_hardware_and_survives_a_torch_upgrade():
-    assert gate.fingerprint(INFO) == "AMD_EPYC-2t"
-    assert gate.fingerprint({**INFO, "torch": "2.15.0", "node": "runner-7"}) == "AMD_EPYC-2t"
-    assert gate.fingerprint({**INFO, "torch_threads": 4}) != gate.fingerprint(INFO)
+    assert baselines.fingerprint(INFO) == "AMD_EPYC-2t"
+    assert baselines.fingerprint({**INFO, "torch": "2.15.0", "node": "runner-7"}) == "AMD_EPYC-2t"
+    assert baselines.fingerprint({**INFO, "torch_threads": 4}) != baselines.fingerprint(INFO)
     assert (
-        gate.fingerprint({**INFO, "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8})
+        baselines.fingerprint({**INFO, "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8})
         == "NVIDIA_H100_80GB_HBM3-x8"
     )
 
@@ -35,9 +35,9 @@ def row(times):
 
 def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
     times = [[0.010, 0.011, 0.0105, 0.0102] * 3]
-    path = gate.baseline_path(tmp_path, INFO)
-    gate.save_baseline(path, INFO, [row(times)])
-    saved = gate.load_baseline(path)
+    path = baselines.baseline_path(tmp_path, INFO)
+    baselines.save_baseline(path, INFO, [row(times)])
+    saved = baselines.load_baseline(path)
     assert saved["machine_info"]["torch"] == "2.14.1"
     [judged] = gate.judge_times(saved["rows"], [row(times)], 0.1)
     assert judged.verdict == stats.NO_CHANGE and judged.ratio.median == 1.0
@@ -46,10 +46,10 @@ def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
 def test_saving_a_baseline_never_writes_through_a_planted_link(tmp_path):
     target = tmp_path / "precious"
     target.write_text("keep me")
-    path = gate.baseline_path(tmp_path / "store", INFO)
+    path = baselines.baseline_path(tmp_path / "store", INFO)
     path.parent.mkdir(parents=True)
     path.symlink_to(target)
-    gate.save_baseline(path, INFO, [row([[0.01] * 4])])
+    baselines.save_baseline(path, INFO, [row([[0.01] * 4])])
     assert target.read_text() == "keep me" and not path.is_symlink()
 
 
@@ -73,8 +73,8 @@ def test_saving_a_baseline_never_writes_through_a_planted_link(tmp_path):
 def test_a_damaged_baseline_is_refused_naming_the_file_and_the_fix(tmp_path, text, message):
     path = tmp_path / "baseline.json"
     path.write_text(text)
-    with pytest.raises(gate.GateError, match=message) as error:
-        gate.load_baseline(path)
+    with pytest.raises(baselines.GateError, match=message) as error:
+        baselines.load_baseline(path)
     assert str(path) in str(error.value)
 
 
@@ -96,14 +96,14 @@ def test_a_damaged_baseline_is_refused_naming_the_file_and_the_fix(tmp_path, tex
 def test_a_bad_floors_file_is_refused_naming_the_file_and_the_key(tmp_path, floors, message):
     path = tmp_path / "cpu.json"
     path.write_text(floors)
-    with pytest.raises(gate.GateError, match=message) as error:
-        gate.load_floors(path)
+    with pytest.raises(baselines.GateError, match=message) as error:
+        baselines.load_floors(path)
     assert str(path) in str(error.value)
 
 
 def test_the_shipped_floors_are_valid_and_found_outside_a_checkout():
     for device in ("cpu", "cuda"):
-        floors = gate.load_floors(gate.default_floors(device))
+        floors = baselines.load_floors(baselines.default_floors(device))
         assert any(not k.startswith("_") for k in floors)
 
 
@@ -164,9 +164,9 @@ def test_the_gate_without_a_baseline_says_how_to_make_one(tmp_path, capsys):
 
 
 def test_the_gate_on_a_damaged_baseline_ends_in_one_line_not_a_traceback(tmp_path, capsys):
-    from cifar_spec.bench.figures import machine_info
+    from cifar_spec.bench.machine import machine_info
 
-    path = gate.baseline_path(tmp_path, machine_info())
+    path = baselines.baseline_path(tmp_path, machine_info())
     path.parent.mkdir(parents=True)
     path.write_text('{"rows": [{"device": 1}]}')
     assert main(["gate", "--storage", str(tmp_path)]) == 2
@@ -194,10 +194,12 @@ CUDA_ROW = {"device": "cuda", "variant": "eager", "batch": 1, "step_times": [[0.
 def test_a_baseline_with_no_case_for_this_device_is_refused_before_any_work(
     tmp_path, capsys, no_workers, metric, file, rows, said
 ):
-    from cifar_spec.bench.figures import machine_info
+    from cifar_spec.bench.machine import machine_info
 
     info = machine_info()
-    path = (gate.baseline_path if file == "baseline" else gate.count_baseline_path)(tmp_path, info)
+    path = (baselines.baseline_path if file == "baseline" else baselines.count_baseline_path)(
+        tmp_path, info
+    )
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"machine_info": info, "rows": rows}))
     argv = ["gate", "--storage", str(tmp_path), "--device", "cpu", "--metric", metric]
@@ -232,8 +234,8 @@ def test_the_default_threshold_is_a_fraction():
 
 
 def test_a_baseline_is_json_with_the_versions_it_was_measured_with(tmp_path):
-    path = gate.baseline_path(tmp_path, INFO)
-    gate.save_baseline(path, INFO, [row([[0.01] * 4])])
+    path = baselines.baseline_path(tmp_path, INFO)
+    baselines.save_baseline(path, INFO, [row([[0.01] * 4])])
     assert json.loads(path.read_text())["machine_info"] == INFO
 
 
@@ -286,17 +288,20 @@ def test_the_gate_end_to_end_saves_a_baseline_then_fails_a_speed_up_below_its_fl
 def test_a_damaged_baseline_of_counts_is_refused_naming_the_file_and_the_fix(tmp_path, text):
     path = tmp_path / "instructions.json"
     path.write_text(text)
-    with pytest.raises(gate.GateError, match="instructions.json.*--metric instructions"):
-        gate.load_count_baseline(path)
+    with pytest.raises(baselines.GateError, match="instructions.json.*--metric instructions"):
+        baselines.load_baseline(path, "instructions")
 
 
 def test_counts_are_kept_per_cpu_at_one_thread_even_on_a_machine_with_a_gpu():
     gpu = {**INFO, "gpu_name": "NVIDIA H200", "gpu_count": 1}
-    assert gate.count_baseline_path("s", gpu) == gate.count_baseline_path("s", INFO)
+    assert baselines.count_baseline_path("s", gpu) == baselines.count_baseline_path("s", INFO)
 
 
 def test_counts_are_kept_per_cpu_at_one_thread_beside_the_times():
-    assert gate.count_baseline_path("s", INFO).parts[-2:] == ("AMD_EPYC-1t", "instructions.json")
-    assert gate.count_baseline_path("s", {**INFO, "torch_threads": 8}) == gate.count_baseline_path(
-        "s", INFO
+    assert baselines.count_baseline_path("s", INFO).parts[-2:] == (
+        "AMD_EPYC-1t",
+        "instructions.json",
     )
+    assert baselines.count_baseline_path(
+        "s", {**INFO, "torch_threads": 8}
+    ) == baselines.count_baseline_path("s", INFO)

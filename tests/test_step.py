@@ -10,8 +10,7 @@ from cifar_spec.model import CifarNet
 from cifar_spec.step import (
     StepOptions,
     check_memory,
-    fast_exact_step,
-    fastest_step,
+    default_step,
     make_step,
     one_call_sgd_update,
     prepare_model,
@@ -150,13 +149,12 @@ def test_the_one_call_sgd_update_follows_a_learning_rate_changed_mid_run():
 
 
 def test_the_default_step_adds_channels_last_and_the_one_call_update_to_the_tutorials():
-    assert fast_exact_step("cpu") == StepOptions(
+    assert default_step("cpu") == StepOptions(
         channels_last=True, one_call_sgd=True, manual_backward=True
     )
-    assert fast_exact_step("cuda") == StepOptions(
+    assert default_step("cuda") == StepOptions(
         channels_last=True, one_call_sgd=True, cuda_graph=True
     )
-    assert fastest_step("cpu") == fast_exact_step("cpu")
 
 
 @pytest.mark.parametrize(
@@ -167,8 +165,8 @@ def test_the_default_step_adds_channels_last_and_the_one_call_update_to_the_tuto
     ],
     ids=["bf16", "compile"],
 )
-def test_the_fastest_step_keeps_what_was_asked_and_adds_only_what_runs_with_it(asked, expected):
-    assert fastest_step("cpu", **asked).name == expected
+def test_the_default_step_keeps_what_was_asked_and_adds_only_what_combines_with_it(asked, expected):
+    assert default_step("cpu", **asked).name == expected
 
 
 # (options, model, optimizer, loss, the reason given)
@@ -245,8 +243,8 @@ def test_the_benchmarks_ask_the_same_rule_and_measure_both_defaults():
     from cifar_spec.step import options_conflict
 
     assert cases.unsupported is unsupported
-    assert cases.VARIANTS["channels_last+one_call_sgd+manual_backward"] == fast_exact_step("cpu")
-    assert cases.VARIANTS["channels_last+one_call_sgd+cuda_graph"] == fast_exact_step("cuda")
+    assert cases.VARIANTS["channels_last+one_call_sgd+manual_backward"] == default_step("cpu")
+    assert cases.VARIANTS["channels_last+one_call_sgd+cuda_graph"] == default_step("cuda")
     assert [name for name, o in cases.VARIANTS.items() if options_conflict(o)] == []
 
 

@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cifar_spec.data import load_cifar10, to_device
+from cifar_spec.cifar10 import load_cifar10
+from cifar_spec.data import to_device
 from cifar_spec.loop import TrainConfig, evaluate, fit, new_run, train_epoch
 from cifar_spec.step import NonFiniteLoss, StepOptions, make_step
 from cifar_spec.tutorial import tutorial_epoch, tutorial_setup

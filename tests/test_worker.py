@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from cifar_spec.bench.paired import Case, Unsupported, build_arm, measure_pairs
-from cifar_spec.bench.worker import Worker, WorkerError
+from cifar_spec.bench._handle import Worker
+from cifar_spec.bench.cases import Case
+from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
+from cifar_spec.errors import WorkerError
 
 
 def alive(pid: int) -> bool:

@@ -28,10 +28,12 @@ import torch
 import torch.distributed as dist
 
 from cifar_spec.bench import cases, measure
-from cifar_spec.bench.paired import Samples
+from cifar_spec.bench.paired import Samples, alternate
 from cifar_spec.bench.spawn import clean_environment, python_command
-from cifar_spec.bench.stats import Estimate
-from cifar_spec.bench.worker import WorkerError
+from cifar_spec.distributed import Shard, World, data_parallel_step, end_rank
+from cifar_spec.errors import WorkerError
+from cifar_spec.model import IMAGE_SHAPE, CifarNet
+from cifar_spec.step import prepare_model
 
 GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
 PAIRS = 12  # pairs of rounds per group
@@ -46,10 +48,6 @@ def free_port() -> int:
 
 def build_arms(variant: str, batch: int, world: int) -> tuple[cases.StepBench, cases.StepBench]:
     """One process's step and this rank's DDP step, each on its own fixed random batch."""
-    from cifar_spec.distributed import Shard, World, data_parallel_step
-    from cifar_spec.model import IMAGE_SHAPE, CifarNet
-    from cifar_spec.step import prepare_model
-
     options = cases.VARIANTS[variant]
     alone = cases.build(options, "cpu", batch, seed=0)
     torch.manual_seed(0)
@@ -94,15 +92,15 @@ def lead(alone: cases.StepBench, together: cases.StepBench, pairs: int) -> list[
         measure.steps_per_round(measure.warm_up(alone.step, cpu)),
         measure.steps_per_round(measure.warm_up(one_ordered_step, cpu)),
     ]
-    timed = []
-    for pair in range(pairs):
-        seconds = [0.0, 0.0]
-        for arm in measure.paired_order(pair):
-            if arm == 1:
-                order(steps[1])  # outside the clock; the others start as rank 0 does
-            step = (alone, together)[arm].step
-            seconds[arm] = measure.time_round(step, cpu, steps[arm]).host
-        timed.append(seconds)
+
+    def ordered_round() -> float:
+        order(steps[1])  # outside the clock; the others start as rank 0 does
+        return measure.time_round(together.step, cpu, steps[1]).host
+
+    def alone_round() -> float:
+        return measure.time_round(alone.step, cpu, steps[0]).host
+
+    timed = [list(pair) for pair in alternate((alone_round, ordered_round), pairs)]
     order(0)
     return timed
 
@@ -195,15 +193,8 @@ def scaling(
             "--pairs must be at least 2: each ratio comes from a pair A B and a pair B A"
         )
     samples = Samples([run_group(variant, batch, processes, pairs) for _ in range(groups)])
-    time_ratio = samples.ratio()  # together's seconds per step over alone's
-    speedup = Estimate(
-        processes / time_ratio.median,
-        processes / time_ratio.high,
-        processes / time_ratio.low,
-        time_ratio.spread,
-        time_ratio.samples,
-        time_ratio.processes,
-    )
+    # together's seconds per step over alone's, inverted: the rate of N processes over one's
+    speedup = samples.ratio().inverted().scaled(processes)
     return {
         "variant": variant,
         "batch_per_process": batch,
@@ -216,24 +207,6 @@ def scaling(
     }
 
 
-def format_row(row: dict) -> str:
-    s = row["speedup"]
-    return (
-        f"{row['variant']:<46} {row['batch_per_process']:>5} {row['processes']:>3} "
-        f"{row['alone_images_per_s']:>9.0f} {row['together_images_per_s']:>9.0f} "
-        f"{s['median']:>6.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
-        f"{row['efficiency']:>6.0%}{' noisy' if s['noisy'] else ''}"
-    )
-
-
-HEADER = (
-    f"{'variant':<46} {'batch':>5} {'n':>3} {'alone/s':>9} {'ddp/s':>9} "
-    f"{'speed-up [95% CI]':>23} {'eff.':>6}"
-)
-
-
 if __name__ == "__main__":
-    from cifar_spec.distributed import end_rank
-
     rank_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
     end_rank(0)  # without the interpreter's finalization (end_rank says why)

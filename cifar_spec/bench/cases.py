@@ -1,9 +1,9 @@
 """The cases every benchmark measures: which variants of the step, at which batch sizes.
 
 A case is one variant of the training step (`StepOptions`) on one device at
-one batch size, built on one fixed random batch and ready to run. `measure.py`
-times it, `figures.py` says what the time means, `gate.py` and `compare.py`
-judge it; `worker.py` builds cases in fresh processes.
+one batch size, built on one fixed random batch and ready to run. `Case` names
+one for a worker to build; `measure.py` times it, `figures.py` says what the time
+means, `gate.py` and `compare.py` judge it; `worker.py` builds cases in fresh processes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cifar_spec.data import to_device
+from cifar_spec.loop import TrainConfig, new_run, train_epoch
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
 from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
+from cifar_spec.synthetic import is_synthetic, write_synthetic_cifar10
 
 # The variants every benchmark run measures, by name; "eager" (the tutorial's step)
 # is the baseline.
@@ -35,6 +38,28 @@ VARIANTS = {
     ]
 }
 BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
+
+
+@dataclass(frozen=True)
+class Case:
+    """What to build: a step variant at a batch size on a device, or a named loop."""
+
+    device: str
+    variant: str
+    batch: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.device}-{self.variant}-{self.batch}"
+
+    def request(self) -> dict:
+        return {
+            "op": "build",
+            "key": self.key,
+            "device": self.device,
+            "variant": self.variant,
+            "batch": self.batch,
+        }
 
 
 def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:
@@ -102,12 +127,10 @@ class LoopBench:
 
 
 def build_loop(name: str, root: str) -> LoopBench:
-    """The loop `name` on the synthetic test split under `root` (written there if missing).
-
-    Imports torchvision (through data.py), which a step case never needs.
-    """
-    from cifar_spec.data import is_synthetic, load_cifar10, to_device, write_synthetic_cifar10
-    from cifar_spec.loop import TrainConfig, new_run, train_epoch
+    """The loop `name` on the synthetic test split under `root` (written there if missing)."""
+    # Imported here: both loops read data through torchvision, which takes seconds to
+    # import and which a worker that times steps never needs (it may have none).
+    from cifar_spec.cifar10 import load_cifar10
     from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 
     if not is_synthetic(root):

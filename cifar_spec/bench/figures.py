@@ -15,14 +15,15 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from cifar_spec.bench import cases
 from cifar_spec.bench.measure import gc_off, synchronize
 from cifar_spec.model import IMAGE_SHAPE
 
@@ -66,10 +67,6 @@ def counted_flops_per_image(options, batch: int = 4) -> int:
     torch.compile replay the same arithmetic, and FlopCounterMode sees only
     what runs through the dispatcher.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from cifar_spec.bench import cases
-
     plain = replace(options, compile=False, cuda_graph=False)
     if plain not in _COUNTED:
         case = cases.build(plain, "cpu", batch)
@@ -170,102 +167,3 @@ def rate_figures(
         "roofline_fraction": fraction if fraction <= 1 else None,
         "peak_underestimated": fraction > 1,
     }
-
-
-def format_fraction(row: dict) -> str:
-    if row.get("peak_underestimated"):
-        return "peak underestimated"
-    fraction = row.get("roofline_fraction")
-    return "-" if fraction is None else f"{fraction:.1%}"
-
-
-def format_ratio(row: dict) -> str:
-    """'1.26x [1.21, 1.30]', with ' noisy' when the spread is above 10%."""
-    if row.get("speedup") is None:
-        return "-"
-    text = f"{row['speedup']:.2f}x"
-    if row.get("speedup_ci"):
-        low, high = row["speedup_ci"]
-        text += f" [{low:.2f}, {high:.2f}]"
-    return text
-
-
-def format_table(rows: list[dict]) -> str:
-    """One line per measured case: rate, spread, speed-up with its 95% CI, roofline fraction."""
-    lines = [
-        f"{'device':<6} {'variant':<44} {'batch':>5} {'images/s':>10} {'spread':>7} "
-        f"{'speed-up [95% CI]':>22} {'roofline':>19}"
-    ]
-    for r in sorted(rows, key=lambda r: (r["device"], r["batch"], r["variant"] != "eager")):
-        spread = f"{r['spread']:.1%}" if r.get("spread") is not None else "-"
-        noisy = " noisy" if r.get("noisy") else ""
-        lines.append(
-            f"{r['device']:<6} {r['variant']:<44} {r['batch']:>5} "
-            f"{r['images_per_s']:>10,.0f} {spread:>7} {format_ratio(r):>22} "
-            f"{format_fraction(r):>19}{noisy}"
-        )
-    return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def gpu_info() -> dict:
-    """The GPU's name, memory, clocks and power: torch's NVML readings, and the power limit and
-    maximum clock from pynvml where it is installed."""
-    props = torch.cuda.get_device_properties(0)
-    info = {
-        "gpu_name": props.name,
-        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-        "gpu_count": torch.cuda.device_count(),
-    }
-    for key, read in (
-        ("gpu_clock_mhz", torch.cuda.clock_rate),
-        ("gpu_power_draw_mw", torch.cuda.power_draw),
-    ):
-        try:
-            info[key] = read(0)
-        except Exception:  # no NVML on this machine: the figure is simply not recorded
-            pass
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        info["gpu_power_limit_mw"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
-        info["gpu_max_sm_clock_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(
-            handle, pynvml.NVML_CLOCK_SM
-        )
-        info["gpu_driver"] = pynvml.nvmlSystemGetDriverVersion()
-    except Exception:  # pynvml absent, or no NVML: what torch read is kept
-        pass
-    return info
-
-
-def machine_info() -> dict:
-    """Hardware and software of this process; torchvision only where it is installed."""
-    info = {
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    except Exception:  # a custom torch often has no matching torchvision; timing needs none
-        info["torchvision"] = None
-    if torch.cuda.is_available():
-        info.update(gpu_info())
-    return info

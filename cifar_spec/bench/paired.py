@@ -15,40 +15,27 @@ Used alike by the pytest benchmarks, `cifar-spec bench`, `gate` and `compare`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cifar_spec.bench import stats
+from cifar_spec.bench._handle import BUILD_TIMEOUT, Worker
+from cifar_spec.bench.cases import Case
 from cifar_spec.bench.measure import ROUND_SECONDS, paired_order, steps_per_round
-from cifar_spec.bench.worker import BUILD_TIMEOUT, Worker
+
+T = TypeVar("T")
 
 # A round this many times its planned length, and over ROUND_TIMEOUT_MIN, means a hung
 # worker. Generous: two busy threads on a loaded 2-core machine were seen to take 100x
 # their time (a 4 ms step took 300 ms), and a loop's round is a whole epoch.
 ROUND_TIMEOUT_FACTOR = 200
+
+
 ROUND_TIMEOUT_MIN = 120.0
+
+
 BLOCK = 4  # pairs taken from one worker pair before moving to the next
-
-
-@dataclass(frozen=True)
-class Case:
-    """What to build: a step variant at a batch size on a device, or a named loop."""
-
-    device: str
-    variant: str
-    batch: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.device}-{self.variant}-{self.batch}"
-
-    def request(self) -> dict:
-        return {
-            "op": "build",
-            "key": self.key,
-            "device": self.device,
-            "variant": self.variant,
-            "batch": self.batch,
-        }
 
 
 @dataclass(frozen=True)
@@ -118,17 +105,31 @@ def quad_ratios(pairs: list[tuple[float, float]]) -> list[float]:
     return [math.sqrt(b1 / a1 * (b2 / a2)) for (a1, b1), (a2, b2) in zip(pairs[::2], pairs[1::2])]
 
 
-def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: int) -> None:
-    # A block begins after another worker's round, which slows the round that opens it:
-    # blocks open with A and with B in turn (A B B A A B B A, then B A A B B A A B), so
-    # that over two blocks each arm follows the same rounds as often as the other.
+def alternate(
+    rounds: tuple[Callable[[], T], Callable[[], T]], pairs: int, first: int = 0
+) -> list[tuple[T, T]]:
+    """`pairs` pairs of rounds of two arms (A's and B's), numbered from `first`: A B, B A, ...
+
+    The one paired-rounds loop: the workers' arms (`run_block`) and bench-ddp's ranks
+    both alternate through it. A block begins after another worker's round, which
+    slows the round that opens it: blocks open with A and with B in turn (A B B A A B
+    B A, then B A A B B A A B), so that over two blocks each arm follows the same
+    rounds as often as the other.
+    """
     lead = (first // pairs) % 2
+    out = []
     for pair in range(first, first + pairs):
-        timed = {}
+        timed: dict[int, T] = {}
         for index in paired_order(pair + lead):
-            timed[index] = (a, b)[index].round()
-        samples.groups[group].append((timed[0][0], timed[1][0]))
-        samples.gpu_groups[group].append((timed[0][1], timed[1][1]))
+            timed[index] = rounds[index]()
+        out.append((timed[0], timed[1]))
+    return out
+
+
+def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: int) -> None:
+    for (a_host, a_gpu), (b_host, b_gpu) in alternate((a.round, b.round), pairs, first):
+        samples.groups[group].append((a_host, b_host))
+        samples.gpu_groups[group].append((a_gpu, b_gpu))
 
 
 def measure_pairs(

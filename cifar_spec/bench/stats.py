@@ -23,11 +23,15 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
+
+
 NOISY_SPREAD = 0.10  # IQR / median above which a figure is marked noisy
+
+
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -72,8 +76,34 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
     return ordered[lo], ordered[hi]
 
 
+Groups = Sequence[Sequence[float]]  # samples, one list per process
+
+
+def resample(groups: list[list[float]], rng: random.Random) -> list[float]:
+    """One bootstrap draw: processes with replacement, then samples within each drawn one."""
+    drawn = []
+    for group in rng.choices(groups, k=len(groups)):
+        drawn.extend(rng.choices(group, k=len(group)))
+    return drawn
+
+
+def bootstrap(
+    sides: list[list[list[float]]],
+    statistic: Callable[..., float],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of `statistic(*draws)`: each resample draws every side (its groups)
+    in turn, two levels deep. The one bootstrap of the harness: a median, or a ratio of two."""
+    rng = random.Random(seed)  # a fixed seed: the same samples give the same interval
+    values = [statistic(*[resample(side, rng) for side in sides]) for _ in range(resamples)]
+    tail = (1 - confidence) / 2
+    return quantile(values, tail), quantile(values, 1 - tail)
+
+
 def clustered_median_ci(
-    groups: Sequence[Sequence[float]],
+    groups: Groups,
     confidence: float = CONFIDENCE,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
@@ -86,15 +116,7 @@ def clustered_median_ci(
     groups = [list(g) for g in groups if len(g)]
     if len(groups) == 1:
         return median_ci(groups[0], confidence)
-    rng = random.Random(seed)  # a fixed seed: the same samples give the same interval
-    medians = []
-    for _ in range(resamples):
-        drawn = []
-        for group in rng.choices(groups, k=len(groups)):
-            drawn.extend(rng.choices(group, k=len(group)))
-        medians.append(statistics.median(drawn))
-    tail = (1 - confidence) / 2
-    return quantile(medians, tail), quantile(medians, 1 - tail)
+    return bootstrap([groups], statistics.median, confidence, resamples, seed)
 
 
 # Student's t at 97.5% for 1..30 degrees of freedom (a two-sided 95% interval); 1.96 beyond.
@@ -136,17 +158,31 @@ def t_975(df: float) -> float:
     return T_975[max(1, math.floor(df)) - 1] if df < len(T_975) + 1 else 1.96
 
 
-def process_interval(center: float, groups: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """`center` -/x a t-interval of the processes' own medians (log scale, k - 1 d.o.f.).
+def t_interval(center: float, *sides: Groups) -> tuple[float, float]:
+    """`center` -/x a t-interval of the processes' own medians, on the log scale: of one side
+    (k - 1 degrees of freedom), or Welch's of two (runs minutes apart).
 
     The bootstrap draws from the few processes it has and so cannot see how
     much a new process would differ: with 2 or 3 processes it is far too
     narrow. This interval widens with the processes' disagreement and with
     how few they are (t = 12.7 for two, 4.3 for three).
     """
-    logs = [math.log(statistics.median(g)) for g in groups if len(g)]
-    half = t_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    logs = [[math.log(statistics.median(g)) for g in side if len(g)] for side in sides]
+    parts = [statistics.variance(x) / len(x) for x in logs]
+    total = sum(parts)
+    if total == 0:
+        return center, center
+    if len(logs) == 1:
+        df = len(logs[0]) - 1
+    else:  # Welch-Satterthwaite
+        df = total**2 / sum(p**2 / (len(x) - 1) for p, x in zip(parts, logs))
+    half = t_975(df) * math.sqrt(total)
     return center * math.exp(-half), center * math.exp(half)
+
+
+def widest(*intervals: tuple[float, float]) -> tuple[float, float]:
+    """The interval that covers every one given: the lowest low to the highest high."""
+    return min(low for low, _ in intervals), max(high for _, high in intervals)
 
 
 @dataclass(frozen=True)
@@ -170,6 +206,17 @@ class Estimate:
             1 / self.median, 1 / self.high, 1 / self.low, self.spread, self.samples, self.processes
         )
 
+    def scaled(self, factor: float) -> Estimate:
+        """The same estimate of factor * x."""
+        return Estimate(
+            factor * self.median,
+            factor * self.low,
+            factor * self.high,
+            self.spread,
+            self.samples,
+            self.processes,
+        )
+
     def as_dict(self) -> dict:
         return {
             "median": self.median,
@@ -186,106 +233,72 @@ class Estimate:
         }
 
 
-def estimate(groups: Sequence[Sequence[float]]) -> Estimate:
+def estimate(groups: Groups) -> Estimate:
     """The pooled median of every group's samples, its 95% interval and spread.
 
     The interval: order statistics for one process; for several, the wider of
     the two-level bootstrap and the t-interval of the processes' medians.
     """
+    groups = [list(g) for g in groups if len(g)]
     pooled = [v for g in groups for v in g]
     if not pooled:
         raise ValueError("no samples to estimate from")
-    low, high = clustered_median_ci(groups)
-    if sum(1 for g in groups if len(g)) > 1:
-        t_low, t_high = process_interval(statistics.median(pooled), groups)
-        low, high = min(low, t_low), max(high, t_high)
-    return Estimate(
-        statistics.median(pooled),
-        low,
-        high,
-        spread(pooled),
-        len(pooled),
-        sum(1 for g in groups if len(g)),
-    )
+    center = statistics.median(pooled)
+    interval = clustered_median_ci(groups)
+    if len(groups) > 1:
+        interval = widest(interval, t_interval(center, groups))
+    return Estimate(center, *interval, spread(pooled), len(pooled), len(groups))
 
 
-# Verdicts on a ratio candidate / baseline of step times (above 1: the candidate is slower).
+def ratio_of_medians(base: Groups, new: Groups) -> Estimate:
+    """new / base of two unpaired samples (runs minutes apart), each grouped by process.
+
+    The interval: the wider of the two-level bootstrap of both sides, drawn
+    independently, and Welch's t-interval of their processes' medians. The
+    spread is that of `new`.
+    """
+    base = [list(g) for g in base if len(g)]
+    new = [list(g) for g in new if len(g)]
+    if not base or not new:
+        raise ValueError("no samples to compare")
+    pooled_new = [v for g in new for v in g]
+    ratio = statistics.median(pooled_new) / statistics.median(v for g in base for v in g)
+    interval = bootstrap([new, base], lambda n, b: statistics.median(n) / statistics.median(b))
+    if len(base) > 1 and len(new) > 1:
+        interval = widest(interval, t_interval(ratio, base, new))
+    return Estimate(ratio, *interval, spread(pooled_new), len(pooled_new), len(new))
+
+
+# Verdicts on a ratio candidate / baseline (above 1: the candidate is slower, or executes more).
 REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE = (
     "regression",
     "improvement",
     "no change",
     "inconclusive",
 )
+SKIPPED = "skipped"  # a case that could not run: no verdict
 
 
-def verdict(ratio: Estimate, threshold: float) -> str:
-    """What the interval of a time ratio says at a relative `threshold` (0.05 for 5%).
+def verdict(low: float, high: float, threshold: float) -> str:
+    """What the interval [low, high] of a ratio says at a relative `threshold` (0.05 for 5%).
 
     Regression: the whole interval lies above 1 + threshold; improvement: below
     1 - threshold; no change: inside both bounds; otherwise it straddles a
-    bound and more samples are needed.
+    bound and more samples are needed. Times and counts are judged by it alike.
     """
-    if ratio.low > 1 + threshold:
+    if low > 1 + threshold:
         return REGRESSION
-    if ratio.high < 1 - threshold:
+    if high < 1 - threshold:
         return IMPROVEMENT
-    if ratio.low >= 1 - threshold and ratio.high <= 1 + threshold:
+    if low >= 1 - threshold and high <= 1 + threshold:
         return NO_CHANGE
     return INCONCLUSIVE
 
 
-def ratio_of_medians(
-    base: Sequence[Sequence[float]],
-    new: Sequence[Sequence[float]],
-    confidence: float = CONFIDENCE,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-) -> Estimate:
-    """new / base of two unpaired samples (runs minutes apart), each grouped by process.
-
-    Percentile bootstrap: each resample draws processes, then values within
-    them, from both sides independently. The spread is that of `new`.
-    """
-    base = [list(g) for g in base if len(g)]
-    new = [list(g) for g in new if len(g)]
-    if not base or not new:
-        raise ValueError("no samples to compare")
-    rng = random.Random(seed)
-
-    def resampled_median(groups: list[list[float]]) -> float:
-        drawn = []
-        for group in rng.choices(groups, k=len(groups)):
-            drawn.extend(rng.choices(group, k=len(group)))
-        return statistics.median(drawn)
-
-    ratios = [resampled_median(new) / resampled_median(base) for _ in range(resamples)]
-    pooled_new = [v for g in new for v in g]
-    pooled_base = [v for g in base for v in g]
-    ratio = statistics.median(pooled_new) / statistics.median(pooled_base)
-    tail = (1 - confidence) / 2
-    low, high = quantile(ratios, tail), quantile(ratios, 1 - tail)
-    if len(base) > 1 and len(new) > 1:
-        w_low, w_high = welch_interval(ratio, base, new)
-        low, high = min(low, w_low), max(high, w_high)
-    return Estimate(
-        ratio,
-        low,
-        high,
-        spread(pooled_new),
-        len(pooled_new),
-        len(new),
-    )
-
-
-def welch_interval(
-    center: float, base: Sequence[Sequence[float]], new: Sequence[Sequence[float]]
-) -> tuple[float, float]:
-    """`center` -/x Welch's t-interval of the two runs' process medians (log scale)."""
-    a = [math.log(statistics.median(g)) for g in base]
-    b = [math.log(statistics.median(g)) for g in new]
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return center, center
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t_975(df) * math.sqrt(va + vb)
-    return center * math.exp(-half), center * math.exp(half)
+def exit_code(verdicts: list[str]) -> int:
+    """1 on any regression, else 3 when any case is inconclusive or none was judged, else 0:
+    the exit code of compare and of the gate."""
+    if REGRESSION in verdicts:
+        return 1
+    judged = [v for v in verdicts if v != SKIPPED]
+    return 3 if not judged or INCONCLUSIVE in judged else 0

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cifar_spec.bench import cases, figures
-from cifar_spec.bench.paired import Arm, Case, Samples, Unsupported, build_arm, measure_pairs
-from cifar_spec.bench.worker import Worker, WorkerError, start_workers, stop_all
+from cifar_spec.bench import cases, figures, report
+from cifar_spec.bench._handle import Worker, start_workers, stop_all
+from cifar_spec.bench.cases import Case
+from cifar_spec.bench.paired import Arm, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.errors import WorkerError
 
 WORKERS = 3  # fresh processes per figure: enough for one unlucky process to show in the CI
 MIN_PAIRS = 8  # per worker: 24 pairs in all, which an order-statistics CI at 95% needs >= 6 of
@@ -108,7 +110,7 @@ class Suite:
                 self.drop(arms)
         row = self.row(case, samples, arms[0].steps)
         if self.log:
-            self.log(figures.format_table([row]).splitlines()[1])
+            self.log(report.format_table([row]).splitlines()[1])
         return row
 
     def peak(self, device: str, dtype: torch.dtype) -> figures.Peak:

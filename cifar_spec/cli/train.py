@@ -1,30 +1,27 @@
-"""The ``cifar-spec`` command: parses arguments and calls the library, nothing more."""
+"""The training face of ``cifar-spec``: summary, train and data synth parse here and call the
+library, nothing more."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from cifar_spec import data, distributed, losses
-from cifar_spec.bench.worker import WorkerError
-from cifar_spec.checkpoint import CheckpointError, check_run_folder
-from cifar_spec.files import FolderBusy, UnsafeFile, cannot_write
-from cifar_spec.loop import Interrupted, TrainConfig, fit
+from cifar_spec import distributed, losses, synthetic
+from cifar_spec.checkpoint import check_run_folder
+from cifar_spec.cifar10_format import BASE_FOLDER
+from cifar_spec.cli.options import HelpFormatter, finite_positive, pick_device
+from cifar_spec.data import to_device
+from cifar_spec.errors import CheckpointError, DataError
+from cifar_spec.files import cannot_write
+from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
-from cifar_spec.step import (
-    NonFiniteLoss,
-    StepOptions,
-    check_memory,
-    fastest_step,
-    unsupported,
-)
+from cifar_spec.step import StepOptions, check_memory, default_step, unsupported
+
+if TYPE_CHECKING:  # torchvision takes seconds to import; only reading data needs it
+    from torchvision.datasets import CIFAR10
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -38,30 +35,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu or auto")
-    return name
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def check_data_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
-        raise data.DataError(
+        raise DataError(
             f"--data-root {root} is a file, not a folder; pass the folder that "
             "holds (or is to hold) cifar-10-batches-py"
         )
@@ -70,9 +46,9 @@ def check_data_root(root: Path) -> None:
 def write_stand_in(root: Path) -> None:
     """Write the default synthetic set in `root`, or say in one line why it cannot be."""
     try:
-        data.write_synthetic_cifar10(root)
+        synthetic.write_synthetic_cifar10(root)
     except OSError as error:
-        raise data.DataError(cannot_write(f"the synthetic stand-in in {root}", error)) from None
+        raise DataError(cannot_write(f"the synthetic stand-in in {root}", error)) from None
 
 
 def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print) -> Path:
@@ -83,14 +59,14 @@ def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print)
     """
     root = Path(args.data_root)
     check_data_root(root)
-    if data.synthetic_settings(root) is not None:
+    if synthetic.synthetic_settings(root) is not None:
         say(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
         return root
-    real = (root / data.BASE_FOLDER).exists() and not data.is_synthetic(root)
+    real = (root / BASE_FOLDER).exists() and not synthetic.is_synthetic(root)
     if not args.synthetic and (real or args.download):
         return root
     stand_in = root / "synthetic"
-    if data.synthetic_settings(stand_in) is None:  # missing or cut short: ours to (re)write
+    if synthetic.synthetic_settings(stand_in) is None:  # missing or cut short: ours to (re)write
         write_stand_in(stand_in)
     reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
     say(f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason})")
@@ -107,7 +83,7 @@ def step_options(args: argparse.Namespace, device: str, data_parallel: bool = Fa
     if args.eager:
         options = StepOptions(bf16=bf16, compile=args.compile)
     else:
-        options = fastest_step(device, bf16=bf16, compile=args.compile, data_parallel=data_parallel)
+        options = default_step(device, bf16=bf16, compile=args.compile, data_parallel=data_parallel)
     reason = unsupported(options, device, data_parallel=data_parallel)
     if reason:
         raise ValueError(f"step {options.name} cannot run on {device}: {reason}")
@@ -123,15 +99,16 @@ def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
     check_data_root(Path(args.data_root))
 
 
-def load_split(
-    args: argparse.Namespace, say: Callable[[str], None], download: bool
-) -> data.CIFAR10:
-    return data.load_cifar10(pick_data_root(args, say), train=args.train_split, download=download)
+def load_split(args: argparse.Namespace, say: Callable[[str], None], download: bool) -> CIFAR10:
+    # Imported here: torchvision takes seconds to import, and only reading data needs it.
+    from cifar_spec.cifar10 import load_cifar10
+
+    return load_cifar10(pick_data_root(args, say), train=args.train_split, download=download)
 
 
 def load_split_once_per_machine(
     args: argparse.Namespace, world: distributed.World, say: Callable[[str], None]
-) -> data.CIFAR10:
+) -> CIFAR10:
     """The split on every rank, written or downloaded by one rank on each machine (its LOCAL_RANK
     0) while the others wait: two writers in one folder would find it locked."""
     first = world.local_rank == 0
@@ -194,7 +171,7 @@ def train_and_report(
     )
     sums = fit(
         config,
-        data.to_device(split, config.device, config.limit),
+        to_device(split, config.device, config.limit),
         resume=args.resume,
         log=say,
         progress=not args.no_progress,
@@ -212,28 +189,9 @@ def train_and_report(
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    folder = data.write_synthetic_cifar10(args.root, args.n_train, args.n_test, args.seed)
+    folder = synthetic.write_synthetic_cifar10(args.root, args.n_train, args.n_test, args.seed)
     print(f"wrote {args.n_train} training and {args.n_test} test images to {folder}")
     return 0
-
-
-def finite_positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default in its help, unless the help says it already or there is none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
@@ -318,67 +276,10 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     synth.set_defaults(func=cmd_synth)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cifar-spec",
-        description="The executable spec and benchmarks of a PyTorch CIFAR-10 tutorial.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_parsers(commands: argparse._SubParsersAction) -> None:
     summary = commands.add_parser(
         "summary", help="print the tutorial's two loss values and a summary of its model"
     )
     summary.set_defaults(func=cmd_summary)
     add_train_parser(commands)
     add_data_parser(commands)
-    from cifar_spec.bench.cli import add_bench_parsers  # it imports this module
-
-    add_bench_parsers(commands)
-    return parser
-
-
-# What a user can cause and fix; each ends the command in one line, never a traceback.
-USER_ERRORS = (
-    ValueError,
-    TypeError,
-    MemoryError,
-    data.DataError,
-    CheckpointError,
-    NonFiniteLoss,
-    FolderBusy,
-    UnsafeFile,
-    Interrupted,
-    WorkerError,
-    distributed.PeerLost,
-)
-
-
-def describe_os_error(error: OSError) -> str:
-    """A failed read or write that no command worded itself, in one line."""
-    where = os.fsdecode(error.filename) if error.filename is not None else "a file"
-    return cannot_write(where, error)
-
-
-def readable_output() -> None:
-    """Names we print may hold bytes that are not UTF-8 (a path of another encoding): print
-    them escaped, rather than fail on them in the middle of an error message."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")
-
-
-def main(argv: list[str] | None = None) -> int:
-    readable_output()
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except distributed.StoppedElsewhere:  # the rank that stopped the run says why
-        return 2
-    except (*USER_ERRORS, OSError) as error:
-        rank = os.environ.get("RANK", "0")  # under torchrun each rank says its own
-        where = "" if rank == "0" else f"rank {rank}: "
-        said = describe_os_error(error) if isinstance(error, OSError) else error
-        print(f"cifar-spec: error: {where}{said}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
-        print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)
-        return 2

@@ -1,5 +1,5 @@
-"""The bench side of ``cifar-spec``: bench, gate, compare and bench-ddp parse here and call the
-harness, nothing more. `cifar_spec.cli` adds these commands to its parser."""
+"""The measuring face of ``cifar-spec``: bench, gate, compare and bench-ddp parse here and call
+the harness, nothing more."""
 
 from __future__ import annotations
 
@@ -10,19 +10,32 @@ from pathlib import Path
 
 import torch
 
-from cifar_spec.bench import cases
-from cifar_spec.cli import HelpFormatter, finite_positive, pick_device, positive_int
-from cifar_spec.step import fast_exact_step, fastest_step, unsupported
+from cifar_spec.bench import (
+    baselines,
+    bench_ddp,
+    callgrind,
+    cases,
+    compare,
+    counts,
+    gate,
+    machine,
+    report,
+    stats,
+)
+from cifar_spec.bench.cases import Case
+from cifar_spec.bench.suite import WORKERS, Suite, measure_all
+from cifar_spec.cli.options import (
+    STREAM,
+    HelpFormatter,
+    finite_positive,
+    percent,
+    pick_device,
+    positive_int,
+)
+from cifar_spec.files import prepare_output, write_atomically
+from cifar_spec.step import default_step, unsupported
 
-
-def percent(text: str) -> float:
-    value = finite_positive(text.rstrip("%"))
-    if value >= 100:
-        raise argparse.ArgumentTypeError(f"must be under 100%, got {text}")
-    return value / 100
-
-
-STREAM = " (a regular file; /dev/stdout streams it)"
+COUNT_PROCESSES = 2  # counting workers per environment: enough to see whether they agree
 
 
 def bench_devices(name: str) -> list[str]:
@@ -36,8 +49,6 @@ def progress(line: str) -> None:
 
 
 def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
-    from cifar_spec.bench.suite import WORKERS, Suite, measure_all
-
     with Suite(workers=args.workers or WORKERS, threads=args.threads, log=log) as suite:
         return measure_all(
             suite,
@@ -49,25 +60,19 @@ def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
 
 
 def write_json(path: str, data: object) -> None:
-    from cifar_spec.files import write_atomically
-
     write_atomically(path, json.dumps(data, indent=1).encode())
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cifar_spec.bench import figures
-
     check_output_paths(args.json)
     if args.metric == "instructions":
-        from cifar_spec.bench import count
-
         check_count_device(args)
         rows = count_rows(args)
-        print(count.format_rows(rows))
-        print(count.LEGEND.split("; ratio")[0])
+        print(report.format_rows(rows))
+        print(report.LEGEND.split("; ratio")[0])
     else:
         rows = measure_rows(args)
-        print(figures.format_table(rows))
+        print(report.format_table(rows))
     if args.json:
         write_json(args.json, rows)
     return 0
@@ -76,24 +81,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def count_cases(args: argparse.Namespace) -> list:
     """The cases counted by bench and gate: as asked, else eager and the CPU's fast default at
     batch 1 and 64 (as compare's)."""
-    from cifar_spec.bench.paired import Case
-
-    variants = args.variant or ["eager", fastest_step("cpu").name]
+    variants = args.variant or ["eager", default_step("cpu").name]
     return [Case("cpu", v, b) for v in variants for b in args.batch_size or [1, 64]]
 
 
 def count_rows(args: argparse.Namespace) -> list[dict]:
-    from cifar_spec.bench import count
-
     cases = count_cases(args)
-    processes = count.count_all(
+    processes = callgrind.count_all(
         {"w": sys.executable}, args.workers or COUNT_PROCESSES, cases, args.cache_sim
     )["w"]
     skipped = {case: why for p in processes for case, why in p.unsupported.items()}
     for case, why in skipped.items():
         progress(f"skipped {case.key}: {why}")
     # A case that one process could not run is left out, not judged on the others.
-    return count.as_rows(processes, [c for c in cases if c not in skipped])
+    return counts.as_rows(processes, [c for c in cases if c not in skipped])
 
 
 def check_count_device(args: argparse.Namespace) -> None:
@@ -102,19 +103,18 @@ def check_count_device(args: argparse.Namespace) -> None:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from cifar_spec.bench import figures, gate
-
     if args.metric == "instructions":
         return gate_counts(args)
-    info = figures.machine_info()
-    path = gate.baseline_path(Path(args.storage), info)
-    require_baseline(args, path, f"for this hardware ({gate.fingerprint(info)})", "")
-    baseline = None if args.save_baseline else gate.load_baseline(path)
-    if baseline is not None:
-        gate.check_covers(baseline, path, bench_devices(args.device))
+    info = machine.machine_info()
+    path = baselines.baseline_path(Path(args.storage), info)
+    baseline = None
+    if not args.save_baseline:
+        baselines.require_baseline(path, f"for this hardware ({baselines.fingerprint(info)})", "")
+        baseline = baselines.load_baseline(path)
+        baselines.check_covers(baseline, path, bench_devices(args.device))
     floors = {
-        d: gate.load_floors(
-            Path(args.floors) / f"{d}.json" if args.floors else gate.default_floors(d)
+        d: baselines.load_floors(
+            Path(args.floors) / f"{d}.json" if args.floors else baselines.default_floors(d)
         )
         for d in bench_devices(args.device)
     }
@@ -123,45 +123,33 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"machine_info": info, "rows": rows})
     if args.save_baseline:
-        gate.save_baseline(path, info, rows)
+        baselines.save_baseline(path, info, rows)
         print(f"gate: baseline saved to {path} ({len(rows)} cases, torch {info['torch']})")
         return 0
     threshold = args.threshold if args.threshold is not None else gate.DEFAULT_THRESHOLD
     return gate.judge_run(baseline, info, rows, floors, threshold, print)
 
 
-def require_baseline(args: argparse.Namespace, path: Path, what: str, flags: str) -> None:
-    """Unless saving one, a missing baseline is refused before any work, saying how to make it."""
-    from cifar_spec.bench import gate
-
-    if not args.save_baseline and not path.exists():
-        raise gate.GateError(
-            f"no baseline {what} at {path}; make one on this machine with `cifar-spec gate "
-            f"{flags}--save-baseline` (or restore that folder from an earlier run's artifacts)"
-        )
-
-
 def gate_counts(args: argparse.Namespace) -> int:
-    from cifar_spec.bench import figures, gate
-
     check_count_device(args)
-    info = figures.machine_info()
-    path = gate.count_baseline_path(Path(args.storage), info)
-    require_baseline(args, path, "of counts for this CPU", "--metric instructions ")
-    baseline = None if args.save_baseline else gate.load_count_baseline(path)
-    if baseline is not None:
-        gate.check_covers(baseline, path, ["cpu"], "--metric instructions ")
+    info = machine.machine_info()
+    path = baselines.count_baseline_path(Path(args.storage), info)
+    baseline = None
+    if not args.save_baseline:
+        baselines.require_baseline(path, "of counts for this CPU", "--metric instructions ")
+        baseline = baselines.load_baseline(path, "instructions")
+        baselines.check_covers(baseline, path, ["cpu"], "--metric instructions ")
     check_output_paths(args.json, path if args.save_baseline else None)
     rows = count_rows(args)
     if args.json:
         write_json(args.json, {"machine_info": info, "rows": rows})
     if args.save_baseline:
-        gate.save_baseline(path, info, rows)
+        baselines.save_baseline(path, info, rows)
         print(
             f"gate: baseline of counts saved to {path} ({len(rows)} cases, torch {info['torch']})"
         )
         return 0
-    threshold = args.threshold if args.threshold is not None else DEFAULT_COUNT_THRESHOLD
+    threshold = args.threshold if args.threshold is not None else counts.DEFAULT_THRESHOLD
     return gate.judge_count_run(baseline, info, rows, threshold, print)
 
 
@@ -174,11 +162,9 @@ def compare_device(args: argparse.Namespace) -> str:
 
 def check_metric(args: argparse.Namespace, device: str) -> None:
     """Counting's requirements, refused in one line before any work."""
-    from cifar_spec.bench import count
-
     if args.metric == "time":
         return
-    count.check_device(device)
+    callgrind.check_device(device)
     if args.workers is not None and args.workers < 2:
         raise ValueError(
             f"--workers {args.workers}: counting needs 2 or more processes per environment, "
@@ -190,19 +176,16 @@ def check_metric(args: argparse.Namespace, device: str) -> None:
             f"--variant {compiled[0]}: torch.compile is not counted (under valgrind it compiles "
             "for longer than a build may take); count the other variants, time this one"
         )
-    count.check_tools()
+    callgrind.check_tools()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cifar_spec.bench import compare
-    from cifar_spec.bench.paired import Case
-
     device = compare_device(args)
     check_metric(args, device)
     for python in (args.baseline, args.candidate):
         compare.check_python(python)
     check_output_paths(args.json, args.markdown)
-    variants = args.variant or ["eager", fastest_step(device).name]
+    variants = args.variant or ["eager", default_step(device).name]
     batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
     cases = [Case(device, v, b) for v in variants for b in batches]
     results = judged = None
@@ -219,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.workers or compare.WORKERS,
             args.threads,
         )
-        print(compare.format_report(time_envs, results, args.threshold))
+        print(report.format_report(time_envs, results, args.threshold))
         out["environments"] = envs = time_envs
         thresholds["time"] = args.threshold
         out.update(threshold=args.threshold, results=[r.as_dict() for r in results])
@@ -232,7 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.workers or COUNT_PROCESSES,
             args.cache_sim,
         )
-        print(compare.format_count_report(count_envs, judged, skipped, args.instructions_threshold))
+        print(report.format_count_report(count_envs, judged, skipped, args.instructions_threshold))
         envs = count_envs if results is None else envs
         out["counting_environments"] = count_envs  # one thread, under callgrind
         thresholds["instructions"] = args.instructions_threshold
@@ -253,41 +236,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, out)
     if args.markdown:
-        from cifar_spec.files import write_atomically
-
         write_atomically(
             args.markdown,
-            compare.format_markdown(
+            report.format_markdown(
                 envs, results, judged, thresholds, skipped if judged is not None else []
             ).encode(),
         )
-    code = compare.exit_code_of([v for v, _ in decided.values()])
+    code = stats.exit_code([v for v, _ in decided.values()])
     print(compare.closing_line(code, decided))
     return code
 
 
 def check_output_paths(*paths: str | Path | None) -> None:
     """Every output is checked, its folders made, before the measurement, not after it."""
-    from cifar_spec.files import prepare_output
-
     for path in filter(None, paths):
         prepare_output(path)
 
 
 def cmd_bench_ddp(args: argparse.Namespace) -> int:
-    from cifar_spec.bench import bench_ddp
-
     check_output_paths(args.json)
-    variants = args.variant or ["eager", fast_exact_step("cpu", data_parallel=True).name]
+    variants = args.variant or ["eager", default_step("cpu", data_parallel=True).name]
     rows = []
-    print(bench_ddp.HEADER)
+    print(report.DDP_HEADER)
     for variant in variants:
         reason = unsupported(cases.VARIANTS[variant], "cpu", data_parallel=True)
         if reason:
             raise ValueError(f"variant {variant} cannot run under DDP: {reason}")
         for batch in args.batch_size or [1, 64]:
             row = bench_ddp.scaling(variant, batch, args.processes, args.groups, args.pairs)
-            print(bench_ddp.format_row(row), flush=True)
+            print(report.format_ddp_row(row), flush=True)
             rows.append(row)
     print(
         f"speed-up: total images/s of {args.processes} processes (one thread each, gloo) over one "
@@ -333,7 +310,7 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
+def add_parsers(commands: argparse._SubParsersAction) -> None:
     fmt = HelpFormatter
     p = commands.add_parser(
         "bench", help="time every case against its baseline, outside pytest", formatter_class=fmt
@@ -361,8 +338,8 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="a case regressed when its step time's 95%% interval (or its range of counts) "
         "lies wholly above 1 + this, a percentage, %% optional (default: "
-        f"{gate_threshold() * 100:.0f}%% for time, {DEFAULT_COUNT_THRESHOLD * 100:.0f}%% for "
-        "instructions)",
+        f"{gate.DEFAULT_THRESHOLD * 100:.0f}%% for time, "
+        f"{counts.DEFAULT_THRESHOLD * 100:.0f}%% for instructions)",
     )
     g.add_argument("--storage", default=".benchmarks", help="baselines, one folder per hardware")
     g.add_argument(
@@ -428,7 +405,7 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--instructions-threshold",
         type=percent,
-        default=DEFAULT_COUNT_THRESHOLD,
+        default=counts.DEFAULT_THRESHOLD,
         help="for counts: no change within +-this; regression wholly above 1 + this (a "
         "percentage, %% optional) (default: 1%%)",
     )
@@ -464,8 +441,6 @@ def add_bench_parsers(commands: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_bench_ddp)
 
 
-COUNT_PROCESSES = 2  # counting workers per environment: enough to see whether they agree
-DEFAULT_COUNT_THRESHOLD = 0.01
 METRIC_HELP = (
     "time: wall time of paired rounds (CUDA events on a GPU); instructions: instruction "
     "counts under valgrind's callgrind, CPU only, which repeat across processes and do not "
@@ -490,9 +465,3 @@ def add_metric_options(p: argparse.ArgumentParser, both: bool = True) -> None:
         help="with instructions: simulate the caches too and show callgrind's estimated "
         "cycles (about 2-3x slower)",
     )
-
-
-def gate_threshold() -> float:
-    from cifar_spec.bench.gate import DEFAULT_THRESHOLD
-
-    return DEFAULT_THRESHOLD

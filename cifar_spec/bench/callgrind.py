@@ -1,5 +1,7 @@
 """Instruction counts of a training step under callgrind: the CPU metric that no load can move.
 
+This module runs the counting workers and reads what callgrind wrote; `counts.py` judges.
+
 Wall time on a shared 2-core runner moves by 8-14% between compares of one
 environment against itself; the instructions a step executes do not depend on
 what else the machine does. A *counting worker* is a worker (`worker.py`)
@@ -39,28 +41,41 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifar_spec.bench.paired import Case
-from cifar_spec.bench.worker import BUILD_TIMEOUT, Worker, WorkerError
+from cifar_spec.bench._handle import BUILD_TIMEOUT, Worker
+from cifar_spec.bench.cases import Case
+from cifar_spec.errors import CountError, WorkerError
 
 TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")
+
+
 INSTALL = "sudo apt-get install valgrind (Debian, Ubuntu; valgrind elsewhere)"
+
+
 COUNT_ENV = {
     "ONEDNN_MAX_CPU_ISA": "AVX",  # oneDNN's kernels without FMA, which valgrind emulates slowly
     "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",  # the same for oneMKL (it has no AVX-only path)
     "PYTHONHASHSEED": "0",  # sets and dicts of str iterate in one order in every process
     "OMP_NUM_THREADS": "1",
 }
+
+
 HELLO_TIMEOUT = 900.0  # importing torch under valgrind: ~30 s alone, minutes beside others
+
+
 COUNT_TIMEOUT = 900.0
+
+
 WARM_UP = 3  # steps, a fixed number (see worker.build); the kernels are chosen by the second
+
+
 IMAGES_PER_COUNT = 8  # steps counted per case: 8 at batch 1, one at batch 8 and above
+
+
 # Children a counting worker starts run natively; a wrapper script's exec of Python does not.
 NATIVE_CHILDREN = "*/git,*/callgrind_control,*/perl,*/uname,*/ldconfig*"
+
+
 JIT = "JIT code"
-
-
-class CountError(ValueError):
-    """Counting cannot run here; the message says why and how to fix it."""
 
 
 def check_tools() -> None:
@@ -219,9 +234,9 @@ def count_all(
     return results
 
 
-# Reading callgrind's output, with callgrind's own annotate.
-
 LINE = re.compile(r"^\s*([\d,]+)\s+([<*>]?)\s*(.*)$")
+
+
 UNNAMED = re.compile(r"^\?\?\?:0x[0-9a-fA-F]+ \[\?\?\?\]$")
 
 
@@ -337,231 +352,3 @@ def library(function: str) -> str:
         if marker in function:
             return name
     return "a library not known"
-
-
-# Verdicts on counts.
-
-DEFAULT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
-AGREEMENT = 0.1  # of the threshold: processes of one side further apart than this are named
-TOP = 5  # functions shown per moved case
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One case's counts on both sides, their ratio candidate / baseline and what it says.
-
-    The bounds are the extremes over processes (the lowest candidate over the highest
-    baseline, and the reverse), so a disagreement between processes widens them.
-    """
-
-    case: Case
-    verdict: str
-    baseline: list[float]  # instructions per step, one per process
-    candidate: list[float]
-    ratio: float
-    low: float
-    high: float
-    note: str = ""
-    top: list[tuple[str, float, float]] = field(default_factory=list)  # (function, base, cand)
-    cycles: tuple[float, float] | None = None  # estimated, baseline and candidate
-    moved: bool = False  # beyond the threshold: its top functions are printed, not only saved
-
-    def as_dict(self) -> dict:
-        return {
-            "device": self.case.device,
-            "variant": self.case.variant,
-            "batch": self.case.batch,
-            "metric": "instructions",
-            "verdict": self.verdict,
-            "instructions_per_step": {"baseline": self.baseline, "candidate": self.candidate},
-            "ratio": self.ratio,
-            "ratio_low": self.low,
-            "ratio_high": self.high,
-            "spread": {"baseline": spread(self.baseline), "candidate": spread(self.candidate)},
-            "note": self.note,
-            "moved": self.moved,
-            "estimated_cycles_per_step": list(self.cycles) if self.cycles else None,
-            "top_functions": [
-                {"function": f, "baseline": b, "candidate": c, "delta": c - b}
-                for f, b, c in self.top
-            ],
-        }
-
-
-def spread(values: list[float]) -> float:
-    """How far apart one side's processes are: max / min - 1."""
-    return max(values) / min(values) - 1
-
-
-def judge(
-    case: Case,
-    base: list[Count],
-    cand: list[Count],
-    threshold: float,
-    top: int = TOP,
-) -> Judged:
-    from cifar_spec.bench import stats
-
-    b = [c.instructions for c in base]
-    c = [c.instructions for c in cand]
-    ratio = (sum(c) / len(c)) / (sum(b) / len(b))
-    low, high = min(c) / max(b), max(c) / min(b)
-    if low > 1 + threshold:
-        verdict = stats.REGRESSION
-    elif high < 1 - threshold:
-        verdict = stats.IMPROVEMENT
-    elif low >= 1 - threshold and high <= 1 + threshold:
-        verdict = stats.NO_CHANGE
-    else:
-        verdict = stats.INCONCLUSIVE
-    notes = [
-        f"the {side}'s processes disagree by {spread(values):.3%}"
-        for side, values in (("baseline", b), ("candidate", c))
-        if spread(values) > AGREEMENT * threshold
-    ]
-    if notes and verdict == stats.NO_CHANGE:
-        verdict = stats.INCONCLUSIVE  # a side that does not repeat cannot vouch for no change
-    moved = verdict in (stats.REGRESSION, stats.IMPROVEMENT) or abs(ratio - 1) > threshold
-    cycles = None
-    if base[0].cycles is not None and cand[0].cycles is not None:
-        cycles = (mean([x.cycles for x in base]), mean([x.cycles for x in cand]))
-    return Judged(
-        case,
-        verdict,
-        b,
-        c,
-        ratio,
-        low,
-        high,
-        "; ".join(notes),
-        attribution(base, cand, top),
-        cycles,
-        moved,
-    )
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def attribution(base: list[Count], cand: list[Count], top: int) -> list[tuple[str, float, float]]:
-    """The `top` functions by |instructions per step, candidate - baseline|, means over each
-    side's processes."""
-
-    def per_function(counts: list[Count]) -> dict[str, float]:
-        names = {name for c in counts for name in c.functions}
-        return {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
-
-    b, c = per_function(base), per_function(cand)
-    rows = [(name, b.get(name, 0.0), c.get(name, 0.0)) for name in set(b) | set(c)]
-    rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
-    return rows[:top]
-
-
-def format_count(value: float) -> str:
-    """Instructions as 12.35M or 1.691G."""
-    if value >= 1e9:
-        return f"{value / 1e9:.3f}G"
-    return f"{value / 1e6:.2f}M"
-
-
-def format_judged(j: Judged, width: int = 58) -> list[str]:
-    """The case's row, its note, and its top functions."""
-    name = f"{j.case.device} {j.case.variant} batch {j.case.batch}"
-    agree = max(spread(j.baseline), spread(j.candidate))
-    lines = [
-        f"{name:<{width}} {format_count(mean(j.baseline)):>9} {format_count(mean(j.candidate)):>9} "
-        f"{j.ratio:>8.4f} [{j.low:.4f}, {j.high:.4f}] {agree:>8.3%}  {j.verdict}"
-    ]
-    if j.cycles:
-        lines.append(
-            f"    estimated cycles per step: {format_count(j.cycles[0])} -> "
-            f"{format_count(j.cycles[1])} ({j.cycles[1] / j.cycles[0]:.4f})"
-        )
-    if j.note:
-        lines.append(f"    note: {j.note}")
-    for function, b, c in j.top if j.moved else []:
-        name = truncate(compact(function), 110)
-        lines.append(f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {name}")
-    return lines
-
-
-def compact(name: str) -> str:
-    """A C++ name without its parameter lists, for a table: the class and function stay."""
-    previous = None
-    while previous != name:
-        previous = name
-        name = re.sub(r"\((?!anonymous namespace\))[^()]+\)", "()", name)
-    return name
-
-
-def truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def header(width: int = 58) -> list[str]:
-    return [
-        f"{'case':<{width}} {'baseline':>9} {'candidate':>9} {'ratio [range over processes]':>27} "
-        f"{'spread':>8}  verdict",
-    ]
-
-
-LEGEND = (
-    "instructions per step (callgrind, one thread, oneDNN at AVX and oneMKL at SSE4.2, "
-    "mean over processes); ratio candidate / baseline with its range: the lowest candidate "
-    "over the highest baseline to the reverse; spread: how far one side's processes are "
-    "apart (max / min - 1); under a moved case, the functions whose instructions per step "
-    "moved most: delta, baseline, candidate"
-)
-
-
-# Rows: what `bench` prints and `gate` saves.
-
-KEEP_FUNCTIONS = 1e-4  # of a case's instructions: the functions a saved row keeps
-
-
-def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
-    """A row per counted case: instructions per step per process, their spread, the estimated
-    cycles where simulated, and the functions above KEEP_FUNCTIONS of the total."""
-    out = []
-    for case in cases:
-        counts = [p.counts[case] for p in processes if case in p.counts]
-        if not counts:
-            continue
-        values = [c.instructions for c in counts]
-        names = {name for c in counts for name in c.functions}
-        functions = {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
-        keep = KEEP_FUNCTIONS * mean(values)
-        cycles = [c.cycles for c in counts if c.cycles is not None]
-        out.append(
-            {
-                "device": case.device,
-                "variant": case.variant,
-                "batch": case.batch,
-                "metric": "instructions",
-                "instructions_per_step": values,
-                "spread": spread(values),
-                "estimated_cycles_per_step": mean(cycles) if cycles else None,
-                "functions": {n: v for n, v in functions.items() if v >= keep},
-            }
-        )
-    return out
-
-
-def from_row(row: dict) -> list[Count]:
-    """A saved row as Counts, one per process (each holding the row's mean functions)."""
-    return [Count(v, None, row["functions"]) for v in row["instructions_per_step"]]
-
-
-def format_rows(rows: list[dict]) -> str:
-    lines = [
-        f"{'case':<58} {'instructions/step':>17} {'spread':>8} {'est. cycles/step':>16}  processes"
-    ]
-    for r in rows:
-        name = f"{r['device']} {r['variant']} batch {r['batch']}"
-        cycles = r["estimated_cycles_per_step"]
-        lines.append(
-            f"{name:<58} {mean(r['instructions_per_step']):>17,.0f} {r['spread']:>8.3%} "
-            f"{format_count(cycles) if cycles else '-':>16}  {len(r['instructions_per_step'])}"
-        )
-    return "\n".join(lines)

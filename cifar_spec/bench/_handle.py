@@ -1,0 +1,265 @@
+"""The controller's handle on a worker process (`worker.py`), and the protocol it holds it to.
+
+The controller accepts only the replies listed in `REPLIES`, in order: a line of
+another shape, a stray line, a closed pipe or a hang stops the worker and everything it
+started, and ends in one line. (A stray line is found when it arrives before the next
+request; one of a reply's own shape that arrives after the next request is sent passes
+as that request's reply and is found one request later: only ids echoed in every reply
+would close that gap, which workers of earlier checkouts, compared against, do not send.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, NoReturn
+
+from cifar_spec.bench.spawn import clean_environment, python_command
+from cifar_spec.errors import WorkerError
+
+BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
+
+
+HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
+
+
+MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is under 1 kB
+
+
+NONE = type(None)
+
+
+TEXT = (str, NONE)
+
+
+# Each request's possible replies: the fields each must have, and those it may have.
+# Nothing else is accepted: a reply of another shape is not from a worker of ours.
+REPLIES: dict[str, list[tuple[dict, dict]]] = {
+    "hello": [
+        (
+            {
+                "python": str,
+                "python_version": str,
+                "torch": str,
+                "cuda": TEXT,
+                "cudnn": (int, NONE),
+                "threads": int,
+                "cifar_spec": str,
+                "git": TEXT,
+                "cpu_model": str,
+            },
+            {"gpu_name": str},
+        )
+    ],
+    "build": [({"seconds_per_step": float}, {}), ({"unsupported": str}, {})],
+    "round": [({"host": float, "gpu": (float, NONE)}, {})],
+    "peak": [({"best": float, "median": float, "shape": str, "tries": int, "precision": str}, {})],
+    "instrument": [({}, {})],
+    "count": [({"dump": int}, {})],
+    "drop": [({}, {})],
+}
+
+
+ERROR_REPLY = ({"error": str}, {})
+
+
+def fits(value: object, kinds: type | tuple) -> bool:
+    """`value` is of `kinds`; a float field takes an int, never a bool, NaN or infinity."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    if isinstance(value, float):
+        return float in kinds and math.isfinite(value)
+    return isinstance(value, kinds)
+
+
+def reply_problem(op: str, reply: object) -> str | None:
+    """What is wrong with `reply` as an answer to `op`, or None."""
+    if not isinstance(reply, dict):
+        return f"a {type(reply).__name__}, not an object"
+    shapes = [*REPLIES.get(op, []), ERROR_REPLY]
+    for required, optional in shapes:
+        if set(required) <= set(reply) <= set(required) | set(optional):
+            kinds = {**required, **optional}
+            wrong = [name for name in reply if not fits(reply[name], kinds[name])]
+            return f"a wrong value for {', '.join(wrong)}" if wrong else None
+    expected = " or ".join(sorted(map(repr, map(sorted, (r for r, _ in shapes)))))
+    return f"fields {sorted(reply)}, not {expected}"
+
+
+@dataclass
+class Worker:
+    """A running worker process of one Python environment."""
+
+    python: str
+    label: str
+    threads: int | None = None
+    env: dict | None = None
+    wrapper: list[str] = field(default_factory=list)  # e.g. valgrind and its options
+    hello_timeout: float = HELLO_TIMEOUT
+    cwd: str | None = None  # where it runs; None: here
+    process: subprocess.Popen = field(init=False)
+    stderr: IO[bytes] = field(init=False)
+    info: dict = field(init=False, default_factory=dict)
+    _buffer: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        extra = ["--threads", str(self.threads)] if self.threads else []
+        command = [*self.wrapper, *python_command(self.python, "cifar_spec.bench.worker", *extra)]
+        # A session of its own, so that stopping it stops whatever it started.
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=clean_environment(self.env),
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        self.info = self.call({"op": "hello"}, self.hello_timeout)
+
+    def call(self, request: dict, timeout: float) -> dict:
+        """Send one request and wait at most `timeout` seconds for its reply."""
+        op = request["op"]
+        if self.process.stdin.closed:
+            raise WorkerError(f"{self.name} was stopped after an earlier failure")
+        if self.pending():  # a line no request asked for: every later reply would be shifted
+            self.refuse(f"sent a line before '{op}' was asked: {self._buffer[:80]!r}")
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            self.fail(f"before '{op}'")
+        line = self.read_line(timeout)
+        if line is None:
+            self.stop(polite=False)  # a hung worker would not read an exit request
+            raise WorkerError(
+                f"{self.name} did not answer '{op}' within {timeout:.0f} s and was stopped"
+            )
+        if not line:
+            self.fail(f"during '{op}'")
+        try:
+            reply = json.loads(line)
+        except (ValueError, RecursionError):
+            self.refuse(f"answered '{op}' with a line that is not JSON: {line!r:.80}")
+        problem = reply_problem(op, reply)
+        if problem:
+            self.refuse(f"answered '{op}' with {problem}")
+        if "error" in reply:
+            raise WorkerError(f"{self.name} could not {op}: {reply['error']}")
+        return reply
+
+    def pending(self) -> bool:
+        """Whether the worker has written anything that no request has read yet."""
+        if self._buffer:
+            return True
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(0):
+                return False
+        chunk = os.read(self.process.stdout.fileno(), 65536)
+        self._buffer += chunk
+        return bool(chunk)  # b'': the worker closed its output, which the call will report
+
+    def read_line(self, timeout: float) -> bytes | None:
+        """A line of the worker's stdout; b'' at its end; None when `timeout` passes first.
+
+        Read unbuffered into a buffer of our own, so that `pending` sees every byte
+        the worker wrote, and a line longer than any reply is not held in memory.
+        """
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                if len(self._buffer) > MAX_REPLY:
+                    self.refuse(f"sent a line of over {MAX_REPLY} bytes")
+                if not selector.select(max(0.0, deadline - time.monotonic())):
+                    return None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b""
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.label} ({self.python})"
+
+    def fail(self, when: str) -> NoReturn:
+        """The worker broke off: stop it (it may still run, its output closed) and say how."""
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.stderr.seek(0)
+        tail = self.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+        self.stop(polite=False)
+        how = (
+            f"closed its output {when} but kept running (it was stopped)"
+            if code is None
+            else f"exited {when} with exit code {code}"
+        )
+        raise WorkerError(f"{self.name} {how}" + (f": {' | '.join(tail)}" if tail else ""))
+
+    def refuse(self, what: str) -> NoReturn:
+        """The worker broke the protocol: stop it and everything it started, and say how."""
+        self.stop(polite=False)
+        raise WorkerError(f"{self.name} {what}; it was stopped (is it this cifar_spec's worker?)")
+
+    def stop(self, polite: bool = True) -> None:
+        """End the worker and everything it started; safe to call twice."""
+        if polite and self.process.poll() is None:
+            try:
+                self.process.stdin.write(b'{"op": "exit"}\n')
+                self.process.stdin.flush()
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_workers(
+    python: str, count: int, label: str, threads: int | None = None, env: dict | None = None
+) -> list[Worker]:
+    """`count` workers, started one after another so their imports do not compete."""
+    workers: list[Worker] = []
+    try:
+        for i in range(count):
+            workers.append(Worker(python, f"{label}{i + 1}", threads, env))
+    except BaseException:
+        stop_all(workers)
+        raise
+    return workers
+
+
+def stop_all(workers: list[Worker]) -> None:
+    for worker in workers:
+        worker.stop()

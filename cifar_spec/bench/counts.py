@@ -1,0 +1,162 @@
+"""Verdicts on instruction counts: a case's counts on two sides, their ratio and its range.
+
+Counts repeat across processes (`callgrind.py` says why and what they leave out), so a
+count ratio's interval is no statistical estimate but the range over every process of
+both sides; `stats.verdict` reads it as it reads a time ratio's 95% interval. Processes
+of one side that disagree are named, and never vouch for no change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cifar_spec.bench import stats
+from cifar_spec.bench.callgrind import Count, Process
+from cifar_spec.bench.cases import Case
+
+DEFAULT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
+
+
+AGREEMENT = 0.1  # of the threshold: processes of one side further apart than this are named
+
+
+TOP = 5  # functions shown per moved case
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One case's counts on both sides, their ratio candidate / baseline and what it says.
+
+    The bounds are the extremes over processes (the lowest candidate over the highest
+    baseline, and the reverse), so a disagreement between processes widens them.
+    """
+
+    case: Case
+    verdict: str
+    baseline: list[float]  # instructions per step, one per process
+    candidate: list[float]
+    ratio: float
+    low: float
+    high: float
+    note: str = ""
+    top: list[tuple[str, float, float]] = field(default_factory=list)  # (function, base, cand)
+    cycles: tuple[float, float] | None = None  # estimated, baseline and candidate
+    moved: bool = False  # beyond the threshold: its top functions are printed, not only saved
+
+    def as_dict(self) -> dict:
+        return {
+            "device": self.case.device,
+            "variant": self.case.variant,
+            "batch": self.case.batch,
+            "metric": "instructions",
+            "verdict": self.verdict,
+            "instructions_per_step": {"baseline": self.baseline, "candidate": self.candidate},
+            "ratio": self.ratio,
+            "ratio_low": self.low,
+            "ratio_high": self.high,
+            "spread": {"baseline": spread(self.baseline), "candidate": spread(self.candidate)},
+            "note": self.note,
+            "moved": self.moved,
+            "estimated_cycles_per_step": list(self.cycles) if self.cycles else None,
+            "top_functions": [
+                {"function": f, "baseline": b, "candidate": c, "delta": c - b}
+                for f, b, c in self.top
+            ],
+        }
+
+
+def spread(values: list[float]) -> float:
+    """How far apart one side's processes are: max / min - 1."""
+    return max(values) / min(values) - 1
+
+
+def judge(
+    case: Case,
+    base: list[Count],
+    cand: list[Count],
+    threshold: float,
+    top: int = TOP,
+) -> Judged:
+    b = [c.instructions for c in base]
+    c = [c.instructions for c in cand]
+    ratio = (sum(c) / len(c)) / (sum(b) / len(b))
+    low, high = min(c) / max(b), max(c) / min(b)
+    verdict = stats.verdict(low, high, threshold)
+    notes = [
+        f"the {side}'s processes disagree by {spread(values):.3%}"
+        for side, values in (("baseline", b), ("candidate", c))
+        if spread(values) > AGREEMENT * threshold
+    ]
+    if notes and verdict == stats.NO_CHANGE:
+        verdict = stats.INCONCLUSIVE  # a side that does not repeat cannot vouch for no change
+    moved = verdict in (stats.REGRESSION, stats.IMPROVEMENT) or abs(ratio - 1) > threshold
+    cycles = None
+    if base[0].cycles is not None and cand[0].cycles is not None:
+        cycles = (mean([x.cycles for x in base]), mean([x.cycles for x in cand]))
+    return Judged(
+        case,
+        verdict,
+        b,
+        c,
+        ratio,
+        low,
+        high,
+        "; ".join(notes),
+        attribution(base, cand, top),
+        cycles,
+        moved,
+    )
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def attribution(base: list[Count], cand: list[Count], top: int) -> list[tuple[str, float, float]]:
+    """The `top` functions by |instructions per step, candidate - baseline|, means over each
+    side's processes."""
+
+    def per_function(counts: list[Count]) -> dict[str, float]:
+        names = {name for c in counts for name in c.functions}
+        return {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
+
+    b, c = per_function(base), per_function(cand)
+    rows = [(name, b.get(name, 0.0), c.get(name, 0.0)) for name in set(b) | set(c)]
+    rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
+    return rows[:top]
+
+
+KEEP_FUNCTIONS = 1e-4  # of a case's instructions: the functions a saved row keeps
+
+
+def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
+    """A row per counted case: instructions per step per process, their spread, the estimated
+    cycles where simulated, and the functions above KEEP_FUNCTIONS of the total."""
+    out = []
+    for case in cases:
+        counts = [p.counts[case] for p in processes if case in p.counts]
+        if not counts:
+            continue
+        values = [c.instructions for c in counts]
+        names = {name for c in counts for name in c.functions}
+        functions = {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
+        keep = KEEP_FUNCTIONS * mean(values)
+        cycles = [c.cycles for c in counts if c.cycles is not None]
+        out.append(
+            {
+                "device": case.device,
+                "variant": case.variant,
+                "batch": case.batch,
+                "metric": "instructions",
+                "instructions_per_step": values,
+                "spread": spread(values),
+                "estimated_cycles_per_step": mean(cycles) if cycles else None,
+                "functions": {n: v for n, v in functions.items() if v >= keep},
+            }
+        )
+    return out
+
+
+def from_row(row: dict) -> list[Count]:
+    """A saved row as Counts, one per process (each holding the row's mean functions)."""
+    return [Count(v, None, row["functions"]) for v in row["instructions_per_step"]]

@@ -1,0 +1,117 @@
+"""What machine and software a measurement ran on: the CPU, the GPU, torch, the checkout."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import cifar_spec
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info() -> dict:
+    """The GPU's name, memory, clocks and power: torch's NVML readings, and the power limit and
+    maximum clock from pynvml where it is installed."""
+    props = torch.cuda.get_device_properties(0)
+    info = {
+        "gpu_name": props.name,
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "gpu_count": torch.cuda.device_count(),
+    }
+    for key, read in (
+        ("gpu_clock_mhz", torch.cuda.clock_rate),
+        ("gpu_power_draw_mw", torch.cuda.power_draw),
+    ):
+        try:
+            info[key] = read(0)
+        except Exception:  # no NVML on this machine: the figure is simply not recorded
+            pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info["gpu_power_limit_mw"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
+        info["gpu_max_sm_clock_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(
+            handle, pynvml.NVML_CLOCK_SM
+        )
+        info["gpu_driver"] = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # pynvml absent, or no NVML: what torch read is kept
+        pass
+    return info
+
+
+def machine_info() -> dict:
+    """Hardware and software of this process; torchvision only where it is installed."""
+    info = {
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except Exception:  # a custom torch often has no matching torchvision; timing needs none
+        info["torchvision"] = None
+    if torch.cuda.is_available():
+        info.update(gpu_info())
+    return info
+
+
+def environment() -> dict:
+    """Which torch, cifar_spec and machine this worker runs on."""
+    info = {
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "threads": torch.get_num_threads(),
+        "cifar_spec": str(Path(cifar_spec.__file__).parent),
+        "git": git_revision(),
+        "cpu_model": cpu_model(),
+    }
+    if torch.cuda.is_available():
+        info["gpu_name"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_revision() -> str | None:
+    """The commit of the checkout cifar_spec is imported from, '+' when it has changes."""
+    folder = Path(cifar_spec.__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if rev.returncode:
+        return None  # installed from a wheel, not a checkout
+    return rev.stdout.strip() + ("+" if dirty.stdout.strip() else "")
