@@ -97,10 +97,7 @@ def prepare_output(path: str | Path) -> None:
         raise UnsafeFile(cannot_write(str(path), error)) from None
 
 
-def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
-    """Write `write` (bytes, or a function given the open file) to `path`, atomically; to our
-    own descriptor as a stream where `path` is one (`--json /dev/stdout`)."""
-    path = Path(path)
+def write_or_stream(path: Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
     descriptor = descriptor_of(path)
     if descriptor is not None:
         for stream in (sys.stdout, sys.stderr):  # what we printed before comes before
@@ -130,6 +127,19 @@ def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], objec
     finally:
         os.close(folder)
     return path
+
+
+def write_atomically(path: str | Path, write: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write `write` (bytes, or a function given the open file) to `path`, atomically; to our
+    own descriptor as a stream where `path` is one (`--json /dev/stdout`). A failed write
+    (a full disk) names `path`, so that whoever reports it can say which file."""
+    path = Path(path)
+    try:
+        return write_or_stream(path, write)
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 # What to do about a write that failed, by its cause; one wording for every writer.

@@ -31,7 +31,7 @@ from cifar_spec.distributed import (
     is_lost_peer,
     together,
 )
-from cifar_spec.errors import CheckpointError, Interrupted, NonFiniteLoss, PeerLost
+from cifar_spec.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLoss, PeerLost
 from cifar_spec.files import folder_lock
 from cifar_spec.model import CifarNet, check_images
 from cifar_spec.step import (
@@ -65,14 +65,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.lr <= MAX_LR or not math.isfinite(self.lr):
-            raise ValueError(
+            raise ConfigError(
                 f"lr must be a positive finite number a float32 can hold (at most "
                 f"{MAX_LR:.3g}), got {self.lr}; the tutorial uses 0.01"
             )
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be at least 1 image, got {self.limit}")
+            raise ConfigError(f"limit must be at least 1 image, got {self.limit}")
 
 
 @dataclass
@@ -216,7 +216,7 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1000) -> floa
 def check_data(data: DeviceData) -> None:
     """Refuse a data set that cannot train, once, before the first step."""
     if len(data) == 0:
-        raise ValueError("no images to train on: the data set is empty")
+        raise ConfigError("no images to train on: the data set is empty")
     check_images(data.images, torch.float32)
     check_labels(data.labels.cpu(), len(data.images))
 

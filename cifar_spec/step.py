@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from cifar_spec import manual_backward
 from cifar_spec.cuda_graph import cuda_graphed
-from cifar_spec.errors import NonFiniteLoss
+from cifar_spec.errors import NonFiniteLoss, NotEnoughMemory
 from cifar_spec.model import NUM_CLASSES, check_images
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -368,7 +368,7 @@ def check_memory(batch_size: int, num_images: int, device: str | torch.device) -
     needed = num_images * IMAGE_BYTES + batch * STEP_BYTES_PER_IMAGE
     free = free_memory(device)
     if needed > free:
-        raise MemoryError(
+        raise NotEnoughMemory(
             f"batch size {batch_size} on {num_images} images needs about {needed / 2**30:.1f} GiB, "
             f"more than the {free / 2**30:.1f} GiB free on {device.type}; "
             "use a smaller --batch-size (or --limit)"

@@ -24,7 +24,7 @@ from cifar_spec.cifar10_format import (
     TEST_FILE,
     TRAIN_FILES,
 )
-from cifar_spec.errors import DataError
+from cifar_spec.errors import ConfigError, DataError
 from cifar_spec.files import (
     LOCK_FILE,
     PROBE_PREFIX,
@@ -117,11 +117,11 @@ def marker(path: Path) -> dict | None:
 
 def check_synthetic_settings(n_train: int, n_test: int, seed: int) -> None:
     if n_train < 0 or n_test < 0:
-        raise ValueError(f"image counts must be >= 0, got n_train={n_train}, n_test={n_test}")
+        raise ConfigError(f"image counts must be >= 0, got n_train={n_train}, n_test={n_test}")
     if seed < 0:
-        raise ValueError(f"the data set's seed must be >= 0, got {seed}")
+        raise ConfigError(f"the data set's seed must be >= 0, got {seed}")
     if n_train > 5 * MAX_FILE_IMAGES or n_test > MAX_FILE_IMAGES:
-        raise ValueError(
+        raise ConfigError(
             f"at most {5 * MAX_FILE_IMAGES:,} training and {MAX_FILE_IMAGES:,} test images fit "
             f"CIFAR-10's files (each is read whole), got n_train={n_train}, n_test={n_test}"
         )

@@ -344,3 +344,28 @@ def test_a_step_that_cannot_run_is_refused_with_the_rules_reason(stand_in, capsy
         train(stand_in, "--eager", "--compile"),
         "step compile cannot run on cpu: torch.compile is not supported",
     )
+
+
+def test_a_bug_inside_fit_is_a_traceback_not_a_users_mistake(stand_in, capsys, monkeypatch):
+    # A TypeError raised by our own code is cifar_spec's bug: worded as the user's mistake
+    # ("cifar-spec: error: ...", exit 2) it would send them looking for a wrong flag.
+    import cifar_spec.loop as loop
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(loop, "train_epoch", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(train(stand_in, "--epochs", "1"))
+    assert "cifar-spec: error" not in capsys.readouterr().err
+
+
+def test_a_failed_write_that_names_no_file_is_a_traceback_too(stand_in, monkeypatch):
+    import cifar_spec.loop as loop
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")  # no file named: not the user's to fix
+
+    monkeypatch.setattr(loop, "train_epoch", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(train(stand_in, "--epochs", "1"))

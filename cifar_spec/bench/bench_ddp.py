@@ -31,7 +31,7 @@ from cifar_spec.bench import cases, measure
 from cifar_spec.bench.paired import Samples, alternate
 from cifar_spec.bench.spawn import clean_environment, python_command
 from cifar_spec.distributed import Shard, World, data_parallel_step, end_rank
-from cifar_spec.errors import WorkerError
+from cifar_spec.errors import ConfigError, WorkerError
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
 from cifar_spec.step import prepare_model
 
@@ -189,7 +189,7 @@ def scaling(
     """The figures of `variant` at `batch` images per process: images/s alone and together,
     the speed-up of the total with its 95% interval, and the scaling efficiency."""
     if pairs < 2:
-        raise ValueError(
+        raise ConfigError(
             "--pairs must be at least 2: each ratio comes from a pair A B and a pair B A"
         )
     samples = Samples([run_group(variant, batch, processes, pairs) for _ in range(groups)])

@@ -12,17 +12,7 @@ import os
 import sys
 
 from cifar_spec.cli import bench, train
-from cifar_spec.errors import (
-    CheckpointError,
-    DataError,
-    FolderBusy,
-    Interrupted,
-    NonFiniteLoss,
-    PeerLost,
-    StoppedElsewhere,
-    UnsafeFile,
-    WorkerError,
-)
+from cifar_spec.errors import CifarSpecError, Interrupted, StoppedElsewhere
 from cifar_spec.files import cannot_write
 
 
@@ -37,26 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What a user can cause and fix; each ends the command in one line, never a traceback.
-USER_ERRORS = (
-    ValueError,
-    TypeError,
-    MemoryError,
-    DataError,
-    CheckpointError,
-    NonFiniteLoss,
-    FolderBusy,
-    UnsafeFile,
-    Interrupted,
-    WorkerError,
-    PeerLost,
-)
-
-
 def describe_os_error(error: OSError) -> str:
     """A failed read or write that no command worded itself, in one line."""
-    where = os.fsdecode(error.filename) if error.filename is not None else "a file"
-    return cannot_write(where, error)
+    return cannot_write(os.fsdecode(error.filename), error)
 
 
 def readable_output() -> None:
@@ -67,19 +40,36 @@ def readable_output() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def refuse(said: object) -> int:
+    """A user's mistake, in one line; under torchrun each rank says its own."""
+    rank = os.environ.get("RANK", "0")
+    where = "" if rank == "0" else f"rank {rank}: "
+    print(f"cifar-spec: error: {where}{said}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake ends in one line and exit 2, a bug in a traceback.
+
+    A user's mistake is a `CifarSpecError`, Ctrl-C, or a failed read or write that names
+    its file (a full disk, a folder made read-only). Anything else, a TypeError inside
+    `fit` say, is cifar_spec's own bug and is not worded as the user's.
+    """
     readable_output()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except StoppedElsewhere:  # the rank that stopped the run says why
         return 2
-    except (*USER_ERRORS, OSError) as error:
-        rank = os.environ.get("RANK", "0")  # under torchrun each rank says its own
-        where = "" if rank == "0" else f"rank {rank}: "
-        said = describe_os_error(error) if isinstance(error, OSError) else error
-        print(f"cifar-spec: error: {where}{said}", file=sys.stderr)
-        return 2
+    except (CifarSpecError, Interrupted) as error:
+        return refuse(error)
+    except BrokenPipeError:  # a reader that stopped reading (`| head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        if error.filename is None:
+            raise
+        return refuse(describe_os_error(error))
     except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
         print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from cifar_spec.cli.options import (
     pick_device,
     positive_int,
 )
+from cifar_spec.errors import ConfigError
 from cifar_spec.files import prepare_output, write_atomically
 from cifar_spec.step import default_step, unsupported
 
@@ -166,13 +167,13 @@ def check_metric(args: argparse.Namespace, device: str) -> None:
         return
     callgrind.check_device(device)
     if args.workers is not None and args.workers < 2:
-        raise ValueError(
+        raise ConfigError(
             f"--workers {args.workers}: counting needs 2 or more processes per environment, "
             "so that the report shows whether they agree"
         )
     compiled = [v for v in args.variant or [] if "compile" in v]
     if compiled:
-        raise ValueError(
+        raise ConfigError(
             f"--variant {compiled[0]}: torch.compile is not counted (under valgrind it compiles "
             "for longer than a build may take); count the other variants, time this one"
         )
@@ -261,7 +262,7 @@ def cmd_bench_ddp(args: argparse.Namespace) -> int:
     for variant in variants:
         reason = unsupported(cases.VARIANTS[variant], "cpu", data_parallel=True)
         if reason:
-            raise ValueError(f"variant {variant} cannot run under DDP: {reason}")
+            raise ConfigError(f"variant {variant} cannot run under DDP: {reason}")
         for batch in args.batch_size or [1, 64]:
             row = bench_ddp.scaling(variant, batch, args.processes, args.groups, args.pairs)
             print(report.format_ddp_row(row), flush=True)

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from cifar_spec.errors import ConfigError
+
 # How --json and --markdown help say what they may point at.
 STREAM = " (a regular file; /dev/stdout streams it)"
 
@@ -54,9 +56,9 @@ def pick_device(name: str) -> str:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+        raise ConfigError(f"--device {name}: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+        raise ConfigError(f"--device {name}: no CUDA device here; use --device cpu or auto")
     return name

@@ -14,7 +14,7 @@ from cifar_spec.checkpoint import check_run_folder
 from cifar_spec.cifar10_format import BASE_FOLDER
 from cifar_spec.cli.options import HelpFormatter, finite_positive, pick_device
 from cifar_spec.data import to_device
-from cifar_spec.errors import CheckpointError, DataError
+from cifar_spec.errors import CheckpointError, ConfigError, DataError
 from cifar_spec.files import cannot_write
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet, format_summary
@@ -86,7 +86,7 @@ def step_options(args: argparse.Namespace, device: str, data_parallel: bool = Fa
         options = default_step(device, bf16=bf16, compile=args.compile, data_parallel=data_parallel)
     reason = unsupported(options, device, data_parallel=data_parallel)
     if reason:
-        raise ValueError(f"step {options.name} cannot run on {device}: {reason}")
+        raise ConfigError(f"step {options.name} cannot run on {device}: {reason}")
     return options
 
 
