@@ -22,7 +22,7 @@ from cifar_spec import plot
 from cifar_spec.bench import callgrind, machine, report
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.counts import as_rows
-from cifar_spec.bench.suite import WORKERS, Suite
+from cifar_spec.bench.suite import WORKERS, Suite, worker_threads
 
 ROWS_KEY = pytest.StashKey[list]()
 COUNT_ROWS_KEY = pytest.StashKey[list]()
@@ -126,7 +126,7 @@ def record(request: pytest.FixtureRequest):
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    machine_info.update(machine.machine_info())
+    machine_info.update(machine.describe(worker_threads(None)))
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

@@ -1,5 +1,7 @@
 """What a step time means: FLOPs counted right, a peak that bounds, the table's figures."""
 
+import sys
+
 import pytest
 import torch
 
@@ -60,18 +62,21 @@ def test_the_table_shows_each_speed_up_with_its_interval_and_marks_noisy_rows():
     assert "1.20x [1.15, 1.26]" in fast_line and fast_line.endswith("noisy")
 
 
-def test_machine_info_names_the_hardware_and_every_version():
-    info = machine.machine_info()
+def test_the_machine_description_names_the_hardware_the_threads_and_every_version():
+    info = machine.describe(threads=3)
     assert {
         "cpu_model",
-        "torch_threads",
+        "threads",
         "torch",
         "torchvision",
         "cuda",
         "cudnn",
         "python",
+        "python_version",
+        "git",
     } <= info.keys()
-    assert info["torch"] == torch.__version__
+    assert info["torch"] == torch.__version__ and info["threads"] == 3
+    assert info["python"] == sys.executable
 
 
 def test_flops_are_counted_without_compiling_or_capturing():

@@ -7,19 +7,20 @@ import shutil
 
 import pytest
 
-from cifar_spec.bench import baselines, gate, stats
+from cifar_spec.bench import baselines, gate, machine, stats
+from cifar_spec.bench.suite import worker_threads
 from cifar_spec.cli import main
 
-INFO = {"cpu_model": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1"}
+INFO = {"cpu_model": "AMD EPYC", "threads": 2, "torch": "2.14.1"}
 
 
 def test_a_baseline_is_kept_per_hardware_and_survives_a_torch_upgrade():
     assert baselines.fingerprint(INFO) == "AMD_EPYC-2t"
     assert baselines.fingerprint({**INFO, "torch": "2.15.0", "node": "runner-7"}) == "AMD_EPYC-2t"
-    assert baselines.fingerprint({**INFO, "torch_threads": 4}) != baselines.fingerprint(INFO)
+    assert baselines.fingerprint({**INFO, "threads": 4}) != baselines.fingerprint(INFO)
     assert (
         baselines.fingerprint({**INFO, "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8})
-        == "NVIDIA_H100_80GB_HBM3-x8"
+        == "NVIDIA_H100_80GB_HBM3-x8-2t"
     )
 
 
@@ -158,15 +159,18 @@ def test_every_outcome_ends_in_one_line_and_its_exit_code(verdicts, failed, unsu
     assert got_code == code and got_line.startswith(line)
 
 
+def gate_info(threads: int | None = None) -> dict:
+    """What a plain `cifar-spec gate` here describes its workers as (`--threads` if given)."""
+    return machine.describe(worker_threads(threads))
+
+
 def test_the_gate_without_a_baseline_says_how_to_make_one(tmp_path, capsys):
     assert main(["gate", "--storage", str(tmp_path)]) == 2
     assert "gate --save-baseline" in capsys.readouterr().err
 
 
 def test_the_gate_on_a_damaged_baseline_ends_in_one_line_not_a_traceback(tmp_path, capsys):
-    from cifar_spec.bench.machine import machine_info
-
-    path = baselines.baseline_path(tmp_path, machine_info())
+    path = baselines.baseline_path(tmp_path, gate_info())
     path.parent.mkdir(parents=True)
     path.write_text('{"rows": [{"device": 1}]}')
     assert main(["gate", "--storage", str(tmp_path)]) == 2
@@ -194,9 +198,7 @@ CUDA_ROW = {"device": "cuda", "variant": "eager", "batch": 1, "step_times": [[0.
 def test_a_baseline_with_no_case_for_this_device_is_refused_before_any_work(
     tmp_path, capsys, no_workers, metric, file, rows, said
 ):
-    from cifar_spec.bench.machine import machine_info
-
-    info = machine_info()
+    info = gate_info()
     path = (baselines.baseline_path if file == "baseline" else baselines.count_baseline_path)(
         tmp_path, info
     )
@@ -303,5 +305,30 @@ def test_counts_are_kept_per_cpu_at_one_thread_beside_the_times():
         "instructions.json",
     )
     assert baselines.count_baseline_path(
-        "s", {**INFO, "torch_threads": 8}
+        "s", {**INFO, "threads": 8}
     ) == baselines.count_baseline_path("s", INFO)
+
+
+def test_a_baseline_saved_at_one_thread_never_judges_a_run_on_every_core(
+    tmp_path, capsys, monkeypatch
+):
+    # The fingerprint is the workers' thread count, not the controller's: before, a
+    # one-thread baseline sat in the all-core folder and judged all-core runs.
+    import cifar_spec.cli.bench as cli_bench
+
+    row = {"device": "cpu", "variant": "eager", "batch": 1, "seconds_per_step": 0.004}
+    monkeypatch.setattr(
+        cli_bench,
+        "measure_rows",
+        lambda args: [{**row, "step_times": [[0.004] * 8] * 3, "speedup_ci": None}],
+    )
+    storage = ["--storage", str(tmp_path), "--device", "cpu", "--json", str(tmp_path / "r.json")]
+    assert main(["gate", "--threads", "1", "--save-baseline", *storage]) == 0
+    saved = capsys.readouterr().out
+    assert f"{baselines.fingerprint(gate_info(1))}/baseline.json" in saved
+    assert main(["gate", *storage]) == 2  # every core: no baseline of its own yet
+    err = capsys.readouterr().err
+    assert "no baseline for this hardware" in err and f"-{worker_threads(None)}t" in err
+    assert main(["gate", "--threads", "1", *storage]) == 0  # the one it was saved for
+    if worker_threads(None) != 1:
+        assert baselines.fingerprint(gate_info(1)) != baselines.fingerprint(gate_info())

@@ -55,7 +55,18 @@ REPLIES: dict[str, list[tuple[dict, dict]]] = {
                 "git": TEXT,
                 "cpu_model": str,
             },
-            {"gpu_name": str},
+            # Optional: workers of earlier checkouts (compared against) do not send them.
+            {
+                "torchvision": TEXT,
+                "gpu_name": str,
+                "gpu_memory_gib": float,
+                "gpu_count": int,
+                "gpu_clock_mhz": int,
+                "gpu_power_draw_mw": int,
+                "gpu_power_limit_mw": int,
+                "gpu_max_sm_clock_mhz": int,
+                "gpu_driver": str,
+            },
         )
     ],
     "build": [({"seconds_per_step": float}, {}), ({"unsupported": str}, {})],

@@ -23,11 +23,13 @@ JSON_LIMIT = 16 << 20  # bytes in a baseline or floors file; a full baseline is 
 
 
 def fingerprint(info: dict) -> str:
-    """A folder name for baselines: the same on the same hardware, whatever the software."""
+    """A folder name for baselines: the same on the same hardware at the same torch threads per
+    worker (`machine.describe`), whatever the software. A run at one thread and one on every
+    core never share a folder: their CPU times are not one measurement."""
     if info.get("gpu_name"):
-        text = f"{info['gpu_name']}-x{info.get('gpu_count', 1)}"
+        text = f"{info['gpu_name']}-x{info.get('gpu_count', 1)}-{info['threads']}t"
     else:
-        text = f"{info['cpu_model']}-{info['torch_threads']}t"
+        text = f"{info['cpu_model']}-{info['threads']}t"
     return re.sub(r"[^A-Za-z0-9.-]", "_", text)
 
 
@@ -38,7 +40,7 @@ def baseline_path(storage: Path, info: dict) -> Path:
 def count_baseline_path(storage: Path, info: dict) -> Path:
     """Counts are taken on the CPU at one thread: the folder is the CPU's, with 1 thread, on a
     machine with a GPU too."""
-    cpu = {"cpu_model": info["cpu_model"], "torch_threads": 1}
+    cpu = {"cpu_model": info["cpu_model"], "threads": 1}
     return Path(storage) / fingerprint(cpu) / COUNT_BASELINE_FILE
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -55,42 +56,37 @@ def gpu_info() -> dict:
     return info
 
 
-def machine_info() -> dict:
-    """Hardware and software of this process; torchvision only where it is installed."""
-    info = {
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "python": platform.python_version(),
-    }
+def package_version(name: str) -> str | None:
+    """An installed package's version, read without importing it (torchvision takes seconds,
+    and a custom torch often has no torchvision to match: a worker never imports it)."""
     try:
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    except Exception:  # a custom torch often has no matching torchvision; timing needs none
-        info["torchvision"] = None
-    if torch.cuda.is_available():
-        info.update(gpu_info())
-    return info
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
-def environment() -> dict:
-    """Which torch, cifar_spec and machine this worker runs on."""
+def describe(threads: int) -> dict:
+    """The one description of a measurement's machine and software: what every worker says
+    in its hello (`threads` its own), what the gate keys baselines by (`threads` the workers'),
+    and what every JSON output records.
+
+    `threads` is the torch threads per worker: a step timed at one thread and at every
+    core are two measurements, not one.
+    """
     info = {
         "python": sys.executable,
         "python_version": platform.python_version(),
         "torch": torch.__version__,
+        "torchvision": package_version("torchvision"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "cifar_spec": str(Path(cifar_spec.__file__).parent),
         "git": git_revision(),
         "cpu_model": cpu_model(),
     }
     if torch.cuda.is_available():
-        info["gpu_name"] = torch.cuda.get_device_name(0)
+        info.update(gpu_info())
     return info
 
 

@@ -35,6 +35,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads(asked: int | None) -> int:
+    """The torch threads each worker runs: as asked (--threads), else every core here."""
+    return asked or available_cores()
+
+
 @dataclass
 class Suite:
     """Workers of this Python, the baseline arms they hold, and the peaks they measured."""
@@ -51,7 +56,7 @@ class Suite:
     def start(self) -> Suite:
         if not self._workers:
             self._workers = start_workers(
-                self.python, self.workers, "w", self.threads or available_cores()
+                self.python, self.workers, "w", worker_threads(self.threads)
             )
         return self
 

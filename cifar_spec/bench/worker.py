@@ -37,7 +37,7 @@ import torch
 
 from cifar_spec.bench import cases, measure
 from cifar_spec.bench.figures import measure_peak
-from cifar_spec.bench.machine import environment
+from cifar_spec.bench.machine import describe
 
 INSTRUMENT_TIMEOUT = 60.0
 
@@ -126,7 +126,7 @@ def count(request: dict, held: dict) -> dict:
 def handle(request: dict, held: dict) -> dict:
     op = request.get("op")
     if op == "hello":
-        return environment()
+        return describe(torch.get_num_threads())
     if op == "build":
         return build(request, held)
     if op == "round":

@@ -23,7 +23,7 @@ from cifar_spec.bench import (
     stats,
 )
 from cifar_spec.bench.cases import Case
-from cifar_spec.bench.suite import WORKERS, Suite, measure_all
+from cifar_spec.bench.suite import WORKERS, Suite, measure_all, worker_threads
 from cifar_spec.cli.options import (
     STREAM,
     HelpFormatter,
@@ -106,7 +106,7 @@ def check_count_device(args: argparse.Namespace) -> None:
 def cmd_gate(args: argparse.Namespace) -> int:
     if args.metric == "instructions":
         return gate_counts(args)
-    info = machine.machine_info()
+    info = machine.describe(worker_threads(args.threads))  # the workers', not this process's
     path = baselines.baseline_path(Path(args.storage), info)
     baseline = None
     if not args.save_baseline:
@@ -133,7 +133,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def gate_counts(args: argparse.Namespace) -> int:
     check_count_device(args)
-    info = machine.machine_info()
+    info = machine.describe(1)  # counting workers run one thread
     path = baselines.count_baseline_path(Path(args.storage), info)
     baseline = None
     if not args.save_baseline:
