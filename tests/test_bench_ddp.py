@@ -7,7 +7,7 @@ from cifar_spec.cli import main
 
 
 def test_the_scaling_figure_pairs_one_process_with_two_and_states_the_efficiency():
-    row = bench_ddp.scaling("eager", batch=2, processes=2, groups=1, pairs=2)
+    row = bench_ddp.scaling("eager", batch=2, ranks=2, groups=1, pairs=2)
     speedup = row["speedup"]
     assert speedup["samples"] == 1 and speedup["processes"] == 1  # one quad: A B, B A
     assert speedup["ci_low"] <= speedup["median"] <= speedup["ci_high"]

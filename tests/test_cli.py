@@ -369,3 +369,49 @@ def test_a_failed_write_that_names_no_file_is_a_traceback_too(stand_in, monkeypa
     monkeypatch.setattr(loop, "train_epoch", broken)
     with pytest.raises(OSError, match="Input/output error"):
         main(train(stand_in, "--epochs", "1"))
+
+
+DEVICE_COMMANDS = {
+    "train": ["train"],
+    "bench": ["bench"],
+    "gate": ["gate"],
+    "compare": ["compare", "python3", "python3"],
+}
+
+
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_device_takes_the_same_values_with_the_same_help_in_every_command(command):
+    parser = build_parser()
+    for value in ("auto", "cpu", "cuda", "cuda:1"):
+        args = parser.parse_args([*DEVICE_COMMANDS[command], "--device", value])
+        assert value in (args.device if isinstance(args.device, list) else [args.device])
+    helps = {
+        action.help.split(", repeatable")[0]
+        for sub in parser._subparsers._group_actions[0].choices.values()
+        for action in sub._actions
+        if "--device" in action.option_strings
+    }
+    assert helps == {"auto (cuda where there is one), cpu, cuda or cuda:N"}
+
+
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_a_gpu_index_this_machine_lacks_is_refused_in_one_line_never_changed(
+    command, tmp_path, capsys, no_workers
+):
+    argv = [
+        *DEVICE_COMMANDS[command],
+        "--device",
+        "cuda:7",
+        "--out" if command == "train" else "--json",
+    ]
+    one_line_error(capsys, [*argv, str(tmp_path / "x")], "--device cuda:7")
+
+
+def test_a_gpu_index_is_kept_where_the_machine_has_it(monkeypatch):
+    from cifar_spec.cli import bench, options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert options.pick_device("cuda:1") == "cuda:1"
+    assert bench.bench_devices(["cpu", "cuda:1"]) == ["cpu", "cuda:1"]
+    assert bench.bench_devices(None) == ["cpu", "cuda"]

@@ -121,26 +121,26 @@ def rank_main(variant: str, batch: int, pairs: int) -> None:
         dist.destroy_process_group()
 
 
-def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tuple[float, float]]:
-    """One group of fresh processes; rank 0's (alone, together) seconds per step, per pair."""
+def run_group(variant: str, batch: int, ranks: int, pairs: int) -> list[tuple[float, float]]:
+    """One group of fresh ranks; rank 0's (alone, together) seconds per step, per pair."""
     port = free_port()
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds this cifar_spec
     command = python_command(
         sys.executable, "cifar_spec.bench.bench_ddp", variant, str(batch), str(pairs), first=root
     )
-    ranks = []
+    started = []
     try:
-        for rank in range(processes):
+        for rank in range(ranks):
             env = dict(
                 clean_environment(),
                 RANK=str(rank),
                 LOCAL_RANK=str(rank),
-                WORLD_SIZE=str(processes),
+                WORLD_SIZE=str(ranks),
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=str(port),
                 OMP_NUM_THREADS="1",
             )
-            ranks.append(
+            started.append(
                 subprocess.Popen(
                     command,
                     env=env,
@@ -149,18 +149,18 @@ def run_group(variant: str, batch: int, processes: int, pairs: int) -> list[tupl
                     start_new_session=True,
                 )
             )
-        out, _ = ranks[0].communicate(timeout=LAUNCH_TIMEOUT)
-        for process in ranks[1:]:
+        out, _ = started[0].communicate(timeout=LAUNCH_TIMEOUT)
+        for process in started[1:]:
             process.wait(timeout=60)
     finally:
-        for process in ranks:
+        for process in started:
             if process.poll() is None:
                 process.kill()
             process.wait()
             if process.stdout:
                 process.stdout.close()
-    if ranks[0].returncode:
-        raise WorkerError(f"rank 0 of the {variant} group failed (exit {ranks[0].returncode})")
+    if started[0].returncode:
+        raise WorkerError(f"rank 0 of the {variant} group failed (exit {started[0].returncode})")
     return parse_pairs(out, variant)
 
 
@@ -184,7 +184,7 @@ def parse_pairs(out: str, variant: str) -> list[tuple[float, float]]:
 
 
 def scaling(
-    variant: str, batch: int, processes: int = 2, groups: int = GROUPS, pairs: int = PAIRS
+    variant: str, batch: int, ranks: int = 2, groups: int = GROUPS, pairs: int = PAIRS
 ) -> dict:
     """The figures of `variant` at `batch` images per process: images/s alone and together,
     the speed-up of the total with its 95% interval, and the scaling efficiency."""
@@ -192,18 +192,18 @@ def scaling(
         raise ConfigError(
             "--pairs must be at least 2: each ratio comes from a pair A B and a pair B A"
         )
-    samples = Samples([run_group(variant, batch, processes, pairs) for _ in range(groups)])
-    # together's seconds per step over alone's, inverted: the rate of N processes over one's
-    speedup = samples.ratio().inverted().scaled(processes)
+    samples = Samples([run_group(variant, batch, ranks, pairs) for _ in range(groups)])
+    # together's seconds per step over alone's, inverted: the rate of N ranks over one process's
+    speedup = samples.ratio().inverted().scaled(ranks)
     return {
         "variant": variant,
-        "batch_per_process": batch,
-        "processes": processes,
+        "batch_per_rank": batch,
+        "ranks": ranks,
         "alone_images_per_s": batch / samples.arm(0).median,
-        "together_images_per_s": processes * batch / samples.arm(1).median,
+        "together_images_per_s": ranks * batch / samples.arm(1).median,
         "speedup": speedup.as_dict(),
-        "efficiency": speedup.median / processes,
-        "efficiency_ci": [speedup.low / processes, speedup.high / processes],
+        "efficiency": speedup.median / ranks,
+        "efficiency_ci": [speedup.low / ranks, speedup.high / ranks],
     }
 
 

@@ -21,7 +21,7 @@ from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
 from cifar_spec.synthetic import is_synthetic, write_synthetic_cifar10
 
 # The variants every benchmark run measures, by name; "eager" (the tutorial's step)
-# is the baseline.
+# is the reference every other is paired with.
 VARIANTS = {
     v.name: v
     for v in [
@@ -112,7 +112,7 @@ LOOPS = {
     "tutorial loop": "the tutorial's own loop",
     "fit loop": "fit's loop, the library's default",
 }
-LOOP_BASELINE = "tutorial loop"
+LOOP_REFERENCE = "tutorial loop"
 LOOP_IMAGES = 100
 
 

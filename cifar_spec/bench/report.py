@@ -237,7 +237,7 @@ def format_rows(rows: list[dict]) -> str:
 def format_ddp_row(row: dict) -> str:
     s = row["speedup"]
     return (
-        f"{row['variant']:<46} {row['batch_per_process']:>5} {row['processes']:>3} "
+        f"{row['variant']:<46} {row['batch_per_rank']:>5} {row['ranks']:>3} "
         f"{row['alone_images_per_s']:>9.0f} {row['together_images_per_s']:>9.0f} "
         f"{s['median']:>6.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
         f"{row['efficiency']:>6.0%}{' noisy' if s['noisy'] else ''}"

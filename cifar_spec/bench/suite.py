@@ -1,9 +1,9 @@
-"""The benchmark suite: each case measured against its baseline across workers, as rows of figures.
+"""The benchmark suite: each case measured against its reference across workers, as rows of figures.
 
 A variant of the step is paired with eager (the tutorial's step) at the same
 device and batch size, in the same worker processes; the fit loop with the
 tutorial's loop. Each row holds the case's seconds per step (median and 95%
-interval), images/s, spread, the speed-up over its baseline with its 95%
+interval), images/s, spread, the speed-up over its reference with its 95%
 interval, and the roofline fraction against the best peak the workers
 measured. `cifar-spec bench`, `cifar-spec gate` and the pytest benchmarks all
 measure through `Suite`.
@@ -42,7 +42,7 @@ def worker_threads(asked: int | None) -> int:
 
 @dataclass
 class Suite:
-    """Workers of this Python, the baseline arms they hold, and the peaks they measured."""
+    """Workers of this Python, the reference arms they hold, and the peaks they measured."""
 
     workers: int = WORKERS
     min_pairs: int = MIN_PAIRS
@@ -50,7 +50,7 @@ class Suite:
     python: str = sys.executable
     log: Callable[[str], None] | None = None
     _workers: list[Worker] = field(default_factory=list, init=False)
-    _baselines: dict = field(default_factory=dict, init=False)
+    _references: dict = field(default_factory=dict, init=False)
     _peaks: dict = field(default_factory=dict, init=False)
 
     def start(self) -> Suite:
@@ -70,22 +70,22 @@ class Suite:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def baseline_of(self, case: Case) -> Case:
+    def reference_of(self, case: Case) -> Case:
         if case.variant in cases.LOOPS:
-            return Case(case.device, cases.LOOP_BASELINE, case.batch)
+            return Case(case.device, cases.LOOP_REFERENCE, case.batch)
         return Case(case.device, "eager", case.batch)
 
     def arms(self, case: Case) -> list[Arm]:
-        """`case` built in every worker (kept for a baseline, which many cases share)."""
-        if case in self._baselines:
-            return self._baselines[case]
+        """`case` built in every worker (kept for a reference, which many cases share)."""
+        if case in self._references:
+            return self._references[case]
         arms = [build_arm(w, case) for w in self.start()._workers]
-        if case.variant in ("eager", cases.LOOP_BASELINE):
-            self._baselines[case] = arms
+        if case.variant in ("eager", cases.LOOP_REFERENCE):
+            self._references[case] = arms
         return arms
 
     def drop(self, arms: list[Arm]) -> None:
-        if arms and arms[0].case not in self._baselines:
+        if arms and arms[0].case not in self._references:
             for arm in arms:
                 arm.worker.call({"op": "drop", "key": arm.case.key}, 60)
 
@@ -93,24 +93,24 @@ class Suite:
         """The row of figures for `case`; raises Unsupported where it cannot run.
 
         A worker that crashed or hung fails this case only: the suite starts afresh
-        (new workers, baselines built again) for the next one.
+        (new workers, references built again) for the next one.
         """
         try:
             return self._measure(case)
         except WorkerError:
             self.stop()
-            self._baselines.clear()
+            self._references.clear()
             raise
 
     def _measure(self, case: Case) -> dict:
-        baseline = self.arms(self.baseline_of(case))
-        if case == baseline[0].case:
-            arms = baseline
-            samples = measure_pairs(list(zip(baseline, baseline)), self.min_pairs // 2)
+        reference = self.arms(self.reference_of(case))
+        if case == reference[0].case:
+            arms = reference
+            samples = measure_pairs(list(zip(reference, reference)), self.min_pairs // 2)
         else:
             arms = self.arms(case)
             try:
-                samples = measure_pairs(list(zip(baseline, arms)), self.min_pairs)
+                samples = measure_pairs(list(zip(reference, arms)), self.min_pairs)
             finally:
                 self.drop(arms)
         row = self.row(case, samples, arms[0].steps)
@@ -149,7 +149,7 @@ class Suite:
             peak,
         )
         speedup = samples.ratio().inverted()
-        is_baseline = case == self.baseline_of(case)
+        is_reference = case == self.reference_of(case)
         row.update(
             seconds_per_step=time.median,
             seconds_per_step_ci=[time.low, time.high],
@@ -157,11 +157,11 @@ class Suite:
             samples=time.samples,
             processes=time.processes,
             steps_per_round=steps,
-            speedup=1.0 if is_baseline else speedup.median,
-            speedup_ci=None if is_baseline else [speedup.low, speedup.high],
-            speedup_spread=None if is_baseline else speedup.spread,
-            baseline=self.baseline_of(case).variant,
-            noisy=time.noisy or (not is_baseline and speedup.noisy),
+            speedup=1.0 if is_reference else speedup.median,
+            speedup_ci=None if is_reference else [speedup.low, speedup.high],
+            speedup_spread=None if is_reference else speedup.spread,
+            reference=self.reference_of(case).variant,
+            noisy=time.noisy or (not is_reference and speedup.noisy),
             step_times=[[b for _, b in g] for g in samples.groups],  # per worker, for the gate
         )
         gpu = samples.gpu_arm(1)
@@ -182,7 +182,7 @@ def measure_all(
     rows = []
     for device in devices:
         names = variants or list(cases.VARIANTS)
-        for batch in batches or cases.BATCHES[device]:
+        for batch in batches or cases.BATCHES[torch.device(device).type]:
             for name in sorted(names, key=lambda n: n != "eager"):
                 case = Case(device, name, batch)
                 reason = cases.skip_reason(cases.VARIANTS[name], device)

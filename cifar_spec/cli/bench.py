@@ -27,6 +27,8 @@ from cifar_spec.bench.suite import WORKERS, Suite, measure_all, worker_threads
 from cifar_spec.cli.options import (
     STREAM,
     HelpFormatter,
+    add_batch_option,
+    add_device_option,
     finite_positive,
     percent,
     pick_device,
@@ -39,10 +41,17 @@ from cifar_spec.step import default_step, unsupported
 COUNT_PROCESSES = 2  # counting workers per environment: enough to see whether they agree
 
 
-def bench_devices(name: str) -> list[str]:
-    if name == "all":
+def kind(device: str) -> str:
+    """cpu or cuda: what floors, batch sizes and counting go by (cuda:1 is a cuda)."""
+    return torch.device(device).type
+
+
+def bench_devices(names: list[str] | None) -> list[str]:
+    """The devices bench and gate measure: those asked for (each as given, an index kept), else
+    every device here."""
+    if not names:
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    return [torch.device(pick_device(name)).type]
+    return list(dict.fromkeys(pick_device(name) for name in names))
 
 
 def progress(line: str) -> None:
@@ -53,7 +62,7 @@ def measure_rows(args: argparse.Namespace, log=progress) -> list[dict]:
     with Suite(workers=args.workers or WORKERS, threads=args.threads, log=log) as suite:
         return measure_all(
             suite,
-            bench_devices(args.device),
+            args.devices,
             args.variant,
             args.batch_size,
             skipped=lambda case, why: log(f"skipped {case.key}: {why}"),
@@ -65,9 +74,11 @@ def write_json(path: str, data: object) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.metric == "instructions":
+        check_count_device(args)  # valgrind's reason first: a GPU here would not help
+    args.devices = bench_devices(args.device)  # each refused here, before any other check
     check_output_paths(args.json)
     if args.metric == "instructions":
-        check_count_device(args)
         rows = count_rows(args)
         print(report.format_rows(rows))
         print(report.LEGEND.split("; ratio")[0])
@@ -99,11 +110,15 @@ def count_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def check_count_device(args: argparse.Namespace) -> None:
-    """bench and gate count on the CPU: --device all means it, cuda is refused."""
-    check_metric(args, "cpu" if args.device in ("all", "cpu") else args.device)
+    """bench and gate count on the CPU: left out, --device means it; any other is refused."""
+    for device in args.device or ["cpu"]:
+        check_metric(args, device)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    if args.metric == "instructions":
+        check_count_device(args)  # valgrind's reason first: a GPU here would not help
+    args.devices = bench_devices(args.device)  # each refused here, before any other check
     if args.metric == "instructions":
         return gate_counts(args)
     info = machine.describe(worker_threads(args.threads))  # the workers', not this process's
@@ -112,12 +127,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not args.save_baseline:
         baselines.require_baseline(path, f"for this hardware ({baselines.fingerprint(info)})", "")
         baseline = baselines.load_baseline(path)
-        baselines.check_covers(baseline, path, bench_devices(args.device))
+        baselines.check_covers(baseline, path, args.devices)
     floors = {
         d: baselines.load_floors(
-            Path(args.floors) / f"{d}.json" if args.floors else baselines.default_floors(d)
+            Path(args.floors) / f"{kind(d)}.json"
+            if args.floors
+            else baselines.default_floors(kind(d))
         )
-        for d in bench_devices(args.device)
+        for d in args.devices
     }
     check_output_paths(args.json, path if args.save_baseline else None)
     rows = measure_rows(args)  # every file is checked above, before this work
@@ -132,7 +149,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def gate_counts(args: argparse.Namespace) -> int:
-    check_count_device(args)
     info = machine.describe(1)  # counting workers run one thread
     path = baselines.count_baseline_path(Path(args.storage), info)
     baseline = None
@@ -156,9 +172,11 @@ def gate_counts(args: argparse.Namespace) -> int:
 
 def compare_device(args: argparse.Namespace) -> str:
     """auto: cuda where there is one, except for counts, which run on the CPU only."""
-    if args.device != "auto":
-        return args.device
-    return "cuda" if torch.cuda.is_available() and args.metric == "time" else "cpu"
+    if args.metric != "time":
+        if args.device == "auto":
+            return "cpu"
+        callgrind.check_device(args.device)  # before asking whether this machine has a GPU
+    return pick_device(args.device)
 
 
 def check_metric(args: argparse.Namespace, device: str) -> None:
@@ -187,7 +205,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         compare.check_python(python)
     check_output_paths(args.json, args.markdown)
     variants = args.variant or ["eager", default_step(device).name]
-    batches = args.batch_size or ([1, 64] if device == "cpu" else [1, 256])
+    batches = args.batch_size or ([1, 64] if kind(device) == "cpu" else [1, 256])
     cases = [Case(device, v, b) for v in variants for b in batches]
     results = judged = None
     skipped = []
@@ -264,13 +282,13 @@ def cmd_bench_ddp(args: argparse.Namespace) -> int:
         if reason:
             raise ConfigError(f"variant {variant} cannot run under DDP: {reason}")
         for batch in args.batch_size or [1, 64]:
-            row = bench_ddp.scaling(variant, batch, args.processes, args.groups, args.pairs)
+            row = bench_ddp.scaling(variant, batch, args.ranks, args.groups, args.pairs)
             print(report.format_ddp_row(row), flush=True)
             rows.append(row)
     print(
-        f"speed-up: total images/s of {args.processes} processes (one thread each, gloo) over one "
-        "process's at the same batch per process, the median over quads of paired rounds with "
-        "its 95% interval over groups of fresh processes; eff.: speed-up / processes"
+        f"speed-up: total images/s of {args.ranks} ranks (one thread each, gloo) over one "
+        "process's at the same batch per rank, the median over quads of paired rounds with "
+        "its 95% interval over groups of fresh ranks; eff.: speed-up / ranks"
     )
     if args.json:
         write_json(args.json, rows)
@@ -278,17 +296,8 @@ def cmd_bench_ddp(args: argparse.Namespace) -> int:
 
 
 def add_measure_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device",
-        default="all",
-        help="all (cpu, and cuda where there is one), cpu, cuda or cuda:N",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        action="append",
-        help="batch size, repeatable (default: 1 64 256 on CPU, 1 256 1024 4096 on CUDA)",
-    )
+    add_device_option(p, repeatable=True)
+    add_batch_option(p, "batch size", "1 64 256 on CPU, 1 256 1024 4096 on CUDA")
     p.add_argument(
         "--variant",
         action="append",
@@ -314,7 +323,10 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     fmt = HelpFormatter
     p = commands.add_parser(
-        "bench", help="time every case against its baseline, outside pytest", formatter_class=fmt
+        "bench",
+        help="time every case against its reference (eager; the loops against the "
+        "tutorial's), outside pytest",
+        formatter_class=fmt,
     )
     add_measure_options(p)
     add_metric_options(p, both=False)
@@ -357,20 +369,18 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
         help="A/B two Python environments side by side (a torch upgrade)",
     )
-    c.add_argument("baseline", help="the baseline's python, e.g. old-venv/bin/python")
-    c.add_argument("candidate", help="the candidate's python, e.g. .venv/bin/python")
     c.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="auto: cuda where there is one (the CPU for --metric instructions)",
+        "baseline",
+        metavar="BASELINE_PYTHON",
+        help="the baseline's python, e.g. old/.venv/bin/python",
     )
     c.add_argument(
-        "--batch-size",
-        type=positive_int,
-        action="append",
-        help="batch size, repeatable (default: 1 64 on CPU, 1 256 on CUDA)",
+        "candidate",
+        metavar="CANDIDATE_PYTHON",
+        help="the candidate's python, e.g. .venv/bin/python",
     )
+    add_device_option(c)  # auto is the CPU for --metric instructions: counts run there only
+    add_batch_option(c, "batch size", "1 64 on CPU, 1 256 on CUDA")
     c.add_argument(
         "--variant",
         action="append",
@@ -429,14 +439,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         choices=list(cases.VARIANTS),
         help="variant, repeatable (default: eager and the CPU's fast default)",
     )
-    d.add_argument(
-        "--batch-size",
-        type=positive_int,
-        action="append",
-        help="images per step of each process, repeatable (default: 1 64)",
-    )
-    d.add_argument("--processes", type=positive_int, default=2, help="DDP processes")
-    d.add_argument("--groups", type=positive_int, default=3, help="fresh sets of processes")
+    add_batch_option(d, "images per step of each rank", "1 64")
+    d.add_argument("--ranks", type=positive_int, default=2, help="DDP processes (the world size)")
+    d.add_argument("--groups", type=positive_int, default=3, help="fresh sets of ranks")
     d.add_argument("--pairs", type=positive_int, default=12, help="paired rounds per group")
     d.add_argument("--json", default=None, help="also write the rows here" + STREAM)
     d.set_defaults(func=cmd_bench_ddp)

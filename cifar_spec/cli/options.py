@@ -50,15 +50,50 @@ def percent(text: str) -> float:
     return value / 100
 
 
+DEVICES = "auto (cuda where there is one), cpu, cuda or cuda:N"
+
+
 def pick_device(name: str) -> str:
+    """--device, the same in every command: auto, cpu, cuda or cuda:N, the index kept.
+
+    Refused in one line where this machine has no such device; never changed into another.
+    """
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name}: only cpu and cuda are supported")
+        raise ConfigError(f"--device {name}: not a device; use {DEVICES}") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise ConfigError(f"--device {name}: not a device cifar-spec runs on; use {DEVICES}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return name
+
+
+def add_device_option(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    """--device, one meaning everywhere; a command that measures several takes it repeatedly."""
+    if repeatable:
+        p.add_argument(
+            "--device",
+            action="append",
+            default=None,
+            help=f"{DEVICES}, repeatable (default: every device here: the CPU, and CUDA where "
+            "there is one)",
+        )
+    else:
+        p.add_argument("--device", default="auto", help=DEVICES)
+
+
+def add_batch_option(p: argparse.ArgumentParser, what: str, default: str) -> None:
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        action="append",
+        help=f"{what}, repeatable (default: {default})",
+    )

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING
 from cifar_spec import distributed, losses, synthetic
 from cifar_spec.checkpoint import check_run_folder
 from cifar_spec.cifar10_format import BASE_FOLDER
-from cifar_spec.cli.options import HelpFormatter, finite_positive, pick_device
+from cifar_spec.cli.options import (
+    HelpFormatter,
+    add_device_option,
+    finite_positive,
+    pick_device,
+)
 from cifar_spec.data import to_device
 from cifar_spec.errors import CheckpointError, ConfigError, DataError
 from cifar_spec.files import cannot_write
@@ -210,7 +215,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffle order")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_option(p)
     p.add_argument("--data-root", default="data", help="folder holding cifar-10-batches-py")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
     p.add_argument(
