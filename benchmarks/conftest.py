@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also count each timed CPU step's instructions under valgrind's callgrind (2 "
         "processes, one thread; torch.compile is not counted: under valgrind it compiles "
         "for many minutes); the counts go into extra_info, saved with the benchmark, and a "
-        "table. Needs valgrind (see README: instruction counts)",
+        "table. Needs valgrind (see docs/instruction-counts.md)",
     )
 
 

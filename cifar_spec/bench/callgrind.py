@@ -12,7 +12,7 @@ uncounted and `steps` steps with collection toggled on around them by torch's
 own client requests, each case in a dump of its own. Several cases share one
 worker, so a compare of four cases pays four starts, not sixteen.
 
-What is counted, and what is not (README and `--help` say it too):
+What is counted, and what is not (docs/instruction-counts.md and `--help` point here):
 
 - valgrind 3.19 emulates the CPU: it hides AVX-512 from the program (the AVX2
   path is counted), and it emulates each lane of an FMA instruction in a helper
