@@ -1,0 +1,101 @@
+"""The package's shape: no import circle, and no import of our own modules hidden in a function
+without a comment that names the cost or the cycle it avoids."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import cifar_spec
+
+PACKAGE = Path(cifar_spec.__file__).parent
+MODULES = {
+    ".".join(("cifar_spec", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+        ".__init__"
+    ): path
+    for path in sorted(PACKAGE.rglob("*.py"))
+}
+
+
+def is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def our_imports(node: ast.stmt) -> list[str]:
+    """The modules of ours that an import statement loads (a name imported from a package may
+    be a module of it: `from cifar_spec.cli import bench`)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "cifar_spec"]
+    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "cifar_spec":
+        return [
+            f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+            for a in node.names
+        ]
+    return []
+
+
+def top_level_imports(tree: ast.Module) -> set[str]:
+    """What importing the module runs: its top-level imports, outside `if TYPE_CHECKING:`."""
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and is_type_checking(node):
+            continue
+        for inner in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            found.update(our_imports(inner))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {
+        name: top_level_imports(ast.parse(path.read_text())) & MODULES.keys()
+        for name, path in MODULES.items()
+    }
+
+
+def cycle_from(start: str, edges: dict[str, set[str]]) -> list[str] | None:
+    """A path start -> ... -> start, or None."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(edges[node]):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_the_scan_sees_the_package_and_its_imports():
+    edges = graph()
+    assert {"cifar_spec.cli", "cifar_spec.bench.gate", "cifar_spec.errors"} <= edges.keys()
+    assert "cifar_spec.cli.options" in edges["cifar_spec.cli.bench"]
+    assert "cifar_spec.bench.stats" in edges["cifar_spec.bench.gate"]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_imports_itself_through_others(module):
+    assert cycle_from(module, graph()) is None, " -> ".join(cycle_from(module, graph()))
+
+
+def lazy_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of each import of our modules inside a function."""
+    tree = ast.parse(path.read_text())
+    out = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if our_imports(node):
+                    out.append((node.lineno, ast.unparse(node)))
+    return out
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_an_import_of_ours_inside_a_function_says_why_in_a_comment(module):
+    lines = MODULES[module].read_text().splitlines()
+    for lineno, text in lazy_imports(MODULES[module]):
+        above = lineno - 2  # the comment may head a block of such imports
+        while above > 0 and lines[above].strip().startswith(("from ", "import ")):
+            above -= 1
+        said = lines[above].strip().startswith("#") or "#" in lines[lineno - 1]
+        assert said, f"{module}:{lineno}: {text} has no comment naming the cost or cycle"
