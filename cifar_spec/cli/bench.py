@@ -334,9 +334,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
     g = commands.add_parser(
         "gate",
-        formatter_class=fmt,
         help="time every case; fail on a regression against this hardware's "
         "baseline or a speed-up below its floor",
+        formatter_class=fmt,
     )
     add_measure_options(g)
     add_metric_options(g, both=False)
@@ -366,8 +366,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_gate)
     c = commands.add_parser(
         "compare",
-        formatter_class=fmt,
         help="A/B two Python environments side by side (a torch upgrade)",
+        formatter_class=fmt,
     )
     c.add_argument(
         "baseline",
@@ -429,9 +429,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_compare)
     d = commands.add_parser(
         "bench-ddp",
-        formatter_class=fmt,
         help="the DDP step on several CPU processes against one, paired: speed-up and "
         "scaling efficiency",
+        formatter_class=fmt,
     )
     d.add_argument(
         "--variant",
