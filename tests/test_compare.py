@@ -34,6 +34,26 @@ def test_a_python_without_cifar_spec_is_refused_saying_how_to_install_it(scripte
         compare.check_python(str(python))
 
 
+def test_the_check_finds_cifar_spec_and_its_worker_without_running_their_packages(
+    scripted_python, tmp_path
+):
+    # Running cifar_spec/__init__.py would import torch: seconds per Python checked. Here each
+    # package refuses to run, and the check still answers, from the files alone.
+    site = tmp_path / "site"
+    bench = site / "cifar_spec" / "bench"
+    bench.mkdir(parents=True)
+    for init in (site / "cifar_spec" / "__init__.py", bench / "__init__.py"):
+        init.write_text("raise SystemExit('the check ran a package to find a module')\n")
+    torch_site = Path(torch.__file__).parent.parent
+    python = scripted_python(
+        f'cd "$(dirname "$0")" && PYTHONPATH="{torch_site}:{site}" exec "{sys.executable}" -S "$@"'
+    )
+    with pytest.raises(compare.BadEnvironment, match=r"cannot import cifar_spec\.bench\.worker"):
+        compare.check_python(str(python))
+    (bench / "worker.py").write_text("raise SystemExit('the check ran the worker')\n")
+    compare.check_python(str(python))  # found, and nothing of ours ran
+
+
 def test_a_missing_python_ends_the_command_in_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "python"), sys.executable]) == 2
     err = capsys.readouterr().err

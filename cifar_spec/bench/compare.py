@@ -39,18 +39,34 @@ MIN_PAIRS = 4  # per worker pair before a verdict may be taken
 MIN_WORKER_PAIRS = 2
 
 
-# Finds the modules without importing them: importing torch takes seconds, and the
-# workers import it anyway (a torch that is found but will not import fails their start,
-# naming the error). Its last line is "missing NAME" for the first module missing, or "found".
+# Finds the modules without importing them, or their packages (find_spec of a submodule
+# would run cifar_spec/__init__.py, which imports torch): importing torch takes seconds (2.7 s
+# of CPU a probe on a Zen 1), and the workers import it anyway (a torch that is found but will
+# not import fails their start, naming the error). Its last line is "missing NAME" for the
+# first module missing, or "found".
 MODULES = ("torch", "cifar_spec", "cifar_spec.bench.worker")
 
 
 PROBE = f"""
+import importlib.machinery
 import importlib.util
+
+
+def find(name):
+    head, *rest = name.split(".")
+    spec = importlib.util.find_spec(head)
+    for depth in range(1, len(rest) + 1):
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        full = ".".join([head, *rest[:depth]])
+        spec = importlib.machinery.PathFinder.find_spec(full, spec.submodule_search_locations)
+    return spec
+
+
 for name in {MODULES!r}:
     try:
-        found = importlib.util.find_spec(name) is not None
-    except ImportError:
+        found = find(name) is not None
+    except (ImportError, ValueError):
         found = False
     if not found:
         print("missing", name)
