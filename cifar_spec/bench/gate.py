@@ -5,8 +5,9 @@ Two checks, each ending in a verdict, never a traceback:
 1. Step times against a baseline saved earlier on the same hardware (baselines
    are keyed by the hardware and the workers' torch threads, never by the
    software (`baselines.fingerprint`), so a new torch is compared with the one
-   before it; the versions of both are shown). Runs are minutes apart, so each case's ratio new / baseline gets a
-   95% interval from a bootstrap over both runs' worker processes and rounds
+   before it; the versions of both are shown). Runs are minutes apart, so each
+   case's ratio new / baseline gets a 95% interval from a bootstrap over both
+   runs' worker processes and rounds
    (`stats.ratio_of_medians`), and the verdict of `stats.verdict` at the
    threshold. `compare` is the better tool when both environments exist at
    once: its rounds are interleaved, so drift between runs cannot enter.
