@@ -102,9 +102,11 @@ def record_count(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session")
 def suite(request: pytest.FixtureRequest):
-    """Worker processes for the paired figures, started on first use; None with 0 workers."""
+    """Worker processes for the paired figures, started on first use; None with 0 workers, and
+    in an untimed run, which asks for no figure (its workers were three starts of torch for
+    nothing, 9 s of CPU a pytest process on a Zen 1)."""
     count = request.config.getoption("--paired-workers")
-    if count < 1:
+    if count < 1 or request.config.option.benchmark_disable:
         yield None
         return
     with Suite(workers=count) as running:
