@@ -261,8 +261,10 @@ def test_a_batch_too_large_for_free_memory_is_refused_before_anything_is_allocat
         check_memory(256, 10_000, "cpu")
 
 
-def sums(test_split, **step):
-    config = TrainConfig(epochs=2, limit=100, batch_size=4, lr=0.05, step=StepOptions(**step))
+def sums(test_split, batch_size=4, lr=0.05, **step):
+    config = TrainConfig(
+        epochs=2, limit=100, batch_size=batch_size, lr=lr, step=StepOptions(**step)
+    )
     return fit(config, test_split, log=None)
 
 
@@ -294,4 +296,11 @@ def test_a_compiled_step_computes_the_same_loss_sums_as_the_tutorials_step(test_
     reason = unsupported(StepOptions(compile=True), "cpu")
     if reason:
         pytest.skip(reason)
-    torch.testing.assert_close(sums(test_split, compile=True), sums(test_split), rtol=1e-5, atol=0)
+    # At batch 1, the tutorial's own and the benchmarks' smallest: the one graph inductor
+    # compiles here (26 s of CPU, a Zen 1) is the one the compiled benchmark's check needs,
+    # which then finds it in the session's cache (6 s).
+    # (lr 0.01: at 0.05, one image a step diverges.)
+    compiled = sums(test_split, batch_size=1, lr=0.01, compile=True)
+    eager = sums(test_split, batch_size=1, lr=0.01)
+    assert compiled[1] < compiled[0]  # it learns
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
