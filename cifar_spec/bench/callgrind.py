@@ -185,7 +185,7 @@ def count_process(
         )
         if running is not None:
             running.add(worker)
-        with worker:
+        try:
             unsupported = {}
             for case in cases:
                 reply = worker.call({**case.request(), "warm_up_steps": WARM_UP}, BUILD_TIMEOUT)
@@ -200,6 +200,11 @@ def count_process(
                 reply = worker.call({"op": "count", "key": case.key, "steps": steps}, COUNT_TIMEOUT)
                 counts[case] = read_dump(Path(f"{out_file}.{reply['dump']}"), steps)
             return Process(label, worker.info, counts, unsupported)
+        finally:
+            # Killed, not asked to exit: every dump it made is written and read, and its exit
+            # under valgrind (Python's finalization, emulated) took the 5 s a polite stop
+            # waits before it kills anyway.
+            worker.stop(polite=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
