@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_spec.bench import cases
 from cifar_spec.bench.measure import gc_off, synchronize
@@ -69,6 +68,10 @@ def counted_flops_per_image(options, batch: int = 4) -> int:
     """
     plain = replace(options, compile=False, cuda_graph=False)
     if plain not in _COUNTED:
+        # Imported here: it imports triton and torch.fx's passes (0.17 s, 2-3 s under
+        # valgrind), and every worker imports this module for the peak, never for FLOPs.
+        from torch.utils.flop_counter import FlopCounterMode
+
         case = cases.build(plain, "cpu", batch)
         counter = FlopCounterMode(display=False)
         with counter:
