@@ -11,25 +11,37 @@ unpickler), ``step`` (the training step, its options and the rule for them),
 loop), ``errors``, ``plot``, ``cli`` and the harness ``bench``. See README.md.
 """
 
-from cifar_spec.data import DeviceData, to_device
-from cifar_spec.loop import TrainConfig, fit
-from cifar_spec.losses import REFERENCES, tutorial_example
-from cifar_spec.model import CifarNet
-from cifar_spec.step import StepOptions, default_step, make_step, train_step, unsupported
-from cifar_spec.synthetic import write_synthetic_cifar10
+import importlib
 
-__all__ = [
-    "REFERENCES",
-    "CifarNet",
-    "DeviceData",
-    "StepOptions",
-    "TrainConfig",
-    "default_step",
-    "fit",
-    "make_step",
-    "to_device",
-    "train_step",
-    "tutorial_example",
-    "unsupported",
-    "write_synthetic_cifar10",
-]
+# The public names, each from the module that defines it, imported on first use (PEP 562):
+# `import cifar_spec.files` or `.errors` must not import torch (2.7 s of CPU on a Zen 1),
+# which every process of ours that only writes a file or checks a Python would pay.
+EXPORTS = {
+    "DeviceData": "cifar_spec.data",
+    "to_device": "cifar_spec.data",
+    "TrainConfig": "cifar_spec.loop",
+    "fit": "cifar_spec.loop",
+    "REFERENCES": "cifar_spec.losses",
+    "tutorial_example": "cifar_spec.losses",
+    "CifarNet": "cifar_spec.model",
+    "StepOptions": "cifar_spec.step",
+    "default_step": "cifar_spec.step",
+    "make_step": "cifar_spec.step",
+    "train_step": "cifar_spec.step",
+    "unsupported": "cifar_spec.step",
+    "write_synthetic_cifar10": "cifar_spec.synthetic",
+}
+
+__all__ = sorted(EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in EXPORTS:
+        raise AttributeError(f"module 'cifar_spec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(EXPORTS[name]), name)
+    globals()[name] = value  # found once; later lookups never come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *EXPORTS})

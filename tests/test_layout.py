@@ -2,6 +2,9 @@
 without a comment that names the cost or the cycle it avoids."""
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,21 @@ def test_an_import_of_ours_inside_a_function_says_why_in_a_comment(module):
             above -= 1
         said = lines[above].strip().startswith("#") or "#" in lines[lineno - 1]
         assert said, f"{module}:{lineno}: {text} has no comment naming the cost or cycle"
+
+
+def test_the_package_imports_torch_only_for_a_module_that_uses_it(tmp_path):
+    # A fresh Python: the file writer and the errors, as a probe or a writer of stdout uses
+    # them, without the 2.7 s of CPU that importing torch costs (Zen 1).
+    code = "import sys, cifar_spec.files, cifar_spec.errors; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_every_public_name_of_the_package_is_found_where_it_is_defined():
+    for name, module in cifar_spec.EXPORTS.items():
+        assert getattr(cifar_spec, name) is getattr(importlib.import_module(module), name)
+    assert sorted(cifar_spec.__all__) == sorted(cifar_spec.EXPORTS) and "fit" in dir(cifar_spec)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        cifar_spec.nothing  # noqa: B018
