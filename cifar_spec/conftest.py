@@ -12,6 +12,7 @@ slow each other down. Each worker therefore takes its share of the cores.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,17 +44,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_disable = True
 
 
+@pytest.fixture(scope="session")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this run's, the same for all its xdist workers (each has a base folder of
+    its own, side by side in the run's), for what the workers share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
-def inductor_cache(tmp_path_factory: pytest.TempPathFactory):
+def inductor_cache(run_folder: Path):
     """One torch.compile cache for the session, shared by its xdist workers and the processes
     they start: a graph compiled by one test is found by the next (26 s cold against 6 s on
     a Zen 1), and no run finds what an earlier one, or another torch, left in the machine's
     own cache, so every run compiles as a fresh CI machine does."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the workers' base folders lie side by side in the run's own
     before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "torchinductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(run_folder / "torchinductor")
     yield
     if before is None:
         del os.environ["TORCHINDUCTOR_CACHE_DIR"]

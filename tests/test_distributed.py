@@ -134,15 +134,14 @@ def run_ranks(
     return [p.returncode for p in processes]
 
 
-def launched_once(tmp_path_factory, scenario: str, data: Path) -> Path:
+def launched_once(run_folder: Path, scenario: str, data: Path) -> Path:
     """The folder of one successful run of `scenario`, shared by every test that reads it.
 
-    Under xdist each worker has its own module fixtures; the folder above the
-    workers' own is common to them (and to this run only), so the first worker
-    runs the scenario (the others wait on the lock) and all read its results.
+    Under xdist each worker has its own module fixtures; `run_folder` is common to
+    them (and to this run only), so the first worker runs the scenario (the others
+    wait on the lock) and all read its results.
     """
-    base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / scenario
+    shared = run_folder / scenario
     shared.mkdir(exist_ok=True)
     with open(shared / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -158,8 +157,8 @@ def stderr_of(out: Path, rank: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def step_results(tmp_path_factory, synthetic_root):
-    out = launched_once(tmp_path_factory, "steps", synthetic_root)
+def step_results(run_folder, synthetic_root):
+    out = launched_once(run_folder, "steps", synthetic_root)
     return {
         (name, rank): torch.load(out / f"steps-{name}-{rank}.pt", weights_only=True)
         for name in ranks.STEP_OPTIONS
@@ -213,8 +212,8 @@ def test_after_five_steps_the_parameters_are_identical_on_both_ranks(step_result
 
 
 @pytest.fixture(scope="module")
-def fit_results(tmp_path_factory, synthetic_root):
-    out = launched_once(tmp_path_factory, "fits", synthetic_root)
+def fit_results(run_folder, synthetic_root):
+    out = launched_once(run_folder, "fits", synthetic_root)
     sums = [json.loads((out / f"fits-{rank}.json").read_text()) for rank in (0, 1)]
     return out, sums
 
