@@ -30,10 +30,12 @@ TIMEOUT = 10.0  # seconds a rank waits for a silent one: short, so the spec stay
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """Batches A (images 0-3) and B (4-7), the same on every rank and in the test."""
+    """Batches A (images 0-3) and B (4-7), the same on every rank and in the test, in float64:
+    the test compares one step of two processes with one of a single process to float64's
+    rounding, which no pooling tie breaks another way (tests/precision.py)."""
     generator = torch.Generator().manual_seed(1)
     images = torch.rand(8, 3, 32, 32, generator=generator)
-    return images, torch.randint(0, 10, (8,), generator=generator)
+    return images.double(), torch.randint(0, 10, (8,), generator=generator)
 
 
 def steps(world: distributed.World, out: Path) -> None:
@@ -42,7 +44,7 @@ def steps(world: distributed.World, out: Path) -> None:
     mine = slice(4 * world.rank, 4 * world.rank + 4)
     for name, options in STEP_OPTIONS.items():
         torch.manual_seed(0)
-        model = prepare_model(CifarNet(), options)
+        model = prepare_model(CifarNet(), options).double()  # the float32 weights, in float64
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         shard = Shard(world, weight=0.5)
         step = data_parallel_step(model, optimizer, options, shard)

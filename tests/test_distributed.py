@@ -23,6 +23,7 @@ from pathlib import Path
 import distributed_ranks as ranks  # what each rank runs: the same batches and settings here
 import pytest
 import torch
+from precision import FLOAT32_LONG_RUN, FLOAT64  # how runs compare
 
 import cifar_spec
 from cifar_spec.checkpoint import load_checkpoint
@@ -168,7 +169,7 @@ def step_results(run_folder, synthetic_root):
 
 def one_process_step(options: StepOptions, images, labels) -> dict:
     torch.manual_seed(0)
-    model = prepare_model(CifarNet(), options)
+    model = prepare_model(CifarNet(), options).double()  # as the ranks do
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     make_step(model, optimizer, options)(images, labels)
     return {
@@ -183,24 +184,20 @@ def test_after_one_step_two_ranks_on_a_and_b_have_the_gradients_of_one_process_o
     images, labels = ranks.global_batch()
     alone = one_process_step(StepOptions(), images, labels)
     # Each rank averages 4 images, DDP adds the halves; one process averages 8: the same
-    # sum in another order, float32 rounding apart (1e-7 relative per addition; the
-    # largest difference measured is 3e-8 absolute on gradients of order 1e-2).
+    # sum in another order, float64 rounding apart (tests/precision.py).
     for rank in (0, 1):
-        torch.testing.assert_close(
-            step_results["eager", rank]["grads"], alone["grads"], rtol=1e-5, atol=1e-6
-        )
+        torch.testing.assert_close(step_results["eager", rank]["grads"], alone["grads"], **FLOAT64)
 
 
 def test_the_manual_backward_under_ddp_takes_the_step_of_one_process_on_a_plus_b(step_results):
     images, labels = ranks.global_batch()
     options = ranks.STEP_OPTIONS["default"]
     alone = one_process_step(options, images, labels)
-    # Its gradients never reach .grad: the parameters after the update show them, lr x
-    # the same float32 rounding as above.
+    # Its gradients never reach .grad: the parameters after the update show them.
     assert options.manual_backward
     for rank in (0, 1):
         torch.testing.assert_close(
-            step_results["default", rank]["params"], alone["params"], rtol=1e-6, atol=1e-8
+            step_results["default", rank]["params"], alone["params"], **FLOAT64
         )
 
 
@@ -226,9 +223,9 @@ def test_two_ranks_fit_with_the_loss_sums_of_one_process_at_the_same_global_batc
     alone = fit(TrainConfig(step=ranks.STEP_OPTIONS[name], **ranks.FIT), test_split, log=None)
     assert sums[0][name] == sums[1][name]  # every rank reports the global sums
     # The same images in every step (the last one split 2 + 1, weighted so); only the order
-    # of float32 additions differs, ~1e-7 per step, which 52 steps of SGD carry into the
-    # sums at 2e-8 (measured). A shard lost or counted twice moves them by percents.
-    torch.testing.assert_close(sums[0][name], alone, rtol=1e-5, atol=0)
+    # of float32 additions differs, and with it the odd pooling tie; a shard lost or counted
+    # twice moves the sums ten times more than the tolerance (tests/precision.py).
+    torch.testing.assert_close(sums[0][name], alone, **FLOAT32_LONG_RUN)
 
 
 def test_a_distributed_run_resumed_ends_where_an_uninterrupted_one_does(fit_results):
@@ -529,7 +526,7 @@ def test_torchrun_trains_with_the_loss_sums_of_one_process_and_rank_0_alone_repo
         for n in ("two", "one")
     )
     # 32 steps; only the order of float32 additions differs (see the fit test above).
-    torch.testing.assert_close(two, one, rtol=1e-5, atol=0)
+    torch.testing.assert_close(two, one, **FLOAT32_LONG_RUN)
 
 
 def test_under_torchrun_a_run_folder_in_use_is_refused_once_by_rank_0(tmp_path, synthetic_root):

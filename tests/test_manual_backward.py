@@ -2,44 +2,51 @@
 
 import pytest
 import torch
+from precision import FLOAT32_STEP, FLOAT64, decided_batch, float64_sums  # how runs compare
 
-from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet
 from cifar_spec.step import StepOptions, make_step, prepare_model
 
 MANUAL = StepOptions(one_call_sgd=True, manual_backward=True)
 
 
-def run_steps(options, images, labels, steps=5):
+def run_steps(options, images, labels, steps, dtype=torch.float32):
     torch.manual_seed(0)
-    model = prepare_model(CifarNet(), options)
+    model = prepare_model(CifarNet(), options).to(dtype)
     step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.01), options)
-    losses = torch.stack([step(images, labels) for _ in range(steps)])
-    return losses, [p.detach().clone() for p in model.parameters()]
+    losses = torch.stack([step(images.to(dtype), labels) for _ in range(steps)])
+    return [losses, *(p.detach().clone() for p in model.parameters())]
+
+
+LAYOUTS = {"nchw": False, "channels-last": True}
 
 
 @pytest.mark.parametrize("batch", [1, 4], ids=["batch-1", "batch-4"])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
-def test_the_manual_backward_trains_like_autograd_to_float32_rounding(batch, channels_last):
-    data = torch.Generator().manual_seed(batch)  # the same inputs whatever ran before
+@pytest.mark.parametrize("channels_last", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_the_manual_backward_takes_autograds_five_steps_in_float64(batch, channels_last):
+    data = torch.Generator().manual_seed(batch)
     images = torch.rand(batch, 3, 32, 32, generator=data)
     labels = torch.randint(0, 10, (batch,), generator=data)
-    losses, params = run_steps(
-        StepOptions(channels_last=channels_last, one_call_sgd=True, manual_backward=True),
-        images,
-        labels,
-    )
-    expected_losses, expected_params = run_steps(StepOptions(), images, labels)
-    # The same kernels; only a few roundings happen in another order (e.g. the
-    # softmax gradient), ~1e-7 relative per step over five steps.
-    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
+    options = StepOptions(channels_last=channels_last, one_call_sgd=True, manual_backward=True)
+    manual = run_steps(options, images, labels, 5, torch.float64)
+    autograd = run_steps(StepOptions(), images, labels, 5, torch.float64)
     torch.manual_seed(0)
-    assert not torch.equal(params[0], CifarNet().layers[0].weight)  # it did train
-    # The weights differ by up to 1.6e-5 (160 random inputs, 5 steps): a rounding of a
-    # gradient entry near 1 moves its weight by lr * 1e-7 a step, and conv1's weights, of
-    # size ~0.1, sum hundreds of them. A wrong term would move them by lr * grad, ~1e-3.
-    for p, q in zip(params, expected_params):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=5e-5)
+    assert not torch.equal(manual[1], CifarNet().layers[0].weight.double())  # it did train
+    # A wrong term moves the weights by lr * grad, ~1e-4; float64 rounding by ~1e-17.
+    torch.testing.assert_close(manual, autograd, **FLOAT64)
+
+
+@pytest.mark.parametrize("batch", [1, 2], ids=["batch-1", "batch-2"])
+@pytest.mark.parametrize("channels_last", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_one_float32_step_of_the_manual_backward_lands_within_float32_rounding_of_autograds(
+    batch, channels_last
+):
+    torch.manual_seed(0)
+    images, labels = decided_batch(CifarNet(), batch)  # every pooling window decided
+    options = StepOptions(channels_last=channels_last, one_call_sgd=True, manual_backward=True)
+    manual = run_steps(options, images, labels, 1)
+    autograd = run_steps(StepOptions(), images, labels, 1)
+    torch.testing.assert_close(manual, autograd, **FLOAT32_STEP)
 
 
 class TwoLayers(torch.nn.Module):
@@ -89,10 +96,9 @@ def test_the_manual_backward_leaves_grad_alone():
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_the_manual_backward_computes_the_same_loss_sums_as_the_tutorials_step(test_split):
-    def sums(options):
-        config = TrainConfig(epochs=2, limit=100, batch_size=4, lr=0.05, step=options)
-        return fit(config, test_split, log=None)
+def test_the_manual_backward_computes_the_tutorial_steps_loss_sums_in_float64(test_split):
+    def sums(options):  # 50 steps, in float64 (tests/precision.py)
+        return float64_sums(test_split, options, 2, 100, 4, 0.05)
 
     options = StepOptions(channels_last=True, one_call_sgd=True, manual_backward=True)
-    torch.testing.assert_close(sums(options), sums(StepOptions()), rtol=1e-5, atol=0)
+    torch.testing.assert_close(sums(options), sums(StepOptions()), **FLOAT64)
