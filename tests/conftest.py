@@ -3,6 +3,8 @@ Pythons made slower or broken on purpose, for the measurement's tests."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import socket
 import stat
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.data import DeviceData, to_device
@@ -141,3 +144,42 @@ def no_workers(monkeypatch):
         raise AssertionError("a worker was started: the command measured before it refused")
 
     monkeypatch.setattr("cifar_spec.bench._handle.Worker.__post_init__", started)
+
+
+@pytest.fixture(autouse=True)
+def record_drifts(request, monkeypatch):
+    """With CIFAR_SPEC_DRIFTS=FILE (tests/dispatch_matrix.py sets it), each assert_close of the
+    test appends to FILE how much of its tolerance the difference used: the figures for
+    docs/tolerances.md under every dispatch, from the spec's own comparisons."""
+    path = os.environ.get("CIFAR_SPEC_DRIFTS")
+    if not path:
+        return
+    compare = torch.testing.assert_close
+
+    def recorded(actual, expected, *args, rtol=None, atol=None, **kwargs):
+        if rtol is not None and atol is not None:
+            used = tolerance_used(actual, expected, rtol, atol)
+            line = {"test": request.node.nodeid, "rtol": rtol, "atol": atol, "used": used}
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        return compare(actual, expected, *args, rtol=rtol, atol=atol, **kwargs)
+
+    monkeypatch.setattr(torch.testing, "assert_close", recorded)
+
+
+def tolerance_used(actual, expected, rtol: float, atol: float) -> float:
+    """max |actual - expected| / (atol + rtol * |expected|): above 1, assert_close fails."""
+    used = 0.0
+    for a, e in zip(as_tensors(actual), as_tensors(expected)):
+        if a.numel():
+            a, e = a.double(), e.double()
+            share = ((a - e).abs() / (atol + rtol * e.abs())).nan_to_num(0.0, posinf=math.inf)
+            used = max(used, share.max().item())
+    return used
+
+
+def as_tensors(value) -> list:
+    """The tensors in `value` (a tensor, a number, or lists of them), flattened."""
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in as_tensors(item)]
+    return [torch.as_tensor(value)]
