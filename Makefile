@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test gpu-check clean
+.PHONY: run test test-dispatch gpu-check clean
 
 # The install runs again when pyproject.toml is newer than the last one, so a new
 # dependency reaches an existing .venv; `make clean` starts from nothing.
@@ -24,6 +24,11 @@ run: $(VENV)/.installed
 # default scheduling, 2 cores).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n auto --dist worksteal
+
+# The numeric part of the spec under every ATen and oneDNN dispatch this CPU offers, with
+# how much of each tolerance was used (docs/tolerances.md); 19 settings on an AVX-512 CPU.
+test-dispatch: $(VENV)/.installed
+	$(BIN)/python tests/dispatch_matrix.py
 
 # On a GPU machine: the CUDA half of the spec, the CUDA benchmarks and a training run,
 # with this checkout's venv where there is one, else the machine's python3 (a GPU box
