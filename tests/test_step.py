@@ -289,7 +289,7 @@ def one_float32_step(options: StepOptions, batch: int):
     every pooling window is decided (tests/precision.py)."""
     torch.manual_seed(0)
     model = CifarNet()
-    images, labels = decided_batch(model, batch)
+    images, labels = decided_batch(batch)
     model = prepare_model(model, options)
     step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.01), options)
     loss = step(images, labels)
