@@ -4,9 +4,11 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+import cifar_spec
 from cifar_spec.bench._handle import Worker
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
@@ -31,7 +33,9 @@ def test_a_worker_says_which_torch_and_cifar_spec_it_runs(worker):
     import torch
 
     assert worker.info["torch"] == torch.__version__ and worker.info["threads"] == 1
-    assert worker.info["cifar_spec"].endswith("cifar_spec")
+    assert worker.info["torch_git"] == torch.version.git_version
+    assert worker.info["torch_file"] == torch.__file__
+    assert worker.info["cifar_spec"] == str(Path(cifar_spec.__file__).parent)
 
 
 def test_a_worker_builds_a_case_and_times_paired_rounds(worker):

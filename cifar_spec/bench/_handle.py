@@ -30,7 +30,7 @@ BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
 HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
 
 
-MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is under 1 kB
+MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is about 1 kB
 
 
 NONE = type(None)
@@ -57,6 +57,9 @@ REPLIES: dict[str, list[tuple[dict, dict]]] = {
             },
             # Optional: workers of earlier checkouts (compared against) do not send them.
             {
+                "torch_git": TEXT,
+                "torch_file": TEXT,
+                "pythonpath": str,
                 "torchvision": TEXT,
                 "gpu_name": str,
                 "gpu_memory_gib": float,

@@ -13,9 +13,10 @@ stdout; `_handle.REPLIES` lists what the controller accepts. A worker needs torc
 cifar_spec only: torchvision, which a custom or nightly torch often lacks a match for, is
 never imported here.
 
-Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "device",
-"variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported": why};
-{"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step; {"op": "peak",
+Requests: {"op": "hello"} -> what this environment is and what it imported (torch's
+version, git hash and file, cifar_spec's folder, PYTHONPATH); {"op": "build", "key",
+"device", "variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported":
+why}; {"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step; {"op": "peak",
 "device", "dtype"} -> the peak FLOP/s in that precision; {"op": "drop", "key"}; {"op":
 "exit"}. Under callgrind (`callgrind.py`): {"op": "instrument"} switches instrumentation on;
 {"op": "count", "key", "steps"} -> {"dump"}, the number of the callgrind dump that holds
