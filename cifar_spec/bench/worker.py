@@ -2,8 +2,8 @@
 
 One process is not a sample: the same step built the same way times 1.22 ms in some
 fresh processes and 1.80 ms in others. So every figure comes from several workers, each
-a fresh Python running this module (started by `spawn`: never code from the current
-folder or a stray PYTHONPATH) that builds its own instances of the cases. The controller
+a fresh Python running this module (started by `spawn`: in the user's environment, never
+with code from the current folder) that builds its own instances of the cases. The controller
 (`_handle.Worker`, for the benchmarks, `cifar-spec bench`, `compare`) asks one worker at a
 time for a round, so that workers never compete for the cores, and may drive workers of
 two Python environments side by side.
