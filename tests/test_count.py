@@ -165,7 +165,7 @@ def process(label: str, value: float, functions: dict) -> callgrind.Process:
 def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_markdown(
     monkeypatch, tmp_path, capsys
 ):
-    def fake_count_all(pythons, processes, cases, cache_sim=False):
+    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None):
         assert processes == 2 and cases == [EAGER, DEFAULT]
         return {
             "baseline": [process(f"b{i}", 100e6, {"conv": 40e6}) for i in range(2)],
@@ -209,7 +209,7 @@ def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, c
     monkeypatch.setattr(
         callgrind,
         "count_all",
-        lambda pythons, processes, cases, cache_sim=False: {
+        lambda pythons, processes, cases, cache_sim=False, expected=None: {
             side: [
                 callgrind.Process(
                     "p",

@@ -4,6 +4,7 @@ import os
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from cifar_spec.bench import spawn
 from cifar_spec.bench._handle import Worker
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
+from cifar_spec.cli import main
 from cifar_spec.errors import WorkerError
 
 
@@ -206,3 +208,26 @@ def test_a_relative_pythonpath_entry_reaches_a_worker_that_runs_in_another_folde
     env = spawn.clean_environment()
     assert env["PYTHONPATH"] == os.pathsep.join([str(tmp_path / "src"), "/opt/patched"])
     assert "PYTHONINSPECT" not in env
+
+
+def test_a_worker_whose_torch_is_not_this_commands_is_refused_in_one_line_before_any_work(
+    scripted_python, hello_of, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    import cifar_spec.cli.bench as cli_bench
+    from cifar_spec.bench.suite import Suite
+
+    # Says it imported another torch; marks any request of work it gets, and answers it.
+    asked = tmp_path / "asked"
+    python = scripted_python(
+        f"{hello_of(torch_file='/elsewhere/torch/__init__.py')}; read line; "
+        f"touch '{asked}'; echo '{{\"unsupported\": \"asked\"}}'; sleep 600"
+    )
+    monkeypatch.setattr(cli_bench, "Suite", partial(Suite, python=str(python)))
+    code = main(["bench", "--device", "cpu", "--variant", "eager", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "imported torch" in err and "/elsewhere/torch/__init__.py" in err
+    assert f"where this command imported torch {torch.__version__}" in err
+    assert torch.__file__ in err and not asked.exists()

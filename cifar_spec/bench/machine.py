@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import cifar_spec
+from cifar_spec.bench._handle import Expected
 
 
 def cpu_model() -> str:
@@ -79,6 +80,12 @@ def imports() -> dict:
     if "PYTHONPATH" in os.environ:
         found["pythonpath"] = os.environ["PYTHONPATH"]
     return found
+
+
+def own_code() -> Expected:
+    """What a worker of bench and gate must import: the torch and cifar_spec this command did;
+    a worker that imported others would time code nobody asked to judge."""
+    return Expected(imports(), "this command imported")
 
 
 def describe(threads: int) -> dict:

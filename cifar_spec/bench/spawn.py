@@ -5,6 +5,8 @@ A worker, probe or rank runs in the environment the command was started in: its
 user's own, the one their command and every Python they start run in; a verdict about
 any other is about other code than theirs (a gate whose workers dropped `PYTHONPATH`
 judged the plain environment, and passed a step that ran 2.7% more instructions).
+`_handle.Expected` then checks that each worker imported the torch and cifar_spec
+expected of it.
 
 The one thing kept out is the current folder. `python -m module` puts it first on
 `sys.path`, so a `torch.py` or `json.py` left where a user runs `cifar-spec bench`
@@ -13,7 +15,8 @@ as `python -c`, with code that first drops the current folder from `sys.path` be
 anything is imported (site's own imports run earlier, before Python adds that folder),
 and its `PYTHONPATH` has no entry that names the current folder: an empty one, `.`, or
 its path (`site` reads these before any code of ours runs, a `sitecustomize.py` among
-them).
+them). A command that imported its own torch or cifar_spec from there is refused by
+that check, not measured with another.
 """
 
 from __future__ import annotations
