@@ -66,6 +66,11 @@ class WorkerError(CifarSpecError, RuntimeError):
     """A worker crashed, hung or refused a request; the message says which and why."""
 
 
+class WrongImports(CifarSpecError, RuntimeError):
+    """A worker imported another torch or cifar_spec than the one to be judged; the message
+    names both."""
+
+
 class BadEnvironment(ConfigError):
     """A Python that cannot run the workers; the message says which and how to fix it."""
 

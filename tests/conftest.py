@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifar_spec.bench import machine
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.data import DeviceData, to_device
 from cifar_spec.synthetic import write_synthetic_cifar10
@@ -65,17 +66,34 @@ def slow_python(tmp_path: Path, slow_site):
     return lambda factor: python_wrapper(tmp_path, f"python-slow{factor}", slow_site(factor))
 
 
-# What a worker of ours says first, for the scripted workers below that pretend to be one.
-HELLO = (
-    '{"python": "p", "python_version": "3", "torch": "x", "cuda": null, "cudnn": null, '
-    '"threads": 1, "cifar_spec": "c", "git": null, "cpu_model": "c"}'
-)
+def hello_reply(**changed) -> str:
+    """What a worker of ours says first, importing what this process did (`machine.imports`),
+    with `changed` fields: for the scripted workers below that pretend to be one."""
+    fields = {
+        "python": "p",
+        "python_version": "3",
+        "cuda": None,
+        "cudnn": None,
+        "threads": 1,
+        "git": None,
+        "cpu_model": "c",
+        **machine.imports(),
+        **changed,
+    }
+    return json.dumps(fields)
 
 
 @pytest.fixture
-def hello() -> str:
+def hello_of():
+    """hello_of(**changed) -> the shell command with which a scripted worker answers hello,
+    those fields changed (torch_file="/elsewhere/torch/__init__.py": another torch)."""
+    return lambda **changed: f"read line; echo '{hello_reply(**changed)}'"
+
+
+@pytest.fixture
+def hello(hello_of) -> str:
     """The shell command with which a scripted worker answers hello."""
-    return f"read line; echo '{HELLO}'"
+    return hello_of()
 
 
 @pytest.fixture

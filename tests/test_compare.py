@@ -106,8 +106,13 @@ def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
     assert "torch " in printed.splitlines()[0] and "candidate:" in printed.splitlines()[1]
     import json
 
-    [result] = json.loads(out.read_text())["results"]
+    data = json.loads(out.read_text())
+    [result] = data["results"]
     assert result["verdict"] == "regression" and result["ratio"]["ci_low"] > 1.05
+    # Each side's imports, as its workers said them: the candidate's wrapper sets PYTHONPATH.
+    base, cand = data["environments"]["baseline"], data["environments"]["candidate"]
+    assert base["torch_file"] == cand["torch_file"] == torch.__file__
+    assert cand["pythonpath"] == str(tmp_path / "slow10")
 
 
 def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothing(
@@ -141,6 +146,24 @@ def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothin
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "exited during 'build' with exit code 7: CUDA error: out of memory" in err
+
+
+def test_an_arm_whose_worker_imports_another_torch_than_its_check_found_is_refused(
+    scripted_python, hello_of, capsys
+):
+    # Passes the check as this Python, then its worker says it imported another torch (and
+    # fails any work it is asked for).
+    python = scripted_python(
+        f'case "$2" in *find_spec*) exec "{sys.executable}" "$@";; esac\n'
+        f"{hello_of(torch_file='/elsewhere/torch/__init__.py')}\nread line; exit 5"
+    )
+    flags = ["--device", "cpu", "--variant", "eager", "--batch-size", "1", "--workers", "1"]
+    assert main(["compare", str(python), sys.executable, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "worker baseline1-1" in err
+    assert f"imported torch {torch.__version__}" in err
+    assert "/elsewhere/torch/__init__.py" in err
+    assert f"where the check of {python} found torch from {torch.__file__}" in err
 
 
 def test_one_pair_of_processes_never_gives_a_verdict_however_narrow_its_interval():

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cifar_spec.bench import baselines, callgrind, counts, gate, report, stats
+from cifar_spec.bench import baselines, callgrind, counts, gate, machine, report, stats
 from cifar_spec.bench.cases import Case
 from cifar_spec.cli import main
 from cifar_spec.step import default_step
@@ -165,7 +165,7 @@ def process(label: str, value: float, functions: dict) -> callgrind.Process:
 def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_markdown(
     monkeypatch, tmp_path, capsys
 ):
-    def fake_count_all(pythons, processes, cases, cache_sim=False):
+    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None):
         assert processes == 2 and cases == [EAGER, DEFAULT]
         return {
             "baseline": [process(f"b{i}", 100e6, {"conv": 40e6}) for i in range(2)],
@@ -209,7 +209,7 @@ def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, c
     monkeypatch.setattr(
         callgrind,
         "count_all",
-        lambda pythons, processes, cases, cache_sim=False: {
+        lambda pythons, processes, cases, cache_sim=False, expected=None: {
             side: [
                 callgrind.Process(
                     "p",
@@ -274,3 +274,30 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     assert gate.judge_count_run(baseline, {"torch": "this"}, slow, 0.01, said.append) == 1
     assert said[-1] == "gate: FAILED (1 regression(s))"
     assert any("convolution" in line for line in said)
+
+
+@needs_valgrind
+@pytest.mark.slow
+def test_a_gate_started_under_a_pythonpath_judges_the_code_on_it(
+    slow_site, tmp_path, monkeypatch, capsys
+):
+    """A baseline of counts from one process of this Python; then `gate --metric instructions`
+    started with a PYTHONPATH whose sitecustomize.py runs every F.conv2d twice. Its workers run
+    the user's environment, so the gate counts the changed step: a regression, exit 1 (workers
+    that dropped PYTHONPATH counted the plain step and passed it). Three processes, the fewest
+    that show it: one for the baseline, the two the gate counts with."""
+    storage = tmp_path / "store"
+    [plain] = callgrind.count_all({"w": sys.executable}, 1, [EAGER])["w"]
+    info = machine.describe(1)
+    path = baselines.count_baseline_path(storage, info)
+    baselines.save_baseline(path, info, counts.as_rows([plain], [EAGER]))
+    site = slow_site(2)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    out = tmp_path / "run.json"
+    flags = ["--storage", str(storage), "--variant", "eager", "--batch-size", "1"]
+    code = main(["gate", "--metric", "instructions", *flags, "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1 and printed.rstrip().endswith("gate: FAILED (1 regression(s))"), printed
+    assert any("convolution" in line for line in printed.splitlines())
+    recorded = json.loads(out.read_text())["machine_info"]
+    assert recorded["pythonpath"] == str(site) and recorded["torch_file"] == info["torch_file"]

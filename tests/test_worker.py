@@ -4,12 +4,17 @@ import os
 import re
 import sys
 import time
+from functools import partial
+from pathlib import Path
 
 import pytest
 
+import cifar_spec
+from cifar_spec.bench import spawn
 from cifar_spec.bench._handle import Worker
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
+from cifar_spec.cli import main
 from cifar_spec.errors import WorkerError
 
 
@@ -31,7 +36,9 @@ def test_a_worker_says_which_torch_and_cifar_spec_it_runs(worker):
     import torch
 
     assert worker.info["torch"] == torch.__version__ and worker.info["threads"] == 1
-    assert worker.info["cifar_spec"].endswith("cifar_spec")
+    assert worker.info["torch_git"] == torch.version.git_version
+    assert worker.info["torch_file"] == torch.__file__
+    assert worker.info["cifar_spec"] == str(Path(cifar_spec.__file__).parent)
 
 
 def test_a_worker_builds_a_case_and_times_paired_rounds(worker):
@@ -151,20 +158,76 @@ def test_a_worker_that_closes_its_output_and_keeps_running_is_stopped_in_one_lin
     assert not alive(w.process.pid)
 
 
-def test_a_torch_in_the_current_folder_or_on_pythonpath_never_runs_in_a_worker(
+def plant(folder: Path, names: tuple[str, ...], mark: Path) -> None:
+    """Modules in `folder` that each leave their name in `mark` if they ever run."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_text(f"open({str(mark)!r}, 'a').write('{name} ')\n")
+
+
+def test_a_torch_in_the_current_folder_never_runs_in_a_worker_whatever_pythonpath_says(
     tmp_path, monkeypatch
 ):
-    # What a user might leave where they run cifar-spec: each would leave a mark if run.
-    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
-    for folder in (here, elsewhere):
-        folder.mkdir()
-        for name in ("torch.py", "runpy.py", "sitecustomize.py", "json.py"):
-            (folder / name).write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write('{name}')\n")
+    # What a user might leave where they run cifar-spec, each leaving a mark if run; and a
+    # PYTHONPATH that names that folder in each way it can: an empty entry, ".", its path,
+    # a link to it. The folder stays off the path; the PYTHONPATH's other entry is kept.
+    here, link, mark = tmp_path / "here", tmp_path / "link", tmp_path / "ran"
+    plant(here, ("torch.py", "runpy.py", "sitecustomize.py", "json.py"), mark)
+    link.symlink_to(here)
     monkeypatch.chdir(here)
-    monkeypatch.setenv("PYTHONPATH", str(elsewhere))
-    monkeypatch.setenv("PYTHONSTARTUP", str(elsewhere / "torch.py"))
+    kept = str(tmp_path / "kept")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["", ".", str(here), str(link), kept]))
+    monkeypatch.setenv("PYTHONSTARTUP", str(here / "torch.py"))  # read by no `python -c`
     with Worker(sys.executable, "clean", threads=1, cwd=str(here)) as w:
         import torch
 
-        assert w.info["torch"] == torch.__version__
-    assert not (tmp_path / "ran").exists()
+        assert w.info["torch_file"] == torch.__file__ and w.info["pythonpath"] == kept
+    assert not mark.exists(), mark.read_text()
+
+
+def test_a_sitecustomize_on_pythonpath_runs_in_every_worker_as_in_the_command(
+    tmp_path, monkeypatch
+):
+    # The user's environment is theirs: a patched package or a sitecustomize.py on their
+    # PYTHONPATH runs in every Python they start, and so in the workers that judge it.
+    site, mark = tmp_path / "site", tmp_path / "ran"
+    plant(site, ("sitecustomize.py",), mark)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    with Worker(sys.executable, "theirs", threads=1) as w:
+        assert w.info["pythonpath"] == str(site)
+    assert mark.read_text() == "sitecustomize.py "
+
+
+def test_a_relative_pythonpath_entry_reaches_a_worker_that_runs_in_another_folder(
+    tmp_path, monkeypatch
+):
+    # A counting worker runs in a folder of its own: "src" there would be another folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["src", "/opt/patched", "."]))
+    monkeypatch.setenv("PYTHONINSPECT", "1")  # a prompt after the code: a process that hangs
+    env = spawn.clean_environment()
+    assert env["PYTHONPATH"] == os.pathsep.join([str(tmp_path / "src"), "/opt/patched"])
+    assert "PYTHONINSPECT" not in env
+
+
+def test_a_worker_whose_torch_is_not_this_commands_is_refused_in_one_line_before_any_work(
+    scripted_python, hello_of, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    import cifar_spec.cli.bench as cli_bench
+    from cifar_spec.bench.suite import Suite
+
+    # Says it imported another torch; marks any request of work it gets, and answers it.
+    asked = tmp_path / "asked"
+    python = scripted_python(
+        f"{hello_of(torch_file='/elsewhere/torch/__init__.py')}; read line; "
+        f"touch '{asked}'; echo '{{\"unsupported\": \"asked\"}}'; sleep 600"
+    )
+    monkeypatch.setattr(cli_bench, "Suite", partial(Suite, python=str(python)))
+    code = main(["bench", "--device", "cpu", "--variant", "eager", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "imported torch" in err and "/elsewhere/torch/__init__.py" in err
+    assert f"where this command imported torch {torch.__version__}" in err
+    assert torch.__file__ in err and not asked.exists()

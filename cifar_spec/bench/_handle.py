@@ -6,6 +6,8 @@ started, and ends in one line. (A stray line is found when it arrives before the
 request; one of a reply's own shape that arrives after the next request is sent passes
 as that request's reply and is found one request later: only ids echoed in every reply
 would close that gap, which workers of earlier checkouts, compared against, do not send.)
+A worker whose hello names another torch or cifar_spec than the one expected of it
+(`Expected`) is stopped and refused in one line before it is asked for any work.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 from cifar_spec.bench.spawn import clean_environment, python_command
-from cifar_spec.errors import WorkerError
+from cifar_spec.errors import WorkerError, WrongImports
 
 BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
 
@@ -30,7 +32,7 @@ BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
 HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
 
 
-MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is under 1 kB
+MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is about 1 kB
 
 
 NONE = type(None)
@@ -57,6 +59,9 @@ REPLIES: dict[str, list[tuple[dict, dict]]] = {
             },
             # Optional: workers of earlier checkouts (compared against) do not send them.
             {
+                "torch_git": TEXT,
+                "torch_file": TEXT,
+                "pythonpath": str,
                 "torchvision": TEXT,
                 "gpu_name": str,
                 "gpu_memory_gib": float,
@@ -107,6 +112,57 @@ def reply_problem(op: str, reply: object) -> str | None:
     return f"fields {sorted(reply)}, not {expected}"
 
 
+# The fields of a hello that name the code a worker runs: each package's file (compared
+# where it leads: a venv's lib64 is often a link to its lib) and its versions.
+FILES = {"torch": "torch_file", "cifar_spec": "cifar_spec"}
+
+
+VERSIONS = {"torch": ("torch", "torch_git"), "cifar_spec": ()}
+
+
+def differ(one: dict, other: dict, package: str) -> bool:
+    """Whether `package` is another in `one` than in `other`, on every field both know."""
+    for name in (FILES[package], *VERSIONS[package]):
+        a, b = one.get(name), other.get(name)
+        if a is None or b is None:
+            continue
+        if name == FILES[package]:
+            a, b = os.path.realpath(a), os.path.realpath(b)
+        if a != b:
+            return True
+    return False
+
+
+def named(info: dict, packages: list[str]) -> str:
+    """The packages as `info` knows them: torch 2.14.1 (git 1a2b3c4d5e6f) from FILE, and
+    cifar_spec from FOLDER."""
+    said = []
+    if "torch" in packages:
+        version = f" {info['torch']}" if info.get("torch") else ""
+        git = f" (git {info['torch_git'][:12]})" if info.get("torch_git") else ""
+        said.append(f"torch{version}{git} from {info.get('torch_file') or 'a file not known'}")
+    if "cifar_spec" in packages:
+        said.append(f"cifar_spec from {info.get('cifar_spec')}")
+    return " and ".join(said)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The torch and cifar_spec a worker must import (`machine.imports`'s fields; a field left
+    out or None is not known, and not checked: a worker of an earlier checkout sends no torch
+    file, the check of a Python finds files, not versions), and who expects them."""
+
+    imports: dict
+    source: str  # completes "where ... torch from F": "this command imported", ...
+
+    def problem(self, said: dict) -> str | None:
+        """How the imports in a worker's hello differ from these, or None."""
+        wrong = [package for package in FILES if differ(self.imports, said, package)]
+        if not wrong:
+            return None
+        return f"imported {named(said, wrong)}, where {self.source} {named(self.imports, wrong)}"
+
+
 @dataclass
 class Worker:
     """A running worker process of one Python environment."""
@@ -118,6 +174,7 @@ class Worker:
     wrapper: list[str] = field(default_factory=list)  # e.g. valgrind and its options
     hello_timeout: float = HELLO_TIMEOUT
     cwd: str | None = None  # where it runs; None: here
+    expect: Expected | None = None  # the code it must run; None: not checked
     process: subprocess.Popen = field(init=False)
     stderr: IO[bytes] = field(init=False)
     info: dict = field(init=False, default_factory=dict)
@@ -138,6 +195,18 @@ class Worker:
             start_new_session=True,
         )
         self.info = self.call({"op": "hello"}, self.hello_timeout)
+        self.check_imports()
+
+    def check_imports(self) -> None:
+        """Refuse, before any request of work, a worker that runs other code than expected:
+        its figures would be a verdict about code nobody asked to judge."""
+        problem = self.expect.problem(self.info) if self.expect else None
+        if problem:
+            self.stop(polite=False)
+            raise WrongImports(
+                f"{self.name} {problem}; it was stopped before any measurement (a worker "
+                "never imports from the folder the command runs in)"
+            )
 
     def call(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most `timeout` seconds for its reply."""
@@ -258,13 +327,18 @@ class Worker:
 
 
 def start_workers(
-    python: str, count: int, label: str, threads: int | None = None, env: dict | None = None
+    python: str,
+    count: int,
+    label: str,
+    threads: int | None = None,
+    env: dict | None = None,
+    expect: Expected | None = None,
 ) -> list[Worker]:
     """`count` workers, started one after another so their imports do not compete."""
     workers: list[Worker] = []
     try:
         for i in range(count):
-            workers.append(Worker(python, f"{label}{i + 1}", threads, env))
+            workers.append(Worker(python, f"{label}{i + 1}", threads, env, expect=expect))
     except BaseException:
         stop_all(workers)
         raise

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifar_spec.bench._handle import BUILD_TIMEOUT, Worker
+from cifar_spec.bench._handle import BUILD_TIMEOUT, Expected, Worker
 from cifar_spec.bench.cases import Case
 from cifar_spec.errors import CountError, WorkerError
 
@@ -165,9 +165,10 @@ def count_process(
     cases: list[Case],
     cache_sim: bool = False,
     running: Running | None = None,
+    expect: Expected | None = None,
 ) -> Process:
     """Start one counting worker of `python`, count every case, stop it. The worker is kept in
-    `running` meanwhile, for whoever must stop it early."""
+    `running` meanwhile, for whoever must stop it early; `expect`: the code it must import."""
     folder = Path(tempfile.mkdtemp(prefix="cifar-spec-count-"))
     out_file = folder / "callgrind.out"
     try:
@@ -182,6 +183,7 @@ def count_process(
             # counted: runs started from two folders once counted 0.1% apart (the folder
             # was on the path then; spawn's start now keeps it off).
             cwd=str(folder),
+            expect=expect,
         )
         if running is not None:
             running.add(worker)
@@ -210,10 +212,16 @@ def count_process(
 
 
 def count_all(
-    pythons: dict[str, str], processes: int, cases: list[Case], cache_sim: bool = False
+    pythons: dict[str, str],
+    processes: int,
+    cases: list[Case],
+    cache_sim: bool = False,
+    expected: dict[str, Expected] | None = None,
 ) -> dict[str, list[Process]]:
     """`processes` counting workers of each Python ({side: python}), run side by side on
-    every core (counts do not mind the company): {side: [Process, ...]}."""
+    every core (counts do not mind the company): {side: [Process, ...]}. `expected`: {side:
+    the code its workers must import}; a side left out is not checked."""
+    expected = expected or {}
     jobs = [
         (side, python, f"{side}{i + 1}")
         for i in range(processes)
@@ -225,7 +233,12 @@ def count_all(
     results: dict[str, list[Process]] = {side: [] for side in pythons}
     try:
         futures = [
-            (side, pool.submit(count_process, python, label, cases, cache_sim, running))
+            (
+                side,
+                pool.submit(
+                    count_process, python, label, cases, cache_sim, running, expected.get(side)
+                ),
+            )
             for side, python, label in jobs
         ]
         for side, future in futures:

@@ -12,13 +12,15 @@ time budget is spent.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cifar_spec.bench import callgrind, counts, stats
-from cifar_spec.bench._handle import Worker, start_workers, stop_all
+from cifar_spec.bench._handle import Expected, Worker, start_workers, stop_all
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Samples, Unsupported, build_arm, measure_pairs
 from cifar_spec.bench.spawn import clean_environment, probe_command
@@ -43,13 +45,15 @@ MIN_WORKER_PAIRS = 2
 # would run cifar_spec/__init__.py, which imports torch): importing torch takes seconds (2.7 s
 # of CPU a probe on a Zen 1), and the workers import it anyway (a torch that is found but will
 # not import fails their start, naming the error). Its last line is "missing NAME" for the
-# first module missing, or "found".
+# first module missing, or "found" after a line of JSON, {module: its file}: the torch and
+# cifar_spec that this Python's workers must import.
 MODULES = ("torch", "cifar_spec", "cifar_spec.bench.worker")
 
 
 PROBE = f"""
 import importlib.machinery
 import importlib.util
+import json
 
 
 def find(name):
@@ -63,21 +67,25 @@ def find(name):
     return spec
 
 
+files = {{}}
 for name in {MODULES!r}:
     try:
-        found = find(name) is not None
+        spec = find(name)
     except (ImportError, ValueError):
-        found = False
-    if not found:
+        spec = None
+    if spec is None:
         print("missing", name)
         break
+    files[name] = spec.origin
 else:
+    print(json.dumps(files))
     print("found")
 """
 
 
-def check_python(python: str) -> None:
-    """Refuse, before any work, a Python that does not exist or lacks torch or cifar_spec."""
+def check_python(python: str) -> Expected:
+    """Refuse, before any work, a Python that does not exist or lacks torch or cifar_spec;
+    else the torch and cifar_spec its workers must import."""
     not_python = (
         f"{python} is not a Python interpreter (no such file, or it does not run); "
         "give the path of a venv's bin/python"
@@ -92,15 +100,13 @@ def check_python(python: str) -> None:
         )
     except (OSError, subprocess.TimeoutExpired):
         raise BadEnvironment(not_python) from None
-    said = done.stdout.strip().splitlines()[-1:]
+    lines = done.stdout.strip().splitlines()
+    said = lines[-1:]
     if done.returncode or not said:
         raise BadEnvironment(not_python)
     missing = said[0].removeprefix("missing ")
     if said[0] != "found" and (missing == said[0] or missing not in MODULES):
-        raise BadEnvironment(
-            f"{python} answered the check for torch and cifar_spec with {said[0]!r:.80}, "
-            "not as a Python does; give the path of a venv's bin/python"
-        )
+        raise odd_answer(python, said[0])
     if missing == "torch":
         raise BadEnvironment(
             f"{python} cannot import torch; install it with `{python} -m pip install torch`"
@@ -110,6 +116,29 @@ def check_python(python: str) -> None:
             f"{python} cannot import {missing}; install this checkout there with "
             f"`{python} -m pip install --no-deps -e .` (torch alone is needed beside it)"
         )
+    return found_code(python, lines[-2] if len(lines) > 1 else "")
+
+
+def odd_answer(python: str, line: str) -> BadEnvironment:
+    return BadEnvironment(
+        f"{python} answered the check for torch and cifar_spec with {line!r:.80}, "
+        "not as a Python does; give the path of a venv's bin/python"
+    )
+
+
+def found_code(python: str, line: str) -> Expected:
+    """The check's line of files, as a worker's hello names them (`machine.imports`)."""
+    try:
+        files = json.loads(line)
+        torch_file, init = files["torch"], files["cifar_spec"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise odd_answer(python, line) from None
+    if not all(isinstance(f, (str, type(None))) for f in (torch_file, init)):
+        raise odd_answer(python, line)
+    folder = os.path.dirname(init) if init else None  # a namespace package has no file
+    return Expected(
+        {"torch_file": torch_file, "cifar_spec": folder}, f"the check of {python} found"
+    )
 
 
 @dataclass(frozen=True)
@@ -138,15 +167,23 @@ class Result:
 
 
 def start_side_by_side(
-    baseline: str, candidate: str, workers: int, threads: int | None
+    baseline: str,
+    candidate: str,
+    workers: int,
+    threads: int | None,
+    expected: dict[str, Expected] | None = None,
 ) -> tuple[list[Worker], list[Worker]]:
-    """Workers of each environment, started alternately: b1, c1, b2, c2 ..."""
+    """Workers of each environment, started alternately: b1, c1, b2, c2 ...; `expected`:
+    {side: the code its workers must import}, as `check_python` found it."""
+    expected = expected or {}
     base: list[Worker] = []
     cand: list[Worker] = []
     try:
         for _ in range(workers):
-            base += start_workers(baseline, 1, f"baseline{len(base) + 1}-", threads)
-            cand += start_workers(candidate, 1, f"candidate{len(cand) + 1}-", threads)
+            label = f"baseline{len(base) + 1}-"
+            base += start_workers(baseline, 1, label, threads, expect=expected.get("baseline"))
+            label = f"candidate{len(cand) + 1}-"
+            cand += start_workers(candidate, 1, label, threads, expect=expected.get("candidate"))
     except BaseException:
         stop_all(base + cand)
         raise
@@ -205,13 +242,15 @@ def compare(
     workers: int = WORKERS,
     threads: int | None = None,
     log: Callable[[Result], None] | None = None,
+    expected: dict[str, Expected] | None = None,
 ) -> tuple[dict, list[Result]]:
-    """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`."""
+    """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`;
+    `expected`: {side: the code its workers must import}."""
     start = time.perf_counter()
-    base, cand = start_side_by_side(baseline, candidate, workers, threads)
+    base, cand = start_side_by_side(baseline, candidate, workers, threads, expected)
 
     def grow() -> None:
-        more_base, more_cand = start_side_by_side(baseline, candidate, 1, threads)
+        more_base, more_cand = start_side_by_side(baseline, candidate, 1, threads, expected)
         base.extend(more_base)
         cand.extend(more_cand)
 
@@ -238,10 +277,12 @@ def compare_counts(
     processes: int,
     cache_sim: bool = False,
     top: int = counts.TOP,
+    expected: dict[str, Expected] | None = None,
 ) -> tuple[dict, list[counts.Judged], list[Result]]:
-    """({'baseline': info, 'candidate': info}, a judged case per case counted, the skipped)."""
+    """({'baseline': info, 'candidate': info}, a judged case per case counted, the skipped);
+    `expected`: {side: the code its workers must import}."""
     counted = callgrind.count_all(
-        {"baseline": baseline, "candidate": candidate}, processes, cases, cache_sim
+        {"baseline": baseline, "candidate": candidate}, processes, cases, cache_sim, expected
     )
     base, cand = counted["baseline"], counted["candidate"]
     envs = {"baseline": base[0].info, "candidate": cand[0].info}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 import cifar_spec
+from cifar_spec.bench._handle import Expected
 
 
 def cpu_model() -> str:
@@ -65,6 +67,27 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def imports() -> dict:
+    """What this process imported: torch's version, git hash and file, cifar_spec's folder,
+    and the PYTHONPATH it found them on, where one is set. A worker says them in its hello,
+    and the controller refuses one whose torch or cifar_spec is not the one it expected."""
+    found = {
+        "torch": torch.__version__,
+        "torch_git": getattr(torch.version, "git_version", None),
+        "torch_file": torch.__file__,
+        "cifar_spec": str(Path(cifar_spec.__file__).parent),
+    }
+    if "PYTHONPATH" in os.environ:
+        found["pythonpath"] = os.environ["PYTHONPATH"]
+    return found
+
+
+def own_code() -> Expected:
+    """What a worker of bench and gate must import: the torch and cifar_spec this command did;
+    a worker that imported others would time code nobody asked to judge."""
+    return Expected(imports(), "this command imported")
+
+
 def describe(threads: int) -> dict:
     """The one description of a measurement's machine and software: what every worker says
     in its hello (`threads` its own), what the gate keys baselines by (`threads` the workers'),
@@ -76,12 +99,11 @@ def describe(threads: int) -> dict:
     info = {
         "python": sys.executable,
         "python_version": platform.python_version(),
-        "torch": torch.__version__,
+        **imports(),
         "torchvision": package_version("torchvision"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "threads": threads,
-        "cifar_spec": str(Path(cifar_spec.__file__).parent),
         "git": git_revision(),
         "cpu_model": cpu_model(),
     }

@@ -1,16 +1,22 @@
-"""How a process of ours is started: it runs our code, whatever folder or variables it starts in.
+"""How a process of ours starts: in the user's environment, never with code from the current folder.
 
-`python -m module` puts the current folder first on `sys.path`, and every
-Python reads `PYTHONPATH`: a `torch.py` left where a user runs `cifar-spec bench`,
-or a stray `PYTHONPATH` in their shell, would run inside every worker while the
-table looked normal. So a worker, probe or rank is started as `python -c`, with code
-that first drops the current folder from `sys.path` before anything is imported (site's
-own imports run earlier, before Python adds that folder), and the environment it
-gets has no variable that tells Python where to find code.
+A worker, probe or rank runs in the environment the command was started in: its
+`PYTHONPATH`, a `sitecustomize.py` there, a patched package. That environment is the
+user's own, the one their command and every Python they start run in; a verdict about
+any other is about other code than theirs (a gate whose workers dropped `PYTHONPATH`
+judged the plain environment, and passed a step that ran 2.7% more instructions).
+`_handle.Expected` then checks that each worker imported the torch and cifar_spec
+expected of it.
 
-A deliberate environment still works: a venv's Python finds its own
-site-packages, and a wrapper script that sets `PYTHONPATH` itself (a candidate
-made slower on purpose, say) sets it after we cleared it.
+The one thing kept out is the current folder. `python -m module` puts it first on
+`sys.path`, so a `torch.py` or `json.py` left where a user runs `cifar-spec bench`
+would run inside every worker while the table looked normal. So a process is started
+as `python -c`, with code that first drops the current folder from `sys.path` before
+anything is imported (site's own imports run earlier, before Python adds that folder),
+and its `PYTHONPATH` has no entry that names the current folder: an empty one, `.`, or
+its path (`site` reads these before any code of ours runs, a `sitecustomize.py` among
+them). A command that imported its own torch or cifar_spec from there is refused by
+that check, not measured with another.
 """
 
 from __future__ import annotations
@@ -18,24 +24,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-# Variables that change which code Python imports or runs at start-up
-# (PYTHONPATH, PYTHONSTARTUP, PYTHONUSERBASE, PYTHONWARNINGS, which imports the
-# modules its categories name, ...). Every PYTHON* variable goes, except these,
-# which change how the interpreter behaves, or only narrow where it looks:
-# PYTHONHOME is where this very Python's standard library is (a relocated one
-# needs it), PYTHONNOUSERSITE keeps ~/.local's packages out, as the user asked.
-KEPT = frozenset(
-    {
-        "PYTHONHOME",
-        "PYTHONNOUSERSITE",
-        "PYTHONHASHSEED",
-        "PYTHONUNBUFFERED",
-        "PYTHONIOENCODING",
-        "PYTHONUTF8",
-        "PYTHONDONTWRITEBYTECODE",
-        "PYTHONFAULTHANDLER",
-    }
-)
+# PYTHONINSPECT leaves a process at an interactive prompt when its code ends: a probe then
+# waits on the terminal for its timeout, a worker asked to exit on its pipe until it is
+# killed. Every other variable is the user's environment and is passed on as it is,
+# PYTHONSTARTUP included, which `python -c` never reads (only an interactive session does).
+DROPPED = frozenset({"PYTHONINSPECT"})
+
 
 # What every start runs first: the current folder off the path, before any import.
 OFF_PATH = """\
@@ -58,9 +52,26 @@ def probe_command(python: str, code: str) -> list[str]:
     return [python, "-c", OFF_PATH + code]
 
 
+def path_without(value: str, here: str) -> str:
+    """The PYTHONPATH `value` without the entries that name the folder `here` (an empty one,
+    `.`, its path, a link to it), each other made absolute against `here`: a process of ours
+    may run in another folder (a counting worker does), where a relative one would name
+    something else."""
+    folder = os.path.realpath(here)
+    kept = []
+    for entry in value.split(os.pathsep):
+        path = os.path.abspath(os.path.join(here, entry))  # an absolute entry is kept as it is
+        if os.path.realpath(path) != folder:
+            kept.append(entry if os.path.isabs(entry) else path)
+    return os.pathsep.join(kept)
+
+
 def clean_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`env` (default: ours) without the variables that tell Python where to find code."""
+    """`env` (default: ours) as a process of ours gets it: the user's, less the variables in
+    DROPPED and the entries of PYTHONPATH that name the current folder."""
     env = os.environ if env is None else env
-    return {
-        name: value for name, value in env.items() if not name.startswith("PYTHON") or name in KEPT
-    }
+    out = {name: value for name, value in env.items() if name not in DROPPED}
+    path = path_without(out.pop("PYTHONPATH", ""), os.getcwd())
+    if path:
+        out["PYTHONPATH"] = path
+    return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cifar_spec.bench import cases, figures, report
+from cifar_spec.bench import cases, figures, machine, report
 from cifar_spec.bench._handle import Worker, start_workers, stop_all
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Arm, Samples, Unsupported, build_arm, measure_pairs
@@ -47,7 +47,7 @@ class Suite:
     workers: int = WORKERS
     min_pairs: int = MIN_PAIRS
     threads: int | None = None  # torch threads per worker; None: every core this process has
-    python: str = sys.executable
+    python: str = sys.executable  # its workers must import this process's torch and cifar_spec
     log: Callable[[str], None] | None = None
     _workers: list[Worker] = field(default_factory=list, init=False)
     _references: dict = field(default_factory=dict, init=False)
@@ -56,7 +56,11 @@ class Suite:
     def start(self) -> Suite:
         if not self._workers:
             self._workers = start_workers(
-                self.python, self.workers, "w", worker_threads(self.threads)
+                self.python,
+                self.workers,
+                "w",
+                worker_threads(self.threads),
+                expect=machine.own_code(),
             )
         return self
 

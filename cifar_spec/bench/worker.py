@@ -2,8 +2,8 @@
 
 One process is not a sample: the same step built the same way times 1.22 ms in some
 fresh processes and 1.80 ms in others. So every figure comes from several workers, each
-a fresh Python running this module (started by `spawn`: never code from the current
-folder or a stray PYTHONPATH) that builds its own instances of the cases. The controller
+a fresh Python running this module (started by `spawn`: in the user's environment, never
+with code from the current folder) that builds its own instances of the cases. The controller
 (`_handle.Worker`, for the benchmarks, `cifar-spec bench`, `compare`) asks one worker at a
 time for a round, so that workers never compete for the cores, and may drive workers of
 two Python environments side by side.
@@ -13,9 +13,10 @@ stdout; `_handle.REPLIES` lists what the controller accepts. A worker needs torc
 cifar_spec only: torchvision, which a custom or nightly torch often lacks a match for, is
 never imported here.
 
-Requests: {"op": "hello"} -> what this environment is; {"op": "build", "key", "device",
-"variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported": why};
-{"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step; {"op": "peak",
+Requests: {"op": "hello"} -> what this environment is and what it imported (torch's
+version, git hash and file, cifar_spec's folder, PYTHONPATH); {"op": "build", "key",
+"device", "variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported":
+why}; {"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step; {"op": "peak",
 "device", "dtype"} -> the peak FLOP/s in that precision; {"op": "drop", "key"}; {"op":
 "exit"}. Under callgrind (`callgrind.py`): {"op": "instrument"} switches instrumentation on;
 {"op": "count", "key", "steps"} -> {"dump"}, the number of the callgrind dump that holds

@@ -100,7 +100,11 @@ def count_cases(args: argparse.Namespace) -> list:
 def count_rows(args: argparse.Namespace) -> list[dict]:
     cases = count_cases(args)
     processes = callgrind.count_all(
-        {"w": sys.executable}, args.workers or COUNT_PROCESSES, cases, args.cache_sim
+        {"w": sys.executable},
+        args.workers or COUNT_PROCESSES,
+        cases,
+        args.cache_sim,
+        {"w": machine.own_code()},
     )["w"]
     skipped = {case: why for p in processes for case, why in p.unsupported.items()}
     for case, why in skipped.items():
@@ -201,8 +205,10 @@ def check_metric(args: argparse.Namespace, device: str) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     device = compare_device(args)
     check_metric(args, device)
-    for python in (args.baseline, args.candidate):
-        compare.check_python(python)
+    expected = {
+        "baseline": compare.check_python(args.baseline),
+        "candidate": compare.check_python(args.candidate),
+    }
     check_output_paths(args.json, args.markdown)
     variants = args.variant or ["eager", default_step(device).name]
     batches = args.batch_size or ([1, 64] if kind(device) == "cpu" else [1, 256])
@@ -220,6 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.seconds,
             args.workers or compare.WORKERS,
             args.threads,
+            expected=expected,
         )
         print(report.format_report(time_envs, results, args.threshold))
         out["environments"] = envs = time_envs
@@ -233,6 +240,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             args.instructions_threshold,
             args.workers or COUNT_PROCESSES,
             args.cache_sim,
+            expected=expected,
         )
         print(report.format_count_report(count_envs, judged, skipped, args.instructions_threshold))
         envs = count_envs if results is None else envs
