@@ -4,7 +4,6 @@ Pythons made slower or broken on purpose, for the measurement's tests."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import stat
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from precision import tolerance_used  # how runs compare
 
 from cifar_spec.bench import machine
 from cifar_spec.cifar10 import load_cifar10
@@ -183,21 +183,3 @@ def record_drifts(request, monkeypatch):
         return compare(actual, expected, *args, rtol=rtol, atol=atol, **kwargs)
 
     monkeypatch.setattr(torch.testing, "assert_close", recorded)
-
-
-def tolerance_used(actual, expected, rtol: float, atol: float) -> float:
-    """max |actual - expected| / (atol + rtol * |expected|): above 1, assert_close fails."""
-    used = 0.0
-    for a, e in zip(as_tensors(actual), as_tensors(expected)):
-        if a.numel():
-            a, e = a.double(), e.double()
-            share = ((a - e).abs() / (atol + rtol * e.abs())).nan_to_num(0.0, posinf=math.inf)
-            used = max(used, share.max().item())
-    return used
-
-
-def as_tensors(value) -> list:
-    """The tensors in `value` (a tensor, a number, or lists of them), flattened."""
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in as_tensors(item)]
-    return [torch.as_tensor(value)]

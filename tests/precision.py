@@ -23,6 +23,7 @@ So the spec compares like with like (docs/tolerances.md has the table):
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor, nn
@@ -108,3 +109,23 @@ def decided_batch(batch: int) -> tuple[Tensor, Tensor]:
     decided = candidates[pooling_margins(model, candidates) > POOLING_MARGIN][:batch]
     assert len(decided) == batch, f"fewer than {batch} of {len(candidates)} images decided"
     return decided, torch.randint(0, 10, (batch,), generator=data)
+
+
+def tolerance_used(actual, expected, rtol: float, atol: float) -> float:
+    """max |actual - expected| / (atol + rtol * |expected|): above 1, assert_close fails."""
+    used = 0.0
+    for a, e in zip(as_tensors(actual), as_tensors(expected)):
+        if a.numel():
+            a, e = a.double(), e.double()
+            share = ((a - e).abs() / (atol + rtol * e.abs())).nan_to_num(0.0, posinf=math.inf)
+            used = max(used, share.max().item())
+    return used
+
+
+def as_tensors(value) -> list:
+    """The tensors in `value` (a tensor, a number, or lists of them), flattened."""
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in as_tensors(item)]
+    if isinstance(value, float):  # a Python float is a float64: as_tensor would round it
+        return [torch.tensor(value, dtype=torch.float64)]
+    return [torch.as_tensor(value)]
