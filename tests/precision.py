@@ -8,8 +8,9 @@ two runs part from that step on. Over 200 batch-1 steps on the stand-in, 20 of t
 million windows lie within 1e-6 of their layer's largest input (measured in float64), and
 float32 kernels differ by up to 2e-6 there: a long float32 run meets such a tie about once
 a hundred steps. Its effect on the loss sums (up to 2.6e-5 over 200 or 600 steps, measured
-under 13 dispatches of a Zen 4) is the size of a real bug's: a learning rate 1% off moves
-the same sums by 6.5e-5 to 9.2e-5. No float32 tolerance on a long run tells the two apart.
+under 6 dispatches of a Zen 4) is the size of a real bug's: a learning rate 1% off moves
+the same sums by 6.5e-5 to 9.2e-5. No float32 tolerance on a long run tells the two apart
+(benchmarks/RESULTS.md, 2026-12-04, has the figures).
 
 So the spec compares like with like (docs/tolerances.md has the table):
 - the *math* of a long run in float64 (`float64_sums`, `FLOAT64`), where a tie would need
@@ -33,23 +34,24 @@ from cifar_spec.loop import TrainConfig, new_run, train_epoch
 from cifar_spec.model import CifarNet
 from cifar_spec.step import StepOptions
 
-# Two float64 runs of the same math, up to 600 steps: they differ by at most 2.5e-16 of the
-# sums (two units of float64's rounding, 1.1e-16; measured for every variant, 13 dispatches).
-# 1e-12 leaves 4,000 times that for kernels not seen here and is still 8,000 times below what
-# a learning rate 0.1% off does to the same sums (8e-6, measured).
+# Two float64 runs of the same math, up to 600 steps: their sums differ by at most 2.5e-16
+# (two units of float64's rounding, 1.1e-16; every variant, measured), one step's gradients
+# and parameters by a few units of it. 1e-12 leaves 4,000 times that for kernels not seen
+# here, and is 8,000 times below what a learning rate 0.1% off does to the sums (8e-6); the
+# absolute 1e-14 is for gradients near zero, a hundred units of float64's rounding of 1e-2.
 FLOAT64 = {"rtol": 1e-12, "atol": 1e-14}
 
-# One float32 step of two kernels from the same weights, every pooling window decided: each
-# output is a sum of at most n = 4 * 32 * 32 = 4096 products (conv1's weight gradient at
-# batch 4), which float32 gets right to n * 2^-24 = 2.4e-4 of the products' magnitudes in the
-# worst case and ~sqrt(n) * 2^-24 = 4e-6 in practice (the errors' signs are random). The
-# losses and parameters are compared: the parameters move by lr * grad ~ 1e-4, so the
-# absolute 1e-6 sees a gradient 1% off, while float32 rounding moves them by 1e-8 (measured).
+# One float32 step of two kernels from the same weights, every pooling window decided, on
+# the loss and the parameters after it. The loss is a few thousand roundings of 2^-24 deep,
+# which random signs keep near sqrt(n) * 6e-8, ~4e-6 relative: rtol 1e-5. A parameter (< 0.25)
+# lands within a unit or two of float32's rounding, 1.5e-8, plus lr (0.01) times its
+# gradient's rounding: atol 1e-6 is sixty units, while a wrong or missing term moves it by
+# lr * grad, ~1e-4. (benchmarks/RESULTS.md has how much of this was used.)
 FLOAT32_STEP = {"rtol": 1e-5, "atol": 1e-6}
 
 # A pooling window whose two largest inputs lie closer than this, relative to the largest
 # input of its layer, could be decided either way by two float32 kernels: each differs from
-# float64 there by up to 2e-6 of that largest input (measured at init under 12 dispatches
+# float64 there by up to 2e-6 of that largest input (measured at init under 6 dispatches
 # and 2 thread counts), so two of them by up to 4e-6. 2e-5 is five times that.
 POOLING_MARGIN = 2e-5
 
