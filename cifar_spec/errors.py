@@ -66,6 +66,11 @@ class WorkerError(CifarSpecError, RuntimeError):
     """A worker crashed, hung or refused a request; the message says which and why."""
 
 
+class BadRound(CifarSpecError, RuntimeError):
+    """A benchmark round computed a non-finite loss, or another loss sum than its case's first
+    round: its time would be of other work. The message names the case."""
+
+
 class BadEnvironment(ConfigError):
     """A Python that cannot run the workers; the message says which and how to fix it."""
 

@@ -58,8 +58,9 @@ def build_arms(variant: str, batch: int, world: int) -> tuple[cases.StepBench, c
     # Random pixels and labels, other on each rank, as DDP's ranks see other images.
     images = torch.rand(batch, *IMAGE_SHAPE)
     labels = torch.randint(0, 10, (batch,))
+    snapshot = cases.Snapshot(model, optimizer)
     together = cases.StepBench(
-        options, torch.device("cpu"), batch, model, lambda: step(images, labels)
+        options, torch.device("cpu"), batch, model, lambda: step(images, labels), snapshot
     )
     return alone, together
 
