@@ -41,7 +41,7 @@ def test_every_round_of_a_step_case_starts_from_the_weights_it_was_built_with():
     built = weights(case)
     ends = []
     for _ in range(3):
-        handle({"op": "round", "key": case.key, "steps": 4}, {case.key: case})
+        handle({"op": "round", "key": "k", "steps": 4}, {"k": case})
         ends.append(weights(case))
     assert not any(torch.equal(a, b) for a, b in zip(built, ends[0]))  # a round trains
     assert all(torch.equal(a, b) for end in ends[1:] for a, b in zip(ends[0], end))
