@@ -27,13 +27,25 @@ CASES = [
 
 
 def time_in_this_process(benchmark, case: cases.StepBench) -> None:
-    """pytest-benchmark's record: the time of one step, rounds of several steps."""
+    """pytest-benchmark's record: the time of one step, rounds of several steps.
+
+    Every round starts from the weights the case was built with, as in the workers
+    (cases.py says why): pytest-benchmark's teardown runs after each round, outside
+    its clock (its setup would too, but it refuses iterations > 1).
+    """
     steps = measure.steps_per_round(measure.warm_up(case.step, case.device))
+
+    def end_round() -> None:
+        case.check()
+        case.restore()
+
+    case.restore()
     benchmark.pedantic(
         measure.synchronized_every(case.step, case.device, steps),
         rounds=ROUNDS,
         iterations=steps,
         warmup_rounds=1,
+        teardown=end_round,
     )
 
 

@@ -71,6 +71,11 @@ class WrongImports(CifarSpecError, RuntimeError):
     names both."""
 
 
+class BadRound(CifarSpecError, RuntimeError):
+    """A benchmark round computed a non-finite loss, or another loss sum than its case's first
+    round: its time would be of other work. The message names the case."""
+
+
 class BadEnvironment(ConfigError):
     """A Python that cannot run the workers; the message says which and how to fix it."""
 

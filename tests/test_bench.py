@@ -1,12 +1,14 @@
 """The benchmark cases: which variants exist, which a device cannot run and why, what a case is."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from cifar_spec.bench import cases
+from cifar_spec.errors import BadRound
 from cifar_spec.step import StepOptions
 
 
@@ -53,6 +55,43 @@ def test_a_loop_case_is_one_epoch_of_the_synthetic_test_split(tmp_path, name):
     loss_sum = loop.step()
     # An untrained 10-class model starts near ln(10) per image.
     assert 0.5 * cases.LOOP_IMAGES < loss_sum < 3 * cases.LOOP_IMAGES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, rounds", [("fit loop", 50), ("tutorial loop", 10)], ids=["fit", "tutorial"]
+)
+def test_a_loop_benchmark_gives_the_same_finite_loss_sum_in_every_one_of_many_rounds(
+    tmp_path, name, rounds
+):
+    # A round times the loop's step once or a few times; a worker asks for about 40 (its
+    # warm-up and 8-16 pairs). The tutorial's loop, slower, shares the same restore.
+    loop = cases.build_loop(name, str(tmp_path))
+    sums = [loop.step() for _ in range(rounds)]
+    assert math.isfinite(sums[0]) and sums == [sums[0]] * rounds
+
+
+def too_large_a_learning_rate(case: cases.StepBench | cases.LoopBench) -> None:
+    """Every round of `case` from now on starts at lr 1e30: its weights overflow in a step."""
+    case.snapshot.optimizer.param_groups[0]["lr"] = 1e30
+    case.snapshot.take()
+
+
+@pytest.mark.parametrize("name", list(cases.LOOPS), ids=["tutorial", "fit"])
+def test_a_loop_round_that_computes_a_non_finite_loss_is_an_error_naming_the_case(tmp_path, name):
+    loop = cases.build_loop(name, str(tmp_path))
+    too_large_a_learning_rate(loop)
+    with pytest.raises(BadRound, match=f"case '{name}': an epoch from its saved weights .*nan"):
+        loop.step()
+
+
+def test_a_loop_round_with_another_loss_sum_than_the_first_is_an_error_naming_the_case(tmp_path):
+    loop = cases.build_loop("fit loop", str(tmp_path))
+    first = loop.step()
+    loop.snapshot.optimizer.param_groups[0]["lr"] = 0.02  # the state every epoch starts from
+    loop.snapshot.take()
+    with pytest.raises(BadRound, match=f"case 'fit loop': .* the first gave {first!r}"):
+        loop.step()
 
 
 def test_an_unknown_loop_is_refused_naming_the_loops(tmp_path):

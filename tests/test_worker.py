@@ -8,14 +8,17 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
 import cifar_spec
-from cifar_spec.bench import spawn
+from cifar_spec.bench import cases, spawn
 from cifar_spec.bench._handle import Worker
 from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.worker import handle
 from cifar_spec.cli import main
-from cifar_spec.errors import WorkerError
+from cifar_spec.errors import BadRound, WorkerError
+from cifar_spec.step import StepOptions
 
 
 def alive(pid: int) -> bool:
@@ -30,6 +33,30 @@ def alive(pid: int) -> bool:
 def worker():
     with Worker(sys.executable, "test", threads=1) as w:
         yield w
+
+
+def weights(case: cases.StepBench) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in case.model.parameters()]
+
+
+def test_every_round_of_a_step_case_starts_from_the_weights_it_was_built_with():
+    # In this process: the round request as a worker answers it, without starting one.
+    case = cases.build(StepOptions(), "cpu", 1)
+    built = weights(case)
+    ends = []
+    for _ in range(3):
+        handle({"op": "round", "key": "k", "steps": 4}, {"k": case})
+        ends.append(weights(case))
+    assert not any(torch.equal(a, b) for a, b in zip(built, ends[0]))  # a round trains
+    assert all(torch.equal(a, b) for end in ends[1:] for a, b in zip(ends[0], end))
+
+
+def test_a_step_case_round_that_ends_in_a_non_finite_loss_is_an_error_naming_the_case():
+    case = cases.build(StepOptions(), "cpu", 1)
+    case.snapshot.optimizer.param_groups[0]["lr"] = 1e30  # the weights overflow in a step
+    case.snapshot.take()
+    with pytest.raises(BadRound, match="case cpu-eager-1: a round from its saved weights .*nan"):
+        handle({"op": "round", "key": case.key, "steps": 2}, {case.key: case})
 
 
 def test_a_worker_says_which_torch_and_cifar_spec_it_runs(worker):

@@ -58,8 +58,9 @@ def build_arms(variant: str, batch: int, world: int) -> tuple[cases.StepBench, c
     # Random pixels and labels, other on each rank, as DDP's ranks see other images.
     images = torch.rand(batch, *IMAGE_SHAPE)
     labels = torch.randint(0, 10, (batch,))
+    snapshot = cases.Snapshot(model, optimizer)
     together = cases.StepBench(
-        options, torch.device("cpu"), batch, model, lambda: step(images, labels)
+        options, torch.device("cpu"), batch, model, lambda: step(images, labels), snapshot
     )
     return alone, together
 
@@ -70,7 +71,11 @@ def order(steps: int) -> None:
 
 
 def follow(together: cases.StepBench) -> None:
-    """The other ranks: run as many DDP steps as rank 0 orders, until it orders none."""
+    """The other ranks: run as many DDP steps as rank 0 orders, until it orders none.
+
+    Every rank restores its arm's saved state after each order's steps, as rank 0 does,
+    so that each order starts from the weights the arms were built with (cases.py says why).
+    """
     while True:
         steps = torch.tensor([0])
         dist.broadcast(steps, src=0)
@@ -78,6 +83,24 @@ def follow(together: cases.StepBench) -> None:
             return
         for _ in range(steps.item()):
             together.step()
+        together.restore()
+
+
+def round_alone(alone: cases.StepBench, steps: int) -> float:
+    """One round of the step alone, from its saved state, its loss checked after."""
+    alone.restore()
+    seconds = measure.time_round(alone.step, alone.device, steps).host
+    alone.check()
+    return seconds
+
+
+def round_together(together: cases.StepBench, steps: int) -> float:
+    """One round of the DDP step: ordered outside the clock; the others start as rank 0 does."""
+    order(steps)
+    seconds = measure.time_round(together.step, together.device, steps).host
+    together.check()
+    together.restore()  # as the others do after an order
+    return seconds
 
 
 def lead(alone: cases.StepBench, together: cases.StepBench, pairs: int) -> list[list[float]]:
@@ -86,21 +109,15 @@ def lead(alone: cases.StepBench, together: cases.StepBench, pairs: int) -> list[
     def one_ordered_step() -> None:  # for the warm-up only: it times single steps
         order(1)
         together.step()
+        together.restore()  # as the others do; 0.1 ms in a warm-up that only sizes rounds
 
     cpu = torch.device("cpu")
     steps = [
         measure.steps_per_round(measure.warm_up(alone.step, cpu)),
         measure.steps_per_round(measure.warm_up(one_ordered_step, cpu)),
     ]
-
-    def ordered_round() -> float:
-        order(steps[1])  # outside the clock; the others start as rank 0 does
-        return measure.time_round(together.step, cpu, steps[1]).host
-
-    def alone_round() -> float:
-        return measure.time_round(alone.step, cpu, steps[0]).host
-
-    timed = [list(pair) for pair in alternate((alone_round, ordered_round), pairs)]
+    rounds = (lambda: round_alone(alone, steps[0]), lambda: round_together(together, steps[1]))
+    timed = [list(pair) for pair in alternate(rounds, pairs)]
     order(0)
     return timed
 

@@ -4,17 +4,24 @@ A case is one variant of the training step (`StepOptions`) on one device at
 one batch size, built on one fixed random batch and ready to run. `Case` names
 one for a worker to build; `measure.py` times it, `figures.py` says what the time
 means, `gate.py` and `compare.py` judge it; `worker.py` builds cases in fresh processes.
+
+A round of a case is the same work every time, however many rounds the noise asks for:
+each starts from the weights and optimizer state the case was built with (`Snapshot`),
+and its loss is checked after it (`check`), or the round fails naming the case (`BadRound`).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from cifar_spec.data import to_device
+from cifar_spec.errors import BadRound, NonFiniteLoss
 from cifar_spec.loop import TrainConfig, new_run, train_epoch
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
 from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
@@ -78,15 +85,65 @@ def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:
     return reason
 
 
+class Snapshot:
+    """A model's state_dict and its optimizer's, copied, to put back in place before a round."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.take()
+
+    def take(self) -> None:
+        """Keep the state they are in now as the one to restore."""
+        # (the model's own tensor, its copy): copied back in place, so that compiled code
+        # and a captured CUDA graph, which hold these very tensors, read the restored values
+        self.tensors = [
+            (live, live.detach().clone()) for live in self.model.state_dict(keep_vars=True).values()
+        ]
+        self.optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for live, saved in self.tensors:
+            live.copy_(saved)
+        self.optimizer.load_state_dict(self.optimizer_state)
+
+
 @dataclass
 class StepBench:
-    """One variant's training step on one fixed random batch, ready to time."""
+    """One variant's training step on one fixed random batch, ready to time.
+
+    Trained on one batch round after round, the model memorizes it: its loss heads to 0
+    (or, on another CPU's kernels, overflows) and the step then times other arithmetic
+    than on real data. So every round starts from the weights the case was built with
+    (`restore`, outside the clock) and ends with a `check` that its last loss is finite.
+    """
 
     options: StepOptions
     device: torch.device
     batch: int
     model: nn.Module
-    step: Callable[[], torch.Tensor]
+    train: Callable[[], Tensor]  # one step of the variant on the case's batch
+    snapshot: Snapshot  # the weights and optimizer state every round starts from
+    loss: Tensor | None = None  # the last step's
+
+    @property
+    def key(self) -> str:
+        return f"{self.device}-{self.options.name}-{self.batch}"
+
+    def step(self) -> Tensor:
+        self.loss = self.train()
+        return self.loss
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+
+    def check(self) -> None:
+        if not torch.isfinite(self.loss):
+            raise BadRound(
+                f"case {self.key}: a round from its saved weights ended in a loss of "
+                f"{self.loss.item()}; its time would be of arithmetic on non-finite numbers"
+            )
 
 
 def build(options: StepOptions, device: str | torch.device, batch: int, seed: int = 0) -> StepBench:
@@ -98,7 +155,8 @@ def build(options: StepOptions, device: str | torch.device, batch: int, seed: in
     # Random pixels and labels: zeros would let kernels skip work they do on real data.
     images = torch.rand(batch, *IMAGE_SHAPE, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
-    return StepBench(options, device, batch, model, lambda: step(images, labels))
+    snapshot = Snapshot(model, optimizer)
+    return StepBench(options, device, batch, model, lambda: step(images, labels), snapshot)
 
 
 def precision(options: StepOptions) -> torch.dtype:
@@ -118,12 +176,52 @@ LOOP_IMAGES = 100
 
 @dataclass
 class LoopBench:
-    """One epoch of a training loop over LOOP_IMAGES synthetic images, ready to time."""
+    """One epoch of a training loop over LOOP_IMAGES synthetic images, the same one every time.
+
+    Each epoch starts from the weights and optimizer state the loop was built with and
+    must give the first epoch's finite loss sum: without the restore each round trained
+    one epoch further, and how far depended on how many rounds the noise asked for (on a
+    Zen 4, far enough to overflow). The restore runs inside the clock, since a round may
+    hold several epochs: 0.09-0.3 ms against 130-420 ms for an epoch of fit's loop (under
+    0.1%; 2-core Zen 4, one and two threads, busy), far below any figure's interval.
+    """
 
     name: str
     device: torch.device
     images: int
-    step: Callable[[], float]
+    epoch: Callable[[], float]  # one epoch from the model's current state; its loss sum
+    snapshot: Snapshot
+    first: float | None = None  # the first epoch's loss sum, which every later one must equal
+    last: float | None = None
+
+    def step(self) -> float:
+        self.restore()
+        try:
+            self.last = self.epoch()
+        except NonFiniteLoss as error:  # fit's step stops at the first one
+            raise BadRound(
+                f"case {self.name!r}: an epoch from its saved weights computed a non-finite "
+                f"loss ({error})"
+            ) from None
+        self.check()
+        return self.last
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+
+    def check(self) -> None:
+        if not math.isfinite(self.last):
+            raise BadRound(
+                f"case {self.name!r}: an epoch from its saved weights gave a loss sum of "
+                f"{self.last}; its time would be of arithmetic on non-finite numbers"
+            )
+        if self.first is None:
+            self.first = self.last
+        elif self.last != self.first:  # the same arithmetic on the same numbers, in one process
+            raise BadRound(
+                f"case {self.name!r}: an epoch from its saved weights gave a loss sum of "
+                f"{self.last!r}, the first gave {self.first!r}; its rounds do different work"
+            )
 
 
 def build_loop(name: str, root: str) -> LoopBench:
@@ -136,12 +234,14 @@ def build_loop(name: str, root: str) -> LoopBench:
     if not is_synthetic(root):
         write_synthetic_cifar10(root, n_train=5, n_test=LOOP_IMAGES)
     if name == "tutorial loop":
-        model, loader, loss, optim = tutorial_setup(root, LOOP_IMAGES)
-        epoch = lambda: tutorial_epoch(model, loader, loss, optim)  # noqa: E731
+        model, loader, loss, optimizer = tutorial_setup(root, LOOP_IMAGES)
+        epoch = lambda: tutorial_epoch(model, loader, loss, optimizer)  # noqa: E731
     elif name == "fit loop":
         run = new_run(TrainConfig())  # the defaults: the tutorial's settings, the fast exact step
+        model, optimizer = run.model, run.optimizer
         data = to_device(load_cifar10(root, train=False))
         epoch = lambda: train_epoch(run.step, data, 1, epoch=1)  # noqa: E731
     else:
         raise ValueError(f"no loop {name!r}; the loops are {', '.join(LOOPS)}")
-    return LoopBench(name, torch.device("cpu"), LOOP_IMAGES, epoch)
+    snapshot = Snapshot(model, optimizer)
+    return LoopBench(name, torch.device("cpu"), LOOP_IMAGES, epoch, snapshot)
