@@ -110,16 +110,18 @@ def run(python: str, setting: dict, drifts: Path) -> tuple[bool, float, str]:
 
 
 def worst(drifts: list[Path], labels: list[str]) -> dict[str, tuple[float, str, dict]]:
-    """Per test: the largest share of its tolerance used, the setting, the tolerance."""
+    """Per test function (its parametrizations together): the largest share of its tolerance
+    used, the test and setting that used it, the tolerance."""
     found: dict[str, tuple[float, str, dict]] = {}
     for path, where in zip(drifts, labels):
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
             row = json.loads(line)
+            function = row["test"].split("[")[0]
             tolerance = {"rtol": row["rtol"], "atol": row["atol"]}
-            if row["test"] not in found or row["used"] > found[row["test"]][0]:
-                found[row["test"]] = (row["used"], where, tolerance)
+            if function not in found or row["used"] > found[function][0]:
+                found[function] = (row["used"], f"{row['test']}, {where}", tolerance)
     return found
 
 
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {labels[-1]}: {summary} ({seconds:.0f} s)", flush=True)
         if not ok:
             failed.append(labels[-1])
-    print("\nthe most of its tolerance each comparison used, under any setting:")
+    print("\nthe most of its tolerance each comparison used, under any setting (and where):")
     for test, (used, where, tolerance) in sorted(worst(paths, labels).items()):
         print(f"{used:9.2e}  rtol {tolerance['rtol']:.0e} atol {tolerance['atol']:.0e}  {test}")
         print(f"{'':11}{where}")
