@@ -7,8 +7,8 @@ inductor's code) can round them the other way: the gradient goes to the other in
 two runs part from that step on. Over 200 batch-1 steps on the stand-in, 20 of the 2.25
 million windows lie within 1e-6 of their layer's largest input (measured in float64), and
 float32 kernels differ by up to 2e-6 there: a long float32 run meets such a tie about once
-a hundred steps. Its effect on the loss sums (up to 2.6e-5 over 200 or 600 steps, measured
-under 6 dispatches of a Zen 4) is the size of a real bug's: a learning rate 1% off moves
+a hundred steps. Its effect on the loss sums (up to 3.3e-5 over 600 steps, measured under
+the 19 dispatch settings of a Zen 4) is the size of a real bug's: a learning rate 1% off moves
 the same sums by 6.5e-5 to 9.2e-5. No float32 tolerance on a long run tells the two apart
 (benchmarks/RESULTS.md, 2026-12-04, has the figures).
 
@@ -57,7 +57,7 @@ POOLING_MARGIN = 2e-5
 
 # Many float32 steps, where what the test looks for moves the loss sums by 2.6e-3 or more (a
 # shard of every batch lost: 2.6e-3; counted twice: 9e-3, measured): the pooling ties above
-# move them by up to 2.6e-5. 5e-4 is twenty times the one and a fifth of the other.
+# move them by up to 3.3e-5. 5e-4 is fifteen times the one and a fifth of the other.
 FLOAT32_LONG_RUN = {"rtol": 5e-4, "atol": 0.0}
 
 
