@@ -129,7 +129,7 @@ class StepBench:
 
     @property
     def key(self) -> str:
-        return f"{self.device}-{self.options.name}-{self.batch}"
+        return Case(str(self.device), self.options.name, self.batch).key  # the one spelling
 
     def step(self) -> Tensor:
         self.loss = self.train()
