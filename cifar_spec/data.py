@@ -29,8 +29,8 @@ def describe_split(dataset: CIFAR10) -> str:
     if settings is None:
         return f"the CIFAR-10 {split}"
     return (
-        f"the synthetic {split} (seed {settings['seed']}, {settings['n_train']} train and "
-        f"{settings['n_test']} test images)"
+        f"the synthetic {split} (seed {settings['seed']}, signal {settings['signal']}, "
+        f"{settings['n_train']} train and {settings['n_test']} test images)"
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar_spec import checkpoint, plot
+from cifar_spec import checkpoint, plot, published
 from cifar_spec.data import DeviceData
 from cifar_spec.distributed import (
     Shard,
@@ -246,6 +246,12 @@ def saved_note(config: TrainConfig, epochs: int) -> str:
     )
 
 
+def published_curve(config: TrainConfig, data: DeviceData) -> tuple[float, ...] | None:
+    """The published CIFAR-10 sums to draw beside a run with the tutorial's own settings."""
+    tutorial = published.is_tutorial_run(len(data), config.lr, config.batch_size, config.shuffle)
+    return published.TWENTY_EPOCHS if tutorial else None
+
+
 def train(
     config: TrainConfig,
     data: DeviceData,
@@ -311,7 +317,9 @@ def train(
             f"({str(error).splitlines()[0][:200]}); {saved_note(config, saved)}"
         ) from None
     if config.out and leader:
-        drawn = plot.loss_curve(run.history, Path(config.out) / checkpoint.LOSS_PLOT)
+        drawn = plot.loss_curve(
+            run.history, Path(config.out) / checkpoint.LOSS_PLOT, published_curve(config, data)
+        )
         if log is not None:
             log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
     return [row["loss_sum"] for row in run.history]

@@ -118,6 +118,20 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def torchvisions_own_reader():
+    """torchvision's CIFAR10 as it ships, without the md5 checks (those are real CIFAR-10's):
+    for our own files, where its plain pickle.load is safe."""
+    from torchvision.datasets import CIFAR10
+
+    class Unchecked(CIFAR10):
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [["test_batch", None]]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return lambda root, train: Unchecked(str(root), train=train)
+
+
+@pytest.fixture(scope="session")
 def test_split(synthetic_root: Path) -> DeviceData:
     """The tutorial's split (test) of the shared set, on the CPU."""
     return to_device(load_cifar10(synthetic_root, train=False))

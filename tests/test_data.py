@@ -74,13 +74,10 @@ def test_the_cli_imports_torchvision_only_when_it_reads_data():
     assert done.stdout.strip() == "False", done.stderr
 
 
-def test_the_safe_reader_gives_what_torchvisions_own_unchecked_parser_gives(root):
-    class Unchecked(CIFAR10):  # our own files, so torchvision's plain pickle.load is safe here
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [["test_batch", None]]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    ours, theirs = load_cifar10(root, train=True), Unchecked(str(root), train=True)
+def test_the_safe_reader_gives_what_torchvisions_own_unchecked_parser_gives(
+    root, torchvisions_own_reader
+):
+    ours, theirs = load_cifar10(root, train=True), torchvisions_own_reader(root, train=True)
     assert np.array_equal(ours.data, theirs.data) and ours.targets == theirs.targets
     assert ours.classes == theirs.classes
 
@@ -92,15 +89,6 @@ def test_the_same_seed_writes_the_same_bytes(tmp_path):
     )
     assert (a / "test_batch").read_bytes() == (b / "test_batch").read_bytes()
     assert (a / "test_batch").read_bytes() != (c / "test_batch").read_bytes()
-
-
-def test_each_class_has_its_own_pattern(root):
-    dataset = load_cifar10(root, train=True)
-    images = torch.from_numpy(dataset.data).float()
-    labels = torch.tensor(dataset.targets)
-    means = [images[labels == c].mean(0) for c in labels.unique()]
-    # Class means differ by far more than the noise left in a mean of ~5 images.
-    assert min((a - b).abs().mean() for i, a in enumerate(means) for b in means[i + 1 :]) > 5
 
 
 def test_the_device_split_equals_totensor_bit_for_bit(root):
@@ -288,6 +276,16 @@ def test_a_synthetic_set_whose_writing_never_finished_is_refused(tmp_path, root)
         tmp_path, root, lambda f: (f / "synthetic.json").write_text('{"complete": false}')
     )
     with pytest.raises(DataError, match="never completed.*data synth --root"):
+        load_cifar10(copy, train=False)
+
+
+def test_a_set_an_older_generator_wrote_is_refused_naming_the_fix(tmp_path, root):
+    # Its images differ from this generator's for the same seed: trained on, it would
+    # give figures that no longer match the docs.
+    old = '{"n_train": 300, "n_test": 300, "seed": 0, "complete": true}'
+    copy = broken_copy(tmp_path, root, lambda f: (f / "synthetic.json").write_text(old))
+    assert synthetic_settings(copy) is None
+    with pytest.raises(DataError, match="written by an older cifar_spec.*data synth --root"):
         load_cifar10(copy, train=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,8 +195,23 @@ def train_and_report(
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    folder = synthetic.write_synthetic_cifar10(args.root, args.n_train, args.n_test, args.seed)
-    print(f"wrote {args.n_train} training and {args.n_test} test images to {folder}")
+    folder = synthetic.write_synthetic_cifar10(
+        args.root, args.n_train, args.n_test, args.seed, args.signal
+    )
+    print(
+        f"wrote {args.n_train} training and {args.n_test} test images "
+        f"(signal {args.signal}) to {folder}"
+    )
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cifar_spec.calibration import calibration_table  # torchvision: only when asked
+
+    if args.epochs < 1 or args.limit is not None and args.limit < 2:
+        raise ConfigError("--epochs must be at least 1 and --limit at least 2 images")
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    print(calibration_table(args.root, tuple(args.seeds), args.epochs, args.limit, log=say))
     return 0
 
 
@@ -278,7 +294,29 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--n-train", type=int, default=50_000, help="training images")
     synth.add_argument("--n-test", type=int, default=10_000, help="test images")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    synth.add_argument(
+        "--signal",
+        type=float,
+        default=1.0,
+        help="how much of an image its class decides: 1 trains like CIFAR-10 (the default), "
+        f"less is harder, more is easier, 0 shows no class at all (0 to {synthetic.MAX_SIGNAL})",
+    )
     synth.set_defaults(func=cmd_synth)
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="measure a data set against CIFAR-10's published figures (pixels, a linear "
+        "probe, the model's accuracy, the tutorial's run); about 25 minutes on 2 cores",
+        formatter_class=HelpFormatter,
+    )
+    calibrate.add_argument("--root", required=True, help="folder holding cifar-10-batches-py")
+    calibrate.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="weight seeds of the tutorial's run"
+    )
+    calibrate.add_argument("--epochs", type=int, default=5, help="epochs of the tutorial's run")
+    calibrate.add_argument(
+        "--limit", type=int, default=None, help="use only the first N images of each split"
+    )
+    calibrate.set_defaults(func=cmd_calibrate)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
