@@ -98,11 +98,14 @@ def model_accuracy(train: DeviceData, test: DeviceData, epochs: int = 10, seed: 
     return accuracy(run.model, test)
 
 
-def tutorial_sums(test: DeviceData, epochs: int, seed: int) -> list[float]:
-    """The tutorial's run on the test split: per-epoch loss sums, to the first nan if any."""
+def tutorial_sums(
+    test: DeviceData, epochs: int, seed: int, lr: float = published.TUTORIAL_LR
+) -> list[float]:
+    """The tutorial's run on `test` (batch 1, file order): per-epoch loss sums; a nan ends the
+    list (the loss overflowed: the step stopped before its backward)."""
     check_data(test)
     sums: list[float] = []
-    run = new_run(TrainConfig(epochs=epochs, seed=seed))
+    run = new_run(TrainConfig(epochs=epochs, seed=seed, lr=lr))
     for epoch in range(1, epochs + 1):
         try:
             sums.append(train_epoch(run.step, test, 1, epoch))
@@ -160,7 +163,7 @@ def calibration_table(
         per_image = " ".join(f"{s / len(test):.3f}" for s in sums)
         rows.append(
             (
-                f"tutorial's run, seed {seed}: loss a image by epoch",
+                f"tutorial's run, seed {seed}: loss an image by epoch",
                 " ".join(
                     f"{s / published.TUTORIAL_IMAGES:.3f}" for s in published.TWENTY_EPOCHS[:epochs]
                 ),

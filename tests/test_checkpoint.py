@@ -8,10 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cifar_spec import checkpoint, files, plot
+from cifar_spec import checkpoint, files, plot, published
 from cifar_spec.checkpoint import RUN_FILES, CheckpointError
+from cifar_spec.data import DeviceData
 from cifar_spec.files import FolderBusy, folder_lock
-from cifar_spec.loop import Interrupted, TrainConfig, fit
+from cifar_spec.loop import Interrupted, TrainConfig, fit, published_curve
 from cifar_spec.step import NonFiniteLoss
 
 
@@ -95,6 +96,29 @@ def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
     assert history["config"]["limit"] == 8
     if plot.have_matplotlib():
         assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "change, drawn",
+    [({}, True), ({"lr": 0.02}, False), ({"batch_size": 2}, False), ({"shuffle": True}, False)],
+)
+def test_loss_png_draws_the_published_cifar10_run_beside_a_run_of_the_tutorials_own_settings(
+    change, drawn
+):
+    # 10,000 images (one, repeated: only the count matters here), lr 0.01, batch 1, in order.
+    images = torch.zeros(1, 3, 32, 32).expand(published.TUTORIAL_IMAGES, -1, -1, -1)
+    data = DeviceData(images, torch.zeros(published.TUTORIAL_IMAGES, dtype=torch.long))
+    expected = published.TWENTY_EPOCHS if drawn else None
+    assert published_curve(TrainConfig(**change), data) == expected
+    assert published_curve(TrainConfig(), data.head(2000)) is None  # a subset turns later
+
+
+@pytest.mark.skipif(not plot.have_matplotlib(), reason="loss.png needs matplotlib")
+def test_the_published_run_is_a_second_line_on_the_chart(tmp_path):
+    history = [{"epoch": e, "loss_sum": 18_000.0 - e} for e in (1, 2, 3)]
+    plain = plot.loss_curve(history, tmp_path / "plain.png").read_bytes()
+    beside = plot.loss_curve(history, tmp_path / "beside.png", published.TWENTY_EPOCHS)
+    assert beside.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and beside.read_bytes() != plain
 
 
 def test_a_checkpoint_missing_a_part_is_refused_by_name(tmp_path, test_split):

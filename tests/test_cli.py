@@ -415,3 +415,21 @@ def test_a_gpu_index_is_kept_where_the_machine_has_it(monkeypatch):
     assert options.pick_device("cuda:1") == "cuda:1"
     assert bench.bench_devices(["cpu", "cuda:1"]) == ["cpu", "cuda:1"]
     assert bench.bench_devices(None) == ["cpu", "cuda"]
+
+
+def test_data_calibrate_prints_each_published_figure_beside_its_measurement(synthetic_root, capsys):
+    argv = ["data", "calibrate", "--root", str(synthetic_root), "--limit", "100"]
+    assert main(argv + ["--epochs", "2", "--seeds", "0"]) == 0
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert table[0] == "| figure | CIFAR-10 (published) | this data (measured) |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert "0.4942, 0.4851, 0.4504" in rows["per-channel mean"]
+    assert "39%" in rows["linear softmax, test accuracy"]
+    assert "56%" in rows["this model, batch 64, 10 epochs"]
+    assert "minimum at epoch 3" in rows["tutorial's run, seed 0: shape"]
+    epochs = (
+        rows["tutorial's run, seed 0: loss an image by epoch"].split(" | ")[2].rstrip(" |").split()
+    )
+    assert len(epochs) == 2 and all(0 < float(e) < 5 for e in epochs)
+    assert "the tutorial's run, weight seed 0" in captured.err  # progress, off the table
