@@ -20,10 +20,10 @@ import numpy as np
 
 from cifar_spec.errors import DataError
 from cifar_spec.files import read_untrusted
-from cifar_spec.model import NUM_CLASSES
 from cifar_spec.safe_pickle import load_pickle
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+NUM_CLASSES = len(CLASSES)  # the model's outputs; defined here, so the format needs no torch
 # CIFAR-10's published layout and md5s, as torchvision's CIFAR10 declares them.
 BASE_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-NUM_CLASSES = 10
+from cifar_spec.cifar10_format import NUM_CLASSES
+
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W) of one CIFAR-10 image
 
 

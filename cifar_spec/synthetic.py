@@ -28,6 +28,7 @@ from cifar_spec.cifar10_format import (
     CLASSES,
     MAX_FILE_IMAGES,
     META_FILE,
+    NUM_CLASSES,
     TEST_FILE,
     TRAIN_FILES,
 )
@@ -43,7 +44,6 @@ from cifar_spec.files import (
     write_atomically,
     write_text_atomically,
 )
-from cifar_spec.model import NUM_CLASSES
 
 MARKER = "synthetic.json"  # tells our files from real CIFAR-10, which we never overwrite
 

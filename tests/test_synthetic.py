@@ -1,6 +1,10 @@
 """The stand-in looks like CIFAR-10 where the tutorial's training can tell: its pixel
 statistics and class balance, natural images' spectrum and variety, one knob for difficulty."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -84,3 +88,37 @@ def test_train_and_test_share_the_classes_objects_so_a_probe_transfers(probe_at)
     # Well above chance on the held-out split: what is learned on one split is there in
     # the other, as in CIFAR-10.
     assert probe_at(1.0) > 0.2
+
+
+WRITE_AND_HASH = """
+import hashlib, sys
+from cifar_spec.synthetic import write_synthetic_cifar10
+folder = write_synthetic_cifar10(sys.argv[1], n_train=500, n_test=500, seed=0)
+print(hashlib.sha256((folder / "test_batch").read_bytes()).hexdigest())
+"""
+
+
+def numpy_levels() -> list[str]:
+    """numpy's SIMD levels this CPU runs, above the baseline it was built for."""
+    from numpy._core import _multiarray_umath as umath
+
+    return [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+
+
+def test_the_same_seed_writes_the_same_bytes_under_every_simd_level_numpy_offers(tmp_path):
+    # numpy picks its exp, std and FFT kernels by CPU at run time; a pixel on a rounding
+    # edge would come out another way on another CPU. Here each level is turned off in turn.
+    levels = numpy_levels()
+    hashes = set()
+    for k in range(len(levels) + 1):
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(levels[k:])}
+        out = tmp_path / f"level{k}"
+        done = subprocess.run(
+            [sys.executable, "-c", WRITE_AND_HASH, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        hashes.add(done.stdout.strip())
+    assert len(hashes) == 1, f"{len(hashes)} different test splits under {levels}"
