@@ -75,7 +75,10 @@ def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print)
     if synthetic.synthetic_settings(stand_in) is None:  # missing or cut short: ours to (re)write
         write_stand_in(stand_in)
     reason = "as asked" if args.synthetic else f"no CIFAR-10 under {root} and no --download"
-    say(f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason})")
+    say(
+        f"using the synthetic CIFAR-10 stand-in in {stand_in} ({reason}); it is calibrated to "
+        "train like CIFAR-10 (docs/training.md)"
+    )
     return stand_in
 
 
