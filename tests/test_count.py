@@ -230,14 +230,16 @@ def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, c
 @needs_valgrind
 @pytest.mark.slow
 def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_regression_named(
-    slow_python, tmp_path
+    slow_python, slow_site, tmp_path, monkeypatch, capsys
 ):
     """Counted for real: two processes of this Python, and one of it with every F.conv2d run
     twice (sitecustomize.py), on eager and on the CPU's default step (whose convolutions are
     aten's own, so the slowdown never reaches it). The two processes of this Python are the
     same environment counted twice. Three processes, the fewest that show every claim: each
     starts in 70-85 s of CPU on a 2-core Zen 1 (importing the CUDA wheel under valgrind), the
-    most expensive start in the spec, so all three run at once."""
+    most expensive start in the spec, so all three run at once. The first one's counts are
+    then the baseline of a real `gate` started under a PYTHONPATH (below): one count fewer
+    than a test of its own, which had to count a baseline first."""
     cases = [EAGER, DEFAULT]
     with ThreadPoolExecutor(max_workers=2) as pool:
         base = pool.submit(callgrind.count_all, {"baseline": sys.executable}, 2, cases)
@@ -275,23 +277,19 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     assert said[-1] == "gate: FAILED (1 regression(s))"
     assert any("convolution" in line for line in said)
 
+    gate_under_a_pythonpath_judges_the_code_on_it(first, slow_site, tmp_path, monkeypatch, capsys)
 
-@needs_valgrind
-@pytest.mark.slow
-def test_a_gate_started_under_a_pythonpath_judges_the_code_on_it(
-    slow_site, tmp_path, monkeypatch, capsys
-):
-    """A baseline of counts from one process of this Python; then `gate --metric instructions`
-    started with a PYTHONPATH whose sitecustomize.py runs every F.conv2d twice. Its workers run
+
+def gate_under_a_pythonpath_judges_the_code_on_it(plain, slow_site, tmp_path, monkeypatch, capsys):
+    """`gate --metric instructions` against a baseline of `plain` counts of this Python,
+    started with a PYTHONPATH whose sitecustomize.py runs every F.conv2d 3 times. Its workers run
     the user's environment, so the gate counts the changed step: a regression, exit 1 (workers
-    that dropped PYTHONPATH counted the plain step and passed it). Three processes, the fewest
-    that show it: one for the baseline, the two the gate counts with."""
+    that dropped PYTHONPATH counted the plain step and passed it)."""
     storage = tmp_path / "store"
-    [plain] = callgrind.count_all({"w": sys.executable}, 1, [EAGER])["w"]
     info = machine.describe(1)
     path = baselines.count_baseline_path(storage, info)
     baselines.save_baseline(path, info, counts.as_rows([plain], [EAGER]))
-    site = slow_site(2)
+    site = slow_site(3)  # the counting above made slow_site(2)
     monkeypatch.setenv("PYTHONPATH", str(site))
     out = tmp_path / "run.json"
     flags = ["--storage", str(storage), "--variant", "eager", "--batch-size", "1"]
