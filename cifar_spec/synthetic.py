@@ -70,13 +70,12 @@ MAX_SIGNAL = 2.5  # opacity 0.95: beyond it an object would hide its scene entir
 
 @dataclass(frozen=True)
 class ClassLook:
-    """What every image of a class shares: its objects and the tint of its scenes."""
+    """What every image of a class shares: its objects (OBJECTS_PER_CLASS a class, class by
+    class) and the tint of its scenes."""
 
-    shapes: np.ndarray  # (NUM_CLASSES * OBJECTS_PER_CLASS, 2, 1024): soft mask, texture
-    colours: (
-        np.ndarray
-    )  # (NUM_CLASSES * OBJECTS_PER_CLASS, 3): each object's colour, against its scene
-    tints: np.ndarray  # (NUM_CLASSES, 3): each class's scene colour, summing to 0 over the classes
+    shapes: np.ndarray  # (objects, 2, 1024): each object's soft mask and texture
+    colours: np.ndarray  # (objects, 3): each object's colour, against its scene
+    tints: np.ndarray  # (NUM_CLASSES, 3): each class's scene colour, summing to 0 over classes
 
 
 def natural_noise(rng: np.random.Generator, n: int, channels: int, exponent: float) -> np.ndarray:

@@ -419,7 +419,7 @@ def test_a_gpu_index_is_kept_where_the_machine_has_it(monkeypatch):
 
 def test_data_calibrate_prints_each_published_figure_beside_its_measurement(synthetic_root, capsys):
     argv = ["data", "calibrate", "--root", str(synthetic_root), "--limit", "100"]
-    assert main(argv + ["--epochs", "2", "--seeds", "0"]) == 0
+    assert main(argv + ["--epochs", "3", "--seeds", "0"]) == 0
     captured = capsys.readouterr()
     table = captured.out.splitlines()
     assert table[0] == "| figure | CIFAR-10 (published) | this data (measured) |"
@@ -431,5 +431,25 @@ def test_data_calibrate_prints_each_published_figure_beside_its_measurement(synt
     epochs = (
         rows["tutorial's run, seed 0: loss an image by epoch"].split(" | ")[2].rstrip(" |").split()
     )
-    assert len(epochs) == 2 and all(0 < float(e) < 5 for e in epochs)
+    assert len(epochs) == 3 and all(0 < float(e) < 5 for e in epochs)
     assert "the tutorial's run, weight seed 0" in captured.err  # progress, off the table
+
+
+@pytest.mark.parametrize(
+    "marker, why",
+    [
+        ('{"complete": false}', "never completed"),
+        ('{"n_train": 5, "n_test": 8, "seed": 0, "complete": true}', "written by an older"),
+    ],
+    ids=["cut-short", "older-generator"],
+)
+def test_a_stand_in_it_cannot_use_in_data_root_is_named_in_one_line_and_left_alone(
+    tmp_path, capsys, marker, why
+):
+    folder = write_synthetic_cifar10(tmp_path, n_train=5, n_test=8)
+    (folder / "synthetic.json").write_text(marker)
+    before = snapshot(tmp_path)
+    assert main(["train", "--data-root", str(tmp_path), "--no-progress", "--limit", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why in err and f"data synth --root {tmp_path}" in err
+    assert snapshot(tmp_path) == before  # nothing written beside it either

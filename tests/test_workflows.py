@@ -77,3 +77,14 @@ def test_on_a_pull_request_the_cpu_job_gates_the_base_against_the_head_on_counts
     assert "base/.venv/bin/python .venv/bin/python" in run and "--metric instructions" in run
     assert 'elif [ "$rc" -ne 0 ]; then\n  exit "$rc"' in run  # a regression fails the job
     assert "--markdown compare.md" in run and "GITHUB_STEP_SUMMARY" in run
+
+
+def test_the_cifar10_job_runs_the_real_data_tier_on_cifar10_restored_from_the_cache():
+    steps = load("spec.yml")["jobs"]["cifar10"]["steps"]
+    uses = [s.get("uses", "") for s in steps]
+    runs = [s.get("run", "") for s in steps]
+    cache = uses.index("actions/cache@v4")
+    download = next(i for i, run in enumerate(runs) if "--download" in run)
+    tier = next(i for i, run in enumerate(runs) if "-m cifar10" in run)
+    assert steps[cache]["with"]["path"] == "data/cifar-10-batches-py"
+    assert cache < download < tier and "CIFAR_SPEC_CIFAR10=data" in runs[tier]

@@ -68,6 +68,11 @@ def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print)
     if synthetic.synthetic_settings(root) is not None:
         say(f"using the synthetic CIFAR-10 stand-in in {root} (written by data synth)")
         return root
+    if synthetic.is_synthetic(root):  # ours, but cut short or an older generator's
+        raise DataError(
+            f"the synthetic set in {root / BASE_FOLDER} {synthetic.why_unusable(root)}; write "
+            f"it again with `cifar-spec data synth --root {root}`"
+        )
     real = (root / BASE_FOLDER).exists() and not synthetic.is_synthetic(root)
     if not args.synthetic and (real or args.download):
         return root
@@ -308,7 +313,7 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     calibrate = sub.add_parser(
         "calibrate",
         help="measure a data set against CIFAR-10's published figures (pixels, a linear "
-        "probe, the model's accuracy, the tutorial's run); about 25 minutes on 2 cores",
+        "probe, the model's accuracy, the tutorial's run); about 17 minutes on a core",
         formatter_class=HelpFormatter,
     )
     calibrate.add_argument("--root", required=True, help="folder holding cifar-10-batches-py")
