@@ -160,7 +160,7 @@ def calibration_table(
         ("this model, batch 64, 10 epochs", f"{published.MODEL_ACCURACY:.0%}", f"{model:.1%}"),
     ]
     for seed in seeds:
-        log(f"the tutorial's run, weight seed {seed}, {epochs} epochs")
+        log(f"the tutorial's run, weight seed {seed}, {epochs} epoch{'s' * (epochs != 1)}")
         sums = tutorial_sums(test, epochs, seed)
         per_image = " ".join(f"{s / len(test):.3f}" for s in sums)
         rows.append(
