@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from cifar_spec import plot
-from cifar_spec.bench import callgrind, machine, report
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench import callgrind, chart, machine, report
 from cifar_spec.bench.counts import as_rows
+from cifar_spec.bench.records import Case
 from cifar_spec.bench.suite import WORKERS, Suite, worker_threads
 
 ROWS_KEY = pytest.StashKey[list]()
@@ -150,7 +150,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         "bootstrap over worker processes and quads and a t-interval of the processes' "
         "medians); spread: IQR / median of the step time; noisy: a spread above 10%"
     )
-    chart = plot.throughput_chart(rows, config.rootpath / ".benchmarks" / "throughput.png")
+    drawn = chart.throughput_chart(rows, config.rootpath / ".benchmarks" / "throughput.png")
     terminalreporter.write_line(
-        f"chart: {chart}" if chart else f"no chart: {plot.INSTALL_HINT} draws it"
+        f"chart: {drawn}" if drawn else f"no chart: {plot.INSTALL_HINT} draws it"
     )

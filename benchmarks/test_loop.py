@@ -10,7 +10,7 @@ import math
 import pytest
 
 from cifar_spec.bench import cases
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench.records import Case
 
 
 @pytest.mark.parametrize("name", list(cases.LOOPS), ids=["tutorial", "fit"])

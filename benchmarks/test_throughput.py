@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cifar_spec.bench import cases, measure
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench.records import Case
 
 ROUNDS = 10  # pytest-benchmark's rounds in this process, each ROUND_SECONDS or one step
 

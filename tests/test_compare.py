@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_spec.bench import compare, stats
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench import compare, records, stats
+from cifar_spec.bench.records import Case
 from cifar_spec.cli import main
 
 
@@ -63,15 +63,15 @@ def test_a_missing_python_ends_the_command_in_one_line_with_exit_code_2(tmp_path
 @pytest.mark.parametrize(
     "verdicts, code",
     [
-        ([stats.NO_CHANGE, stats.IMPROVEMENT], 0),
-        ([stats.NO_CHANGE, stats.REGRESSION, stats.INCONCLUSIVE], 1),
-        ([stats.NO_CHANGE, stats.INCONCLUSIVE], 3),
-        (["skipped", stats.NO_CHANGE], 0),
+        ([records.NO_CHANGE, records.IMPROVEMENT], 0),
+        ([records.NO_CHANGE, records.REGRESSION, records.INCONCLUSIVE], 1),
+        ([records.NO_CHANGE, records.INCONCLUSIVE], 3),
+        (["skipped", records.NO_CHANGE], 0),
     ],
 )
 def test_the_exit_code_is_1_on_any_regression_else_3_when_inconclusive(verdicts, code):
     results = [compare.Result(Case("cpu", "eager", 1), v) for v in verdicts]
-    assert stats.exit_code([r.verdict for r in results]) == code
+    assert records.exit_code([r.verdict for r in results]) == code
 
 
 @pytest.mark.slow
@@ -170,8 +170,8 @@ def test_one_pair_of_processes_never_gives_a_verdict_however_narrow_its_interval
     # One worker a side: the interval holds that pair's rounds, not how far another
     # pair of processes would land; so it is inconclusive, and compare adds a pair.
     narrow = stats.Estimate(1.5, 1.4, 1.6, 0.01, 40, processes=1)
-    assert compare.judge(narrow, 0.05) == stats.INCONCLUSIVE
-    assert compare.judge(replace(narrow, processes=2), 0.05) == stats.REGRESSION
+    assert compare.judge(narrow, 0.05) == records.INCONCLUSIVE
+    assert compare.judge(replace(narrow, processes=2), 0.05) == records.REGRESSION
 
 
 @pytest.mark.parametrize("seconds", ["inf", "nan", "0", "-5", "soon"])

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cifar_spec.bench import baselines, callgrind, counts, gate, machine, report, stats
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench import baselines, callgrind, counts, gate, machine, records, report
+from cifar_spec.bench.records import Case
 from cifar_spec.cli import main
 from cifar_spec.step import default_step
 
@@ -76,11 +76,11 @@ def counted(*values: float, functions: dict | None = None) -> list[callgrind.Cou
 @pytest.mark.parametrize(
     "base, cand, verdict",
     [
-        ((100e6, 100e6), (100e6, 100e6), stats.NO_CHANGE),
-        ((100e6, 100.001e6), (100.5e6, 100.5e6), stats.NO_CHANGE),
-        ((100e6, 100e6), (102e6, 102e6), stats.REGRESSION),
-        ((100e6, 100e6), (97e6, 97e6), stats.IMPROVEMENT),
-        ((100e6, 100e6), (100.9e6, 101.1e6), stats.INCONCLUSIVE),
+        ((100e6, 100e6), (100e6, 100e6), records.NO_CHANGE),
+        ((100e6, 100.001e6), (100.5e6, 100.5e6), records.NO_CHANGE),
+        ((100e6, 100e6), (102e6, 102e6), records.REGRESSION),
+        ((100e6, 100e6), (97e6, 97e6), records.IMPROVEMENT),
+        ((100e6, 100e6), (100.9e6, 101.1e6), records.INCONCLUSIVE),
     ],
 )
 def test_a_count_verdict_takes_the_range_over_every_process_of_both_sides(base, cand, verdict):
@@ -90,7 +90,7 @@ def test_a_count_verdict_takes_the_range_over_every_process_of_both_sides(base, 
 def test_processes_of_one_side_that_disagree_are_named_and_never_vouch_for_no_change():
     # 0.2% apart: within the 1% threshold, but twice the tenth of it that processes may differ by.
     judged = counts.judge(EAGER, counted(100e6, 100.2e6), counted(100.1e6, 100.1e6), 0.01)
-    assert judged.verdict == stats.INCONCLUSIVE
+    assert judged.verdict == records.INCONCLUSIVE
     assert "the baseline's processes disagree by 0.200%" in judged.note
 
 
@@ -98,11 +98,11 @@ def test_a_moved_case_lists_the_functions_that_moved_most_first():
     base = counted(100e6, 100e6, functions={"conv": 40e6, "pool": 10e6, "relu": 1e6})
     cand = counted(103e6, 103e6, functions={"conv": 43.5e6, "pool": 9.5e6, "relu": 1e6})
     judged = counts.judge(EAGER, base, cand, 0.01, top=2)
-    assert judged.verdict == stats.REGRESSION
+    assert judged.verdict == records.REGRESSION
     assert judged.top == [("conv", 40e6, 43.5e6), ("pool", 10e6, 9.5e6)]
     assert judged.moved and "conv" in "\n".join(report.format_count_judged(judged))
     unmoved = counts.judge(EAGER, base, base, 0.01)
-    assert unmoved.verdict == stats.NO_CHANGE and not unmoved.moved
+    assert unmoved.verdict == records.NO_CHANGE and not unmoved.moved
     assert (
         len(report.format_count_judged(unmoved)) == 1
     )  # the row alone; its functions are in --json
@@ -254,14 +254,14 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
 
     for case in (EAGER, DEFAULT):
         same = judged(case, [first], [second])
-        assert same.verdict == stats.NO_CHANGE, same
+        assert same.verdict == records.NO_CHANGE, same
         # Processes of one environment agree within the tenth of the threshold the report
         # allows (measured: 0.000-0.026%), and the row says nothing of a disagreement.
         assert abs(same.ratio - 1) <= counts.AGREEMENT * 0.01 and same.note == ""
     slower = judged(EAGER, counted["baseline"], counted["slow"])
-    assert slower.verdict == stats.REGRESSION and slower.low > 1.05, slower
+    assert slower.verdict == records.REGRESSION and slower.low > 1.05, slower
     assert any("convolution" in name for name, _, _ in slower.top[:3]), slower.top
-    assert judged(DEFAULT, counted["baseline"], counted["slow"]).verdict == stats.NO_CHANGE
+    assert judged(DEFAULT, counted["baseline"], counted["slow"]).verdict == records.NO_CHANGE
 
     # The gate on the same counts: a baseline saved from the first process, then judged
     # against the second (this Python again) and against the slow one.

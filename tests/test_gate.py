@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cifar_spec.bench import baselines, gate, machine, stats
+from cifar_spec.bench import baselines, gate, machine, records, stats
 from cifar_spec.bench.suite import worker_threads
 from cifar_spec.cli import main
 
@@ -41,7 +41,7 @@ def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
     saved = baselines.load_baseline(path)
     assert saved["machine_info"]["torch"] == "2.14.1"
     [judged] = gate.judge_times(saved["rows"], [row(times)], 0.1)
-    assert judged.verdict == stats.NO_CHANGE and judged.ratio.median == 1.0
+    assert judged.verdict == records.NO_CHANGE and judged.ratio.median == 1.0
 
 
 def test_saving_a_baseline_never_writes_through_a_planted_link(tmp_path):
@@ -144,12 +144,12 @@ def judged(verdict):
 @pytest.mark.parametrize(
     "verdicts, failed, unsure, code, line",
     [
-        ([stats.NO_CHANGE], [], [], 0, "gate: passed"),
-        ([stats.IMPROVEMENT], [], [], 0, "gate: passed"),
-        ([stats.REGRESSION, stats.INCONCLUSIVE], [], [], 1, "gate: FAILED (1 regression(s))"),
-        ([stats.NO_CHANGE], ["x"], [], 1, "gate: FAILED (1 speed-up(s) below the floor)"),
-        ([stats.INCONCLUSIVE], [], [], 3, "gate: inconclusive (1 case(s) straddle the threshold"),
-        ([stats.NO_CHANGE], [], ["x"], 3, "gate: inconclusive (1 speed-up(s) straddle the floor"),
+        ([records.NO_CHANGE], [], [], 0, "gate: passed"),
+        ([records.IMPROVEMENT], [], [], 0, "gate: passed"),
+        ([records.REGRESSION, records.INCONCLUSIVE], [], [], 1, "gate: FAILED (1 regression(s))"),
+        ([records.NO_CHANGE], ["x"], [], 1, "gate: FAILED (1 speed-up(s) below the floor)"),
+        ([records.INCONCLUSIVE], [], [], 3, "gate: inconclusive (1 case(s) straddle the threshold"),
+        ([records.NO_CHANGE], [], ["x"], 3, "gate: inconclusive (1 speed-up(s) straddle the floor"),
         ([], [], [], 3, "gate: inconclusive (no case of this run is in the baseline"),
     ],
     ids=["passed", "improved", "regressed", "floor", "straddles", "floor-straddles", "nothing"],

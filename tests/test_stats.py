@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cifar_spec.bench import stats
+from cifar_spec.bench import records, stats
 
 
 def test_the_95_percent_interval_of_a_median_of_ten_is_the_2nd_to_the_9th_value():
@@ -68,16 +68,16 @@ def ratio(low, high):
 @pytest.mark.parametrize(
     "low, high, expected",
     [
-        (1.08, 1.20, stats.REGRESSION),  # wholly above 1.05
-        (0.80, 0.93, stats.IMPROVEMENT),  # wholly below 0.95
-        (0.97, 1.04, stats.NO_CHANGE),  # inside both bounds
-        (1.02, 1.09, stats.INCONCLUSIVE),  # straddles 1.05
-        (0.90, 1.00, stats.INCONCLUSIVE),  # straddles 0.95
+        (1.08, 1.20, records.REGRESSION),  # wholly above 1.05
+        (0.80, 0.93, records.IMPROVEMENT),  # wholly below 0.95
+        (0.97, 1.04, records.NO_CHANGE),  # inside both bounds
+        (1.02, 1.09, records.INCONCLUSIVE),  # straddles 1.05
+        (0.90, 1.00, records.INCONCLUSIVE),  # straddles 0.95
     ],
     ids=["regression", "improvement", "no-change", "straddles-above", "straddles-below"],
 )
 def test_the_verdict_reads_the_interval_against_the_threshold(low, high, expected):
-    assert stats.verdict(low, high, 0.05) == expected
+    assert records.verdict(low, high, 0.05) == expected
 
 
 def test_a_speed_up_is_the_inverted_time_ratio_with_its_interval_flipped():
@@ -97,7 +97,7 @@ def test_a_run_thirty_percent_slower_gives_a_ratio_interval_above_one_point_two(
     slower = [[1.3 * v for v in g] for g in base]
     r = stats.ratio_of_medians(base, slower)
     assert r.median == pytest.approx(1.3) and r.low > 1.2
-    assert stats.verdict(r.low, r.high, 0.10) == stats.REGRESSION
+    assert records.verdict(r.low, r.high, 0.10) == records.REGRESSION
 
 
 def test_the_process_interval_is_a_t_interval_of_the_processes_log_medians():
@@ -110,7 +110,7 @@ def test_the_process_interval_is_a_t_interval_of_the_processes_log_medians():
 def test_two_processes_that_disagree_by_twenty_percent_give_an_interval_spanning_both():
     est = stats.estimate([[1.0 + i / 1000 for i in range(10)], [1.2 + i / 1000 for i in range(10)]])
     assert est.low < 1.0 and est.high > 1.2
-    assert stats.verdict(est.low, est.high, 0.05) == stats.INCONCLUSIVE
+    assert records.verdict(est.low, est.high, 0.05) == records.INCONCLUSIVE
 
 
 def test_two_runs_whose_processes_disagree_get_a_wide_gate_interval():
@@ -118,4 +118,4 @@ def test_two_runs_whose_processes_disagree_get_a_wide_gate_interval():
     new = [[1.0] * 10, [1.0] * 10, [1.5] * 10]  # one unlucky process in the new run
     r = stats.ratio_of_medians(base, new)
     assert r.median == 1.0 and r.high > 1.5
-    assert stats.verdict(r.low, r.high, 0.10) == stats.INCONCLUSIVE
+    assert records.verdict(r.low, r.high, 0.10) == records.INCONCLUSIVE

@@ -13,8 +13,8 @@ import torch
 import cifar_spec
 from cifar_spec.bench import cases, spawn
 from cifar_spec.bench._handle import Worker
-from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.records import Case
 from cifar_spec.bench.worker import handle
 from cifar_spec.cli import main
 from cifar_spec.errors import BadRound, WorkerError

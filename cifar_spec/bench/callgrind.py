@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifar_spec.bench._handle import BUILD_TIMEOUT, Expected, Worker
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench.records import Case
 from cifar_spec.errors import CountError, WorkerError
 
 TOOLS = ("valgrind", "callgrind_control", "callgrind_annotate")

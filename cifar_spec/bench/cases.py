@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cifar_spec.bench.records import Case
 from cifar_spec.data import to_device
 from cifar_spec.errors import BadRound, NonFiniteLoss
 from cifar_spec.loop import TrainConfig, new_run, train_epoch
@@ -45,28 +46,6 @@ VARIANTS = {
     ]
 }
 BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
-
-
-@dataclass(frozen=True)
-class Case:
-    """What to build: a step variant at a batch size on a device, or a named loop."""
-
-    device: str
-    variant: str
-    batch: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.device}-{self.variant}-{self.batch}"
-
-    def request(self) -> dict:
-        return {
-            "op": "build",
-            "key": self.key,
-            "device": self.device,
-            "variant": self.variant,
-            "batch": self.batch,
-        }
 
 
 def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cifar_spec.bench import callgrind, counts, stats
+from cifar_spec.bench import callgrind, counts, find_modules, records, stats
 from cifar_spec.bench._handle import Expected, Worker, start_workers, stop_all
-from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.records import Case
 from cifar_spec.bench.spawn import clean_environment, probe_command
 from cifar_spec.errors import BadEnvironment
 
@@ -41,48 +41,6 @@ MIN_PAIRS = 4  # per worker pair before a verdict may be taken
 MIN_WORKER_PAIRS = 2
 
 
-# Finds the modules without importing them, or their packages (find_spec of a submodule
-# would run cifar_spec/__init__.py, which imports torch): importing torch takes seconds (2.7 s
-# of CPU a probe on a Zen 1), and the workers import it anyway (a torch that is found but will
-# not import fails their start, naming the error). Its last line is "missing NAME" for the
-# first module missing, or "found" after a line of JSON, {module: its file}: the torch and
-# cifar_spec that this Python's workers must import.
-MODULES = ("torch", "cifar_spec", "cifar_spec.bench.worker")
-
-
-PROBE = f"""
-import importlib.machinery
-import importlib.util
-import json
-
-
-def find(name):
-    head, *rest = name.split(".")
-    spec = importlib.util.find_spec(head)
-    for depth in range(1, len(rest) + 1):
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        full = ".".join([head, *rest[:depth]])
-        spec = importlib.machinery.PathFinder.find_spec(full, spec.submodule_search_locations)
-    return spec
-
-
-files = {{}}
-for name in {MODULES!r}:
-    try:
-        spec = find(name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        print("missing", name)
-        break
-    files[name] = spec.origin
-else:
-    print(json.dumps(files))
-    print("found")
-"""
-
-
 def check_python(python: str) -> Expected:
     """Refuse, before any work, a Python that does not exist or lacks torch or cifar_spec;
     else the torch and cifar_spec its workers must import."""
@@ -92,7 +50,7 @@ def check_python(python: str) -> Expected:
     )
     try:
         done = subprocess.run(
-            probe_command(python, PROBE),
+            probe_command(python, find_modules.source()),
             capture_output=True,
             text=True,
             timeout=120,
@@ -105,7 +63,7 @@ def check_python(python: str) -> Expected:
     if done.returncode or not said:
         raise BadEnvironment(not_python)
     missing = said[0].removeprefix("missing ")
-    if said[0] != "found" and (missing == said[0] or missing not in MODULES):
+    if said[0] != "found" and (missing == said[0] or missing not in find_modules.MODULES):
         raise odd_answer(python, said[0])
     if missing == "torch":
         raise BadEnvironment(
@@ -211,14 +169,14 @@ def compare_case(
                 arms.append((build_arm(b, case), build_arm(c, case)))
             measure_pairs(arms, min_pairs, samples)
             ratio = samples.ratio()
-            if judge(ratio, threshold) != stats.INCONCLUSIVE:
+            if judge(ratio, threshold) != records.INCONCLUSIVE:
                 break
             if time.perf_counter() >= deadline:
                 break
             if grow and len(base) < MAX_WORKERS:
                 grow()
     except Unsupported as why:
-        return Result(case, stats.SKIPPED, reason=str(why))
+        return Result(case, records.SKIPPED, reason=str(why))
     finally:
         for pair in arms:
             for arm in pair:
@@ -229,8 +187,8 @@ def compare_case(
 def judge(ratio: stats.Estimate, threshold: float) -> str:
     """The interval's verdict, from MIN_WORKER_PAIRS pairs of processes or more."""
     if ratio.processes < MIN_WORKER_PAIRS:
-        return stats.INCONCLUSIVE
-    return stats.verdict(ratio.low, ratio.high, threshold)
+        return records.INCONCLUSIVE
+    return records.verdict(ratio.low, ratio.high, threshold)
 
 
 def compare(
@@ -290,7 +248,7 @@ def compare_counts(
     for case in cases:
         why = next((p.unsupported[case] for p in base + cand if case in p.unsupported), None)
         if why:
-            skipped.append(Result(case, stats.SKIPPED, reason=why))
+            skipped.append(Result(case, records.SKIPPED, reason=why))
             continue
         judged.append(
             counts.judge(
@@ -317,7 +275,7 @@ def closing_line(code: int, decided: dict) -> str:
         return "compare: no regression"
     if code == 1:
         return "compare: REGRESSION"
-    metrics = {m for v, m in decided.values() if v == stats.INCONCLUSIVE}
+    metrics = {m for v, m in decided.values() if v == records.INCONCLUSIVE}
     if not metrics:
         return "compare: inconclusive (no case was judged: every one was skipped)"
     if metrics == {"time"}:

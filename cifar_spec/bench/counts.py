@@ -2,7 +2,7 @@
 
 Counts repeat across processes (`callgrind.py` says why and what they leave out), so a
 count ratio's interval is no statistical estimate but the range over every process of
-both sides; `stats.verdict` reads it as it reads a time ratio's 95% interval. Processes
+both sides; `records.verdict` reads it as it reads a time ratio's 95% interval. Processes
 of one side that disagree are named, and never vouch for no change.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cifar_spec.bench import stats
+from cifar_spec.bench import records
 from cifar_spec.bench.callgrind import Count, Process
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench.records import Case
 
 DEFAULT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
 
@@ -81,15 +81,15 @@ def judge(
     c = [c.instructions for c in cand]
     ratio = (sum(c) / len(c)) / (sum(b) / len(b))
     low, high = min(c) / max(b), max(c) / min(b)
-    verdict = stats.verdict(low, high, threshold)
+    verdict = records.verdict(low, high, threshold)
     notes = [
         f"the {side}'s processes disagree by {spread(values):.3%}"
         for side, values in (("baseline", b), ("candidate", c))
         if spread(values) > AGREEMENT * threshold
     ]
-    if notes and verdict == stats.NO_CHANGE:
-        verdict = stats.INCONCLUSIVE  # a side that does not repeat cannot vouch for no change
-    moved = verdict in (stats.REGRESSION, stats.IMPROVEMENT) or abs(ratio - 1) > threshold
+    if notes and verdict == records.NO_CHANGE:
+        verdict = records.INCONCLUSIVE  # a side that does not repeat cannot vouch for no change
+    moved = verdict in (records.REGRESSION, records.IMPROVEMENT) or abs(ratio - 1) > threshold
     cycles = None
     if base[0].cycles is not None and cand[0].cycles is not None:
         cycles = (mean([x.cycles for x in base]), mean([x.cycles for x in cand]))

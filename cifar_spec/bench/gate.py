@@ -8,7 +8,7 @@ Two checks, each ending in a verdict, never a traceback:
    before it; the versions of both are shown). Runs are minutes apart, so each
    case's ratio new / baseline gets a 95% interval from a bootstrap over both
    runs' worker processes and rounds
-   (`stats.ratio_of_medians`), and the verdict of `stats.verdict` at the
+   (`stats.ratio_of_medians`), and the verdict of `records.verdict` at the
    threshold. `compare` is the better tool when both environments exist at
    once: its rounds are interleaved, so drift between runs cannot enter.
 2. Floors on each speed-up over the reference (eager) of the same run, a figure
@@ -22,8 +22,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cifar_spec.bench import counts, report, stats
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench import counts, records, report, stats
+from cifar_spec.bench.records import Case
 
 # From the false-alarm rate: the same code gated against its own baseline 10 times on a
 # quiet 2-core VM (benchmarks/RESULTS.md, 40 judged cases) gave one false regression, eager
@@ -66,7 +66,7 @@ def judge_times(baseline_rows: list[dict], rows: list[dict], threshold: float) -
                 base_median,
                 row["seconds_per_step"],
                 ratio,
-                stats.verdict(ratio.low, ratio.high, threshold),
+                records.verdict(ratio.low, ratio.high, threshold),
             )
         )
     return judged
@@ -105,14 +105,14 @@ def unmeasured_floors(rows: list[dict], floors: dict) -> list[str]:
 
 
 def outcome(judged: list, failed: list[str], unsure: list[str]) -> tuple[int, str]:
-    """(exit code, the one closing line): 0 passed, 1 FAILED, 3 inconclusive (`stats.exit_code`,
+    """(exit code, the one closing line): 0 passed, 1 FAILED, 3 inconclusive (`records.exit_code`,
     a floor failed counting as a regression and one straddled as inconclusive)."""
     verdicts = [j.verdict for j in judged]
-    code = stats.exit_code(
-        verdicts + [stats.REGRESSION] * len(failed) + [stats.INCONCLUSIVE] * len(unsure)
+    code = records.exit_code(
+        verdicts + [records.REGRESSION] * len(failed) + [records.INCONCLUSIVE] * len(unsure)
     )
     if code == 1:
-        regressions = verdicts.count(stats.REGRESSION)
+        regressions = verdicts.count(records.REGRESSION)
         parts = [f"{regressions} regression(s)"] if regressions else []
         parts += [f"{len(failed)} speed-up(s) below the floor"] if failed else []
         return 1, f"gate: FAILED ({', '.join(parts)})"
@@ -122,7 +122,7 @@ def outcome(judged: list, failed: list[str], unsure: list[str]) -> tuple[int, st
             "save a baseline of these cases with --save-baseline)"
         )
     if code == 3:
-        unclear = verdicts.count(stats.INCONCLUSIVE)
+        unclear = verdicts.count(records.INCONCLUSIVE)
         parts = [f"{unclear} case(s) straddle the threshold"] if unclear else []
         parts += [f"{len(unsure)} speed-up(s) straddle the floor"] if unsure else []
         return 3, f"gate: inconclusive ({', '.join(parts)}; run again or use compare)"

@@ -21,8 +21,8 @@ from typing import TypeVar
 
 from cifar_spec.bench import stats
 from cifar_spec.bench._handle import BUILD_TIMEOUT, Worker
-from cifar_spec.bench.cases import Case
 from cifar_spec.bench.measure import ROUND_SECONDS, paired_order, steps_per_round
+from cifar_spec.bench.records import Case
 
 T = TypeVar("T")
 

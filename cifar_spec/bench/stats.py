@@ -267,38 +267,3 @@ def ratio_of_medians(base: Groups, new: Groups) -> Estimate:
     if len(base) > 1 and len(new) > 1:
         interval = widest(interval, t_interval(ratio, base, new))
     return Estimate(ratio, *interval, spread(pooled_new), len(pooled_new), len(new))
-
-
-# Verdicts on a ratio candidate / baseline (above 1: the candidate is slower, or executes more).
-REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE = (
-    "regression",
-    "improvement",
-    "no change",
-    "inconclusive",
-)
-SKIPPED = "skipped"  # a case that could not run: no verdict
-
-
-def verdict(low: float, high: float, threshold: float) -> str:
-    """What the interval [low, high] of a ratio says at a relative `threshold` (0.05 for 5%).
-
-    Regression: the whole interval lies above 1 + threshold; improvement: below
-    1 - threshold; no change: inside both bounds; otherwise it straddles a
-    bound and more samples are needed. Times and counts are judged by it alike.
-    """
-    if low > 1 + threshold:
-        return REGRESSION
-    if high < 1 - threshold:
-        return IMPROVEMENT
-    if low >= 1 - threshold and high <= 1 + threshold:
-        return NO_CHANGE
-    return INCONCLUSIVE
-
-
-def exit_code(verdicts: list[str]) -> int:
-    """1 on any regression, else 3 when any case is inconclusive or none was judged, else 0:
-    the exit code of compare and of the gate."""
-    if REGRESSION in verdicts:
-        return 1
-    judged = [v for v in verdicts if v != SKIPPED]
-    return 3 if not judged or INCONCLUSIVE in judged else 0

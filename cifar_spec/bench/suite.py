@@ -20,8 +20,8 @@ import torch
 
 from cifar_spec.bench import cases, figures, machine, report
 from cifar_spec.bench._handle import Worker, start_workers, stop_all
-from cifar_spec.bench.cases import Case
 from cifar_spec.bench.paired import Arm, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.records import Case
 from cifar_spec.errors import WorkerError
 
 WORKERS = 3  # fresh processes per figure: enough for one unlucky process to show in the CI

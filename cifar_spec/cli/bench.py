@@ -19,10 +19,10 @@ from cifar_spec.bench import (
     counts,
     gate,
     machine,
+    records,
     report,
-    stats,
 )
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench.records import Case
 from cifar_spec.bench.suite import WORKERS, Suite, measure_all, worker_threads
 from cifar_spec.cli.options import (
     STREAM,
@@ -269,7 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 envs, results, judged, thresholds, skipped if judged is not None else []
             ).encode(),
         )
-    code = stats.exit_code([v for v, _ in decided.values()])
+    code = records.exit_code([v for v, _ in decided.values()])
     print(compare.closing_line(code, decided))
     return code
 
