@@ -138,7 +138,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     if counted:
         terminalreporter.section("instructions per step (callgrind)")
         terminalreporter.write_line(report.format_rows(counted))
-        terminalreporter.write_line(report.LEGEND.split("; ratio")[0])
+        terminalreporter.write_line(report.COUNTED)
     rows = config.stash.get(ROWS_KEY, [])
     if not rows:
         return

@@ -7,7 +7,7 @@ check that the variant trains (its loss is finite and the weights move).
 import pytest
 import torch
 
-from cifar_spec.bench import cases, measure
+from cifar_spec.bench import cases, measure, records
 from cifar_spec.bench.records import Case
 
 ROUNDS = 10  # pytest-benchmark's rounds in this process, each ROUND_SECONDS or one step
@@ -23,7 +23,7 @@ CASES = [
         # Zen 4 core): started last, it ended make test on one core while the other idled.
         + [pytest.mark.slow] * ("compile" in name and batch == min(batches)),
     )
-    for device, batches in cases.BATCHES.items()
+    for device, batches in records.BATCHES.items()
     for name in cases.VARIANTS
     for batch in batches
 ]
@@ -60,7 +60,7 @@ def test_training_step_throughput(
     reason = cases.skip_reason(options, device)
     if reason:
         pytest.skip(reason)
-    if benchmark.disabled and options.compile and batch != min(cases.BATCHES[device]):
+    if benchmark.disabled and options.compile and batch != min(records.BATCHES[device]):
         # Each batch size compiles anew (15-30 s on 2 cores); the untimed check
         # compiles the smallest only, the timed run compiles them all.
         pytest.skip("untimed run: torch.compile is checked at the smallest batch only")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_spec.bench.suite import available_cores
+from cifar_spec.bench.machine import available_cores
 
 # pytester runs pytest inside a test: the gate's comparison is tested that way.
 pytest_plugins = ["pytester"]

@@ -179,6 +179,11 @@ def check_writable(folder: str | Path) -> None:
         os.close(fd)
 
 
+def write_json(path: str | Path, data: object) -> Path:
+    """`data` as indented JSON, written whole or not at all (`write_atomically`)."""
+    return write_atomically(path, json.dumps(data, indent=1).encode())
+
+
 def write_text_atomically(path: str | Path, text: str) -> Path:
     return write_atomically(path, text.encode())
 

@@ -99,13 +99,11 @@ def test_a_moved_case_lists_the_functions_that_moved_most_first():
     cand = counted(103e6, 103e6, functions={"conv": 43.5e6, "pool": 9.5e6, "relu": 1e6})
     judged = counts.judge(EAGER, base, cand, 0.01, top=2)
     assert judged.verdict == records.REGRESSION
-    assert judged.top == [("conv", 40e6, 43.5e6), ("pool", 10e6, 9.5e6)]
-    assert judged.moved and "conv" in "\n".join(report.format_count_judged(judged))
+    assert judged.top == (("conv", 40e6, 43.5e6), ("pool", 10e6, 9.5e6))
+    assert judged.moved and "conv" in "\n".join(report.count_lines(judged))
     unmoved = counts.judge(EAGER, base, base, 0.01)
     assert unmoved.verdict == records.NO_CHANGE and not unmoved.moved
-    assert (
-        len(report.format_count_judged(unmoved)) == 1
-    )  # the row alone; its functions are in --json
+    assert len(report.count_lines(unmoved)) == 1  # the row alone; its functions are in --json
 
 
 def test_counting_without_valgrind_is_refused_with_the_install_command(monkeypatch, capsys):
@@ -271,9 +269,10 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     said: list[str] = []
     again = counts.as_rows([second], [EAGER, DEFAULT])
     slow = counts.as_rows(counted["slow"], [EAGER, DEFAULT])
-    assert gate.judge_count_run(baseline, {"torch": "this"}, again, 0.01, said.append) == 0
+    metric = gate.count_metric(str(tmp_path), lambda: [])
+    assert gate.judge_run(metric, baseline, again, 0.01, said.append) == 0
     assert said[-1] == "gate: passed"
-    assert gate.judge_count_run(baseline, {"torch": "this"}, slow, 0.01, said.append) == 1
+    assert gate.judge_run(metric, baseline, slow, 0.01, said.append) == 1
     assert said[-1] == "gate: FAILED (1 regression(s))"
     assert any("convolution" in line for line in said)
 

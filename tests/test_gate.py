@@ -40,8 +40,8 @@ def test_a_saved_baseline_is_read_back_and_judged(tmp_path):
     baselines.save_baseline(path, INFO, [row(times)])
     saved = baselines.load_baseline(path)
     assert saved["machine_info"]["torch"] == "2.14.1"
-    [judged] = gate.judge_times(saved["rows"], [row(times)], 0.1)
-    assert judged.verdict == records.NO_CHANGE and judged.ratio.median == 1.0
+    [judged] = gate.time_judge(saved["rows"], [row(times)], 0.1)
+    assert judged.verdict == records.NO_CHANGE and judged.ratio == 1.0
 
 
 def test_saving_a_baseline_never_writes_through_a_planted_link(tmp_path):
@@ -138,7 +138,7 @@ def test_floors_with_no_case_in_the_run_are_named():
 
 
 def judged(verdict):
-    return gate.Judged(("cpu", "eager", 1), 0.01, 0.01, stats.estimate([[1.0] * 6]), verdict)
+    return records.Judged(records.Case("cpu", "eager", 1), records.TIME, verdict, 1.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_a_nan_floor_in_a_floors_folder_stops_the_gate_before_any_measurement(tm
 
 
 def test_the_default_threshold_is_a_fraction():
-    assert 0 < gate.DEFAULT_THRESHOLD < 0.5 and not math.isnan(gate.DEFAULT_THRESHOLD)
+    assert 0 < gate.GATE_THRESHOLD < 0.5 and not math.isnan(gate.GATE_THRESHOLD)
 
 
 def test_a_baseline_is_json_with_the_versions_it_was_measured_with(tmp_path):
@@ -314,13 +314,13 @@ def test_a_baseline_saved_at_one_thread_never_judges_a_run_on_every_core(
 ):
     # The fingerprint is the workers' thread count, not the controller's: before, a
     # one-thread baseline sat in the all-core folder and judged all-core runs.
-    import cifar_spec.cli.bench as cli_bench
+    from cifar_spec.bench import suite
 
     row = {"device": "cpu", "variant": "eager", "batch": 1, "seconds_per_step": 0.004}
     monkeypatch.setattr(
-        cli_bench,
+        suite,
         "measure_rows",
-        lambda args: [{**row, "step_times": [[0.004] * 8] * 3, "speedup_ci": None}],
+        lambda *args: [{**row, "step_times": [[0.004] * 8] * 3, "speedup_ci": None}],
     )
     storage = ["--storage", str(tmp_path), "--device", "cpu", "--json", str(tmp_path / "r.json")]
     assert main(["gate", "--threads", "1", "--save-baseline", *storage]) == 0

@@ -242,8 +242,7 @@ def test_a_worker_whose_torch_is_not_this_commands_is_refused_in_one_line_before
 ):
     import torch
 
-    import cifar_spec.cli.bench as cli_bench
-    from cifar_spec.bench.suite import Suite
+    from cifar_spec.bench import suite
 
     # Says it imported another torch; marks any request of work it gets, and answers it.
     asked = tmp_path / "asked"
@@ -251,7 +250,7 @@ def test_a_worker_whose_torch_is_not_this_commands_is_refused_in_one_line_before
         f"{hello_of(torch_file='/elsewhere/torch/__init__.py')}; read line; "
         f"touch '{asked}'; echo '{{\"unsupported\": \"asked\"}}'; sleep 600"
     )
-    monkeypatch.setattr(cli_bench, "Suite", partial(Suite, python=str(python)))
+    monkeypatch.setattr(suite, "Suite", partial(suite.Suite, python=str(python)))
     code = main(["bench", "--device", "cpu", "--variant", "eager", "--batch-size", "1"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err

@@ -8,14 +8,13 @@ on a class of machine, shipped with the package. Every one is read as an untrust
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from importlib import resources
 from pathlib import Path
 
 from cifar_spec.errors import GateError
-from cifar_spec.files import parse_json, read_untrusted, write_atomically
+from cifar_spec.files import parse_json, read_untrusted, write_json
 
 BASELINE_FILE = "baseline.json"
 COUNT_BASELINE_FILE = "instructions.json"
@@ -139,7 +138,7 @@ def check_covers(data: dict, path: Path, devices: list[str], flags: str = "") ->
 def save_baseline(path: Path, info: dict, rows: list[dict]) -> None:
     """Write the baseline whole or not at all, never through a planted link."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps({"machine_info": info, "rows": rows}, indent=1).encode())
+    write_json(path, {"machine_info": info, "rows": rows})
 
 
 def default_floors(device: str) -> Path:

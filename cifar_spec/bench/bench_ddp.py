@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cifar_spec.bench import cases, measure
+from cifar_spec.bench import cases, measure, report
 from cifar_spec.bench.paired import Samples, alternate
 from cifar_spec.bench.spawn import clean_environment, python_command
 from cifar_spec.distributed import Shard, World, data_parallel_step, end_rank
 from cifar_spec.errors import ConfigError, WorkerError
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
-from cifar_spec.step import prepare_model
+from cifar_spec.step import prepare_model, unsupported
 
 GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
 PAIRS = 12  # pairs of rounds per group
@@ -227,3 +227,26 @@ def scaling(
 if __name__ == "__main__":
     rank_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
     end_rank(0)  # without the interpreter's finalization (end_rank says why)
+
+
+def scale_all(
+    variants: list[str], batches: list[int], ranks: int, groups: int, pairs: int, say
+) -> list[dict]:
+    """`scaling` of every variant at every batch size, each row said as it is measured, under
+    a header and over a legend; a variant that cannot run under DDP is refused first."""
+    for variant in variants:
+        reason = unsupported(cases.VARIANTS[variant], "cpu", data_parallel=True)
+        if reason:
+            raise ConfigError(f"variant {variant} cannot run under DDP: {reason}")
+    say(report.DDP_HEADER)
+    rows = []
+    for variant in variants:
+        for batch in batches:
+            rows.append(scaling(variant, batch, ranks, groups, pairs))
+            say(report.format_ddp_row(rows[-1]))
+    say(
+        f"speed-up: total images/s of {ranks} ranks (one thread each, gloo) over one "
+        "process's at the same batch per rank, the median over quads of paired rounds with "
+        "its 95% interval over groups of fresh ranks; eff.: speed-up / ranks"
+    )
+    return rows

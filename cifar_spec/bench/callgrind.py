@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cifar_spec.bench import machine
 from cifar_spec.bench._handle import BUILD_TIMEOUT, Expected, Worker
 from cifar_spec.bench.records import Case
 from cifar_spec.errors import CountError, WorkerError
@@ -59,7 +60,7 @@ COUNT_ENV = {
 }
 
 
-HELLO_TIMEOUT = 900.0  # importing torch under valgrind: ~30 s alone, minutes beside others
+COUNT_HELLO_TIMEOUT = 900.0  # importing torch under valgrind: ~30 s alone, minutes beside others
 
 
 COUNT_TIMEOUT = 900.0
@@ -88,7 +89,7 @@ def check_tools() -> None:
         )
 
 
-def check_device(device: str) -> None:
+def check_countable(device: str) -> None:
     if device != "cpu":
         raise CountError(
             f"--metric instructions counts on the CPU only: valgrind cannot run CUDA code "
@@ -178,7 +179,7 @@ def count_process(
             threads=1,
             env={**os.environ, **COUNT_ENV},
             wrapper=callgrind_command(out_file, cache_sim),
-            hello_timeout=HELLO_TIMEOUT,
+            hello_timeout=COUNT_HELLO_TIMEOUT,
             # A folder of its own, empty, so that nothing about the caller's folder is
             # counted: runs started from two folders once counted 0.1% apart (the folder
             # was on the path then; spawn's start now keeps it off).
@@ -227,7 +228,7 @@ def count_all(
         for i in range(processes)
         for side, python in pythons.items()
     ]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    cores = machine.available_cores()
     running = Running()
     pool = ThreadPoolExecutor(max_workers=max(1, cores))
     results: dict[str, list[Process]] = {side: [] for side in pythons}

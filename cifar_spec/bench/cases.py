@@ -25,7 +25,7 @@ from cifar_spec.data import to_device
 from cifar_spec.errors import BadRound, NonFiniteLoss
 from cifar_spec.loop import TrainConfig, new_run, train_epoch
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
-from cifar_spec.step import StepOptions, make_step, prepare_model, unsupported
+from cifar_spec.step import StepOptions, default_step, make_step, prepare_model, unsupported
 from cifar_spec.synthetic import is_synthetic, write_synthetic_cifar10
 
 # The variants every benchmark run measures, by name; "eager" (the tutorial's step)
@@ -45,7 +45,12 @@ VARIANTS = {
         StepOptions(channels_last=True, one_call_sgd=True, bf16=True, cuda_graph=True),
     ]
 }
-BATCHES = {"cpu": [1, 64, 256], "cuda": [1, 256, 1024, 4096]}
+
+
+def default_variants(device: str, data_parallel: bool = False) -> list[str]:
+    """The variants compare, counting and bench-ddp judge when none are asked for: eager and
+    the device's fast default (`step.default_step`, the one rule)."""
+    return ["eager", default_step(device, data_parallel=data_parallel).name]
 
 
 def skip_reason(options: StepOptions, device: str | torch.device) -> str | None:

@@ -17,22 +17,30 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from cifar_spec.bench import callgrind, counts, find_modules, records, stats
+from cifar_spec.bench import callgrind, counts, find_modules, records, report, stats
 from cifar_spec.bench._handle import Expected, Worker, start_workers, stop_all
 from cifar_spec.bench.paired import Samples, Unsupported, build_arm, measure_pairs
-from cifar_spec.bench.records import Case
+from cifar_spec.bench.records import (
+    COUNT_PROCESSES,
+    INSTRUCTIONS,
+    TIME,
+    WORKERS,
+    Case,
+    Comparison,
+    Judged,
+)
 from cifar_spec.bench.spawn import clean_environment, probe_command
 from cifar_spec.errors import BadEnvironment
+from cifar_spec.files import write_atomically, write_json
 
-WORKERS = 3  # per environment to start with: pairs come from 3 pairs of fresh processes
+COMPARE_THRESHOLD = 0.05  # of time: no change within +-5%, the default
 
 
 MAX_WORKERS = 8  # per environment, grown one pair at a time while a case is inconclusive
 
 
-MIN_PAIRS = 4  # per worker pair before a verdict may be taken
+PAIRS_BEFORE_VERDICT = 4  # per worker pair
 
 
 # Worker pairs before any verdict but inconclusive: one process a side cannot tell the two
@@ -99,31 +107,6 @@ def found_code(python: str, line: str) -> Expected:
     )
 
 
-@dataclass(frozen=True)
-class Result:
-    """One case's verdict, or why it was not measured."""
-
-    case: Case
-    verdict: str
-    ratio: stats.Estimate | None = None
-    baseline: stats.Estimate | None = None  # seconds per step
-    candidate: stats.Estimate | None = None
-    reason: str = ""
-
-    def as_dict(self) -> dict:
-        out = {
-            "device": self.case.device,
-            "variant": self.case.variant,
-            "batch": self.case.batch,
-            "verdict": self.verdict,
-            "reason": self.reason,
-        }
-        for name in ("ratio", "baseline", "candidate"):
-            value = getattr(self, name)
-            out[name] = value.as_dict() if value else None
-        return out
-
-
 def start_side_by_side(
     baseline: str,
     candidate: str,
@@ -155,8 +138,8 @@ def compare_case(
     threshold: float,
     seconds: float,
     grow: Callable[[], None] | None = None,
-    min_pairs: int = MIN_PAIRS,
-) -> Result:
+    min_pairs: int = PAIRS_BEFORE_VERDICT,
+) -> Judged:
     """One case's verdict. While it is inconclusive and time is left, more pairs are taken,
     and `grow` adds a fresh pair of workers (more processes, not only more rounds, is what
     narrows an interval that the processes' disagreement widens)."""
@@ -176,12 +159,31 @@ def compare_case(
             if grow and len(base) < MAX_WORKERS:
                 grow()
     except Unsupported as why:
-        return Result(case, records.SKIPPED, reason=str(why))
+        return records.skipped(case, TIME, str(why))
     finally:
         for pair in arms:
             for arm in pair:
                 arm.worker.call({"op": "drop", "key": case.key}, 60)
-    return Result(case, judge(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
+    return judged_time(case, judge(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
+
+
+def judged_time(
+    case: Case, verdict: str, ratio: stats.Estimate, base: stats.Estimate, cand: stats.Estimate
+) -> Judged:
+    """A case judged on paired rounds: the median ratio and its interval, each side's median
+    seconds per step; every estimate in full for the JSON."""
+    estimates = {"ratio": ratio, "baseline": base, "candidate": cand}
+    return Judged(
+        case,
+        TIME,
+        verdict,
+        ratio.median,
+        ratio.low,
+        ratio.high,
+        base.median,
+        cand.median,
+        figures={"estimates": {k: e.as_dict() for k, e in estimates.items()}},
+    )
 
 
 def judge(ratio: stats.Estimate, threshold: float) -> str:
@@ -191,7 +193,7 @@ def judge(ratio: stats.Estimate, threshold: float) -> str:
     return records.verdict(ratio.low, ratio.high, threshold)
 
 
-def compare(
+def compare_times(
     baseline: str,
     candidate: str,
     cases: list[Case],
@@ -199,9 +201,9 @@ def compare(
     seconds: float,
     workers: int = WORKERS,
     threads: int | None = None,
-    log: Callable[[Result], None] | None = None,
+    log: Callable[[Judged], None] | None = None,
     expected: dict[str, Expected] | None = None,
-) -> tuple[dict, list[Result]]:
+) -> tuple[dict, list[Judged]]:
     """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`;
     `expected`: {side: the code its workers must import}."""
     start = time.perf_counter()
@@ -236,48 +238,76 @@ def compare_counts(
     cache_sim: bool = False,
     top: int = counts.TOP,
     expected: dict[str, Expected] | None = None,
-) -> tuple[dict, list[counts.Judged], list[Result]]:
-    """({'baseline': info, 'candidate': info}, a judged case per case counted, the skipped);
-    `expected`: {side: the code its workers must import}."""
+) -> tuple[dict, list[Judged]]:
+    """({'baseline': info, 'candidate': info}, a judged case per case, skipped where a process
+    could not run it); `expected`: {side: the code its workers must import}."""
     counted = callgrind.count_all(
         {"baseline": baseline, "candidate": candidate}, processes, cases, cache_sim, expected
     )
     base, cand = counted["baseline"], counted["candidate"]
     envs = {"baseline": base[0].info, "candidate": cand[0].info}
-    judged, skipped = [], []
+    judged = []
     for case in cases:
         why = next((p.unsupported[case] for p in base + cand if case in p.unsupported), None)
         if why:
-            skipped.append(Result(case, records.SKIPPED, reason=why))
+            judged.append(records.skipped(case, INSTRUCTIONS, why))
             continue
         judged.append(
             counts.judge(
                 case, [p.counts[case] for p in base], [p.counts[case] for p in cand], threshold, top
             )
         )
-    return envs, judged, skipped
+    return envs, judged
 
 
-def decide(time_results: list[Result] | None, judged: list[counts.Judged] | None) -> dict:
-    """{case: (verdict, the metric that decided it)}: counts where they ran (they repeat
-    exactly; time on a shared CPU does not), time elsewhere."""
-    out = {}
-    for r in time_results or []:
-        out[r.case] = (r.verdict, "time")
-    for j in judged or []:
-        out[j.case] = (j.verdict, "instructions")
-    return out
+def run(
+    baseline: str,
+    candidate: str,
+    cases: list[Case],
+    thresholds: dict[str, float],
+    seconds: float,
+    workers: int | None,
+    threads: int | None,
+    cache_sim: bool,
+    say: Callable[[str], None],
+) -> Comparison:
+    """Compare two environments on the metrics of `thresholds` ({metric: threshold}): both
+    Pythons checked before any work, each metric's table said as it ends, then the verdicts."""
+    expected = {"baseline": check_python(baseline), "candidate": check_python(candidate)}
+    comparison = Comparison(thresholds=dict(thresholds))
+    if TIME in thresholds:
+        envs, judged = compare_times(
+            baseline,
+            candidate,
+            cases,
+            thresholds[TIME],
+            seconds,
+            workers or WORKERS,
+            threads,
+            expected=expected,
+        )
+        comparison.environments[TIME], comparison.judged[TIME] = envs, judged
+        say(report.time_report(comparison))
+    if INSTRUCTIONS in thresholds:
+        envs, judged = compare_counts(
+            baseline,
+            candidate,
+            cases,
+            thresholds[INSTRUCTIONS],
+            workers or COUNT_PROCESSES,
+            cache_sim,
+            expected=expected,
+        )
+        comparison.environments[INSTRUCTIONS], comparison.judged[INSTRUCTIONS] = envs, judged
+        say(report.count_report(comparison))
+    for line in report.verdict_lines(comparison):
+        say(line)
+    return comparison
 
 
-def closing_line(code: int, decided: dict) -> str:
-    """compare's last line, which says what to do about an inconclusive run."""
-    if code == 0:
-        return "compare: no regression"
-    if code == 1:
-        return "compare: REGRESSION"
-    metrics = {m for v, m in decided.values() if v == records.INCONCLUSIVE}
-    if not metrics:
-        return "compare: inconclusive (no case was judged: every one was skipped)"
-    if metrics == {"time"}:
-        return "compare: inconclusive (give it more --seconds)"
-    return "compare: inconclusive (counting processes of one side disagree: see the notes)"
+def write(comparison: Comparison, json_path: str | None, markdown_path: str | None) -> None:
+    """The comparison as JSON and as markdown (a pull request's comment), where asked."""
+    if json_path:
+        write_json(json_path, comparison.as_dict())
+    if markdown_path:
+        write_atomically(markdown_path, report.markdown(comparison).encode())

@@ -8,13 +8,13 @@ of one side that disagree are named, and never vouch for no change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from statistics import fmean
 
 from cifar_spec.bench import records
 from cifar_spec.bench.callgrind import Count, Process
-from cifar_spec.bench.records import Case
+from cifar_spec.bench.records import INSTRUCTIONS, Case, Judged
 
-DEFAULT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
+COUNT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
 
 
 AGREEMENT = 0.1  # of the threshold: processes of one side further apart than this are named
@@ -23,50 +23,9 @@ AGREEMENT = 0.1  # of the threshold: processes of one side further apart than th
 TOP = 5  # functions shown per moved case
 
 
-@dataclass(frozen=True)
-class Judged:
-    """One case's counts on both sides, their ratio candidate / baseline and what it says.
-
-    The bounds are the extremes over processes (the lowest candidate over the highest
-    baseline, and the reverse), so a disagreement between processes widens them.
-    """
-
-    case: Case
-    verdict: str
-    baseline: list[float]  # instructions per step, one per process
-    candidate: list[float]
-    ratio: float
-    low: float
-    high: float
-    note: str = ""
-    top: list[tuple[str, float, float]] = field(default_factory=list)  # (function, base, cand)
-    cycles: tuple[float, float] | None = None  # estimated, baseline and candidate
-    moved: bool = False  # beyond the threshold: its top functions are printed, not only saved
-
-    def as_dict(self) -> dict:
-        return {
-            "device": self.case.device,
-            "variant": self.case.variant,
-            "batch": self.case.batch,
-            "metric": "instructions",
-            "verdict": self.verdict,
-            "instructions_per_step": {"baseline": self.baseline, "candidate": self.candidate},
-            "ratio": self.ratio,
-            "ratio_low": self.low,
-            "ratio_high": self.high,
-            "spread": {"baseline": spread(self.baseline), "candidate": spread(self.candidate)},
-            "note": self.note,
-            "moved": self.moved,
-            "estimated_cycles_per_step": list(self.cycles) if self.cycles else None,
-            "top_functions": [
-                {"function": f, "baseline": b, "candidate": c, "delta": c - b}
-                for f, b, c in self.top
-            ],
-        }
-
-
-def spread(values: list[float]) -> float:
-    """How far apart one side's processes are: max / min - 1."""
+def disagreement(values: list[float]) -> float:
+    """How far apart one side's processes are: max / min - 1 (not a spread, which is IQR /
+    median, a statistic of timings)."""
     return max(values) / min(values) - 1
 
 
@@ -77,39 +36,47 @@ def judge(
     threshold: float,
     top: int = TOP,
 ) -> Judged:
+    """The case's verdict from both sides' counts: the range of the ratio over every process,
+    a side whose processes disagree named, its top functions where it moved."""
     b = [c.instructions for c in base]
     c = [c.instructions for c in cand]
     ratio = (sum(c) / len(c)) / (sum(b) / len(b))
     low, high = min(c) / max(b), max(c) / min(b)
     verdict = records.verdict(low, high, threshold)
     notes = [
-        f"the {side}'s processes disagree by {spread(values):.3%}"
+        f"the {side}'s processes disagree by {disagreement(values):.3%}"
         for side, values in (("baseline", b), ("candidate", c))
-        if spread(values) > AGREEMENT * threshold
+        if disagreement(values) > AGREEMENT * threshold
     ]
     if notes and verdict == records.NO_CHANGE:
         verdict = records.INCONCLUSIVE  # a side that does not repeat cannot vouch for no change
     moved = verdict in (records.REGRESSION, records.IMPROVEMENT) or abs(ratio - 1) > threshold
     cycles = None
     if base[0].cycles is not None and cand[0].cycles is not None:
-        cycles = (mean([x.cycles for x in base]), mean([x.cycles for x in cand]))
+        cycles = (fmean([x.cycles for x in base]), fmean([x.cycles for x in cand]))
+    top_functions = attribution(base, cand, top)
     return Judged(
         case,
+        INSTRUCTIONS,
         verdict,
-        b,
-        c,
         ratio,
         low,
         high,
-        "; ".join(notes),
-        attribution(base, cand, top),
-        cycles,
-        moved,
+        fmean(b),
+        fmean(c),
+        note="; ".join(notes),
+        moved=moved,
+        top=tuple(top_functions),
+        figures={
+            "instructions_per_step": {"baseline": b, "candidate": c},
+            "disagreement": {"baseline": disagreement(b), "candidate": disagreement(c)},
+            "estimated_cycles_per_step": list(cycles) if cycles else None,
+            "top_functions": [
+                {"function": f, "baseline": x, "candidate": y, "delta": y - x}
+                for f, x, y in top_functions
+            ],
+        },
     )
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def attribution(base: list[Count], cand: list[Count], top: int) -> list[tuple[str, float, float]]:
@@ -118,7 +85,7 @@ def attribution(base: list[Count], cand: list[Count], top: int) -> list[tuple[st
 
     def per_function(counts: list[Count]) -> dict[str, float]:
         names = {name for c in counts for name in c.functions}
-        return {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
+        return {n: fmean([c.functions.get(n, 0.0) for c in counts]) for n in names}
 
     b, c = per_function(base), per_function(cand)
     rows = [(name, b.get(name, 0.0), c.get(name, 0.0)) for name in set(b) | set(c)]
@@ -130,8 +97,8 @@ KEEP_FUNCTIONS = 1e-4  # of a case's instructions: the functions a saved row kee
 
 
 def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
-    """A row per counted case: instructions per step per process, their spread, the estimated
-    cycles where simulated, and the functions above KEEP_FUNCTIONS of the total."""
+    """A row per counted case: instructions per step per process, how far they disagree, the
+    estimated cycles where simulated, and the functions above KEEP_FUNCTIONS of the total."""
     out = []
     for case in cases:
         counts = [p.counts[case] for p in processes if case in p.counts]
@@ -139,8 +106,8 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
             continue
         values = [c.instructions for c in counts]
         names = {name for c in counts for name in c.functions}
-        functions = {n: mean([c.functions.get(n, 0.0) for c in counts]) for n in names}
-        keep = KEEP_FUNCTIONS * mean(values)
+        functions = {n: fmean([c.functions.get(n, 0.0) for c in counts]) for n in names}
+        keep = KEEP_FUNCTIONS * fmean(values)
         cycles = [c.cycles for c in counts if c.cycles is not None]
         out.append(
             {
@@ -149,8 +116,8 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
                 "batch": case.batch,
                 "metric": "instructions",
                 "instructions_per_step": values,
-                "spread": spread(values),
-                "estimated_cycles_per_step": mean(cycles) if cycles else None,
+                "disagreement": disagreement(values),
+                "estimated_cycles_per_step": fmean(cycles) if cycles else None,
                 "functions": {n: v for n, v in functions.items() if v >= keep},
             }
         )

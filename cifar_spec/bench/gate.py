@@ -1,6 +1,8 @@
-"""The gate: this run's step times against this hardware's stored baseline, and the floors.
+"""The gate: this run against this hardware's stored baseline, one flow for both metrics.
 
-Two checks, each ending in a verdict, never a traceback:
+A `Metric` says what differs between time and instructions: where the baseline lives, how
+this run is measured and judged. On time, two checks, each ending in a verdict, never a
+traceback (on instructions, the first alone, on counts: `counts.py`):
 
 1. Step times against a baseline saved earlier on the same hardware (baselines
    are keyed by the hardware and the workers' torch threads, never by the
@@ -20,10 +22,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from cifar_spec.bench import counts, records, report, stats
-from cifar_spec.bench.records import Case
+import torch
+
+from cifar_spec.bench import baselines, counts, machine, records, report, stats, suite
+from cifar_spec.bench.records import INSTRUCTIONS, TIME, Case, Judged
+from cifar_spec.files import prepare_output, write_json
 
 # From the false-alarm rate: the same code gated against its own baseline 10 times on a
 # quiet 2-core VM (benchmarks/RESULTS.md, 40 judged cases) gave one false regression, eager
@@ -32,44 +38,105 @@ from cifar_spec.bench.records import Case
 # above every such interval's low end; it still catches a step twice as slow whose
 # interval is as wide as most of these (+-20%). Finer changes are for `compare`, whose
 # rounds interleave.
-DEFAULT_THRESHOLD = 0.30
-
-
-def case_key(row: dict) -> tuple:
-    return row["device"], row["variant"], row["batch"]
+GATE_THRESHOLD = 0.30
 
 
 @dataclass(frozen=True)
-class Judged:
-    """One case's ratio new / baseline and what it says."""
+class Metric:
+    """What the gate flow needs of one metric."""
 
-    key: tuple
-    baseline: float  # seconds per step, median
-    new: float
-    ratio: stats.Estimate
-    verdict: str
+    name: str  # records.TIME or records.INSTRUCTIONS
+    info: dict  # the machine the workers measure on (`machine.describe`)
+    path: Path  # this hardware's baseline of this metric
+    devices: list[str]  # a baseline must hold a case on one of them
+    measure: Callable[[], list[dict]]  # this run's rows
+    threshold: float  # the default
+    floors: dict = field(default_factory=dict)  # {device: floors}, time only
+    flags: str = ""  # the flags that select this metric, for the fixes the gate suggests
+    what: str = "for this hardware"  # the baseline, as a refusal names it
 
 
-def judge_times(baseline_rows: list[dict], rows: list[dict], threshold: float) -> list[Judged]:
-    """Each case measured in both runs, judged; cases in one run only are left out."""
-    old = {case_key(r): r for r in baseline_rows}
+def time_metric(
+    storage: str,
+    devices: list[str],
+    floors_folder: str | None,
+    measure: Callable[[], list[dict]],
+    threads: int | None,
+) -> Metric:
+    """The gate on step times: a baseline per hardware and torch threads per worker, and the
+    floors of each device's kind (those shipped with the package unless a folder is given),
+    loaded and checked here, before any work."""
+    info = machine.describe(suite.worker_threads(threads))  # the workers', not this process's
+    floors = {}
+    for device in devices:
+        kind = torch.device(device).type
+        path = Path(floors_folder) / f"{kind}.json" if floors_folder else None
+        floors[device] = baselines.load_floors(path or baselines.default_floors(kind))
+    return Metric(
+        TIME,
+        info,
+        baselines.baseline_path(Path(storage), info),
+        devices,
+        measure,
+        GATE_THRESHOLD,
+        floors,
+        what=f"for this hardware ({baselines.fingerprint(info)})",
+    )
+
+
+def count_metric(storage: str, measure: Callable[[], list[dict]]) -> Metric:
+    """The gate on instruction counts: one baseline per CPU, counted at one thread."""
+    info = machine.describe(1)  # counting workers run one thread
+    return Metric(
+        INSTRUCTIONS,
+        info,
+        baselines.count_baseline_path(Path(storage), info),
+        ["cpu"],
+        measure,
+        counts.COUNT_THRESHOLD,
+        flags="--metric instructions ",
+        what="of counts for this CPU",
+    )
+
+
+def time_judge(baseline_rows: list[dict], rows: list[dict], threshold: float) -> list[Judged]:
+    """Each case measured in both runs, its ratio new / baseline judged; cases in one run only
+    are left out."""
+    old = {Case.of(r): r for r in baseline_rows}
     judged = []
     for row in rows:
-        before = old.get(case_key(row))
+        before = old.get(Case.of(row))
         if before is None:
             continue
         ratio = stats.ratio_of_medians(before["step_times"], row["step_times"])
         base_median = statistics.median(v for g in before["step_times"] for v in g)
         judged.append(
             Judged(
-                case_key(row),
+                Case.of(row),
+                TIME,
+                records.verdict(ratio.low, ratio.high, threshold),
+                ratio.median,
+                ratio.low,
+                ratio.high,
                 base_median,
                 row["seconds_per_step"],
-                ratio,
-                records.verdict(ratio.low, ratio.high, threshold),
+                figures={"ratio_estimate": ratio.as_dict()},
             )
         )
     return judged
+
+
+def count_judge(baseline_rows: list[dict], rows: list[dict], threshold: float) -> list[Judged]:
+    """Each case counted in both runs, judged on its counts (`counts.judge`)."""
+    old = {Case.of(r): r for r in baseline_rows}
+    return [
+        counts.judge(Case.of(r), counts.from_row(old[Case.of(r)]), counts.from_row(r), threshold)
+        for r in rows
+        if Case.of(r) in old
+    ]
+
+
+JUDGES = {TIME: time_judge, INSTRUCTIONS: count_judge}
 
 
 def check_floors(rows: list[dict], floors: dict) -> tuple[list[str], list[str]]:
@@ -129,22 +196,52 @@ def outcome(judged: list, failed: list[str], unsure: list[str]) -> tuple[int, st
     return 0, "gate: passed"
 
 
-def judge_run(
-    baseline: dict,
-    info: dict,
-    rows: list[dict],
-    floors: dict,
-    threshold: float,
-    say: Callable[[str], None],
-) -> int:
-    """Judge a measured run against its baseline and floors, say why, end in one line; the
-    exit code of `outcome`."""
+def run(metric: Metric, save: bool, json_path: str | None, threshold: float | None, say) -> int:
+    """The gate: every file checked before any work, this run measured, then saved as the
+    baseline or judged against it; the exit code of `outcome` (0 on a save)."""
+    baseline = None
+    if not save:
+        baselines.require_baseline(metric.path, metric.what, metric.flags)
+        baseline = baselines.load_baseline(metric.path, metric.name)
+        baselines.check_covers(baseline, metric.path, metric.devices, metric.flags)
+    for path in filter(None, (json_path, metric.path if save else None)):
+        prepare_output(path)  # its folders made, a link refused, before the measurement
+    rows = metric.measure()
+    if json_path:
+        data = {"machine_info": metric.info, "rows": rows}
+        write_json(json_path, data)
+    if save:
+        baselines.save_baseline(metric.path, metric.info, rows)
+        of = " of counts" if metric.name == INSTRUCTIONS else ""
+        say(
+            f"gate: baseline{of} saved to {metric.path} ({report.plural(len(rows), 'case')}, "
+            f"torch {metric.info['torch']})"
+        )
+        return 0
+    return judge_run(
+        metric, baseline, rows, metric.threshold if threshold is None else threshold, say
+    )
+
+
+def judge_run(metric: Metric, baseline: dict, rows: list[dict], threshold: float, say) -> int:
+    """Judge a measured run against its baseline (and, on time, its floors), say why, end in
+    one line; the exit code of `outcome`."""
     was = baseline.get("machine_info", {})
-    say(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
-    judged = judge_times(baseline["rows"], rows, threshold)
-    say(report.format_time_judged(judged))
+    say(
+        f"baseline: torch {was.get('torch')}, saved on this hardware; "
+        f"now: torch {metric.info['torch']}"
+    )
+    old = {Case.of(r) for r in baseline["rows"]}
+    new = {Case.of(r) for r in rows}
+    for case in sorted(old - new, key=lambda c: c.key):
+        say(f"note: {case.name} is in the baseline but was not measured in this run")
+    for case in sorted(new - old, key=lambda c: c.key):
+        say(f"note: {case.name} is not in the baseline: not judged")
+    judged = JUDGES[metric.name](baseline["rows"], rows, threshold)
+    for line in report.judged_table(judged, metric.name, threshold, ("baseline", "now")):
+        say(line)
     failed, unsure = [], []
-    for device, limits in floors.items():
+    for device, limits in metric.floors.items():
         mine = [r for r in rows if r["device"] == device]
         below, straddling = check_floors(mine, limits)
         failed, unsure = failed + below, unsure + straddling
@@ -155,37 +252,5 @@ def judge_run(
     for text in unsure:
         say(f"straddles the floor: {text}")
     code, line = outcome(judged, failed, unsure)
-    say(line)
-    return code
-
-
-def judge_count_run(
-    baseline: dict, info: dict, rows: list[dict], threshold: float, say: Callable[[str], None]
-) -> int:
-    """Each counted case against the baseline's, its top functions where it moved; one closing
-    line; the exit code of `outcome`."""
-    was = baseline.get("machine_info", {})
-    say(f"baseline: torch {was.get('torch')}, saved on this hardware; now: torch {info['torch']}")
-    old = {case_key(r): r for r in baseline["rows"]}
-    for key in old.keys() - {case_key(r) for r in rows}:
-        say(f"note: {' '.join(map(str, key))} is in the baseline but was not counted in this run")
-    judged = []
-    for row in rows:
-        before = old.get(case_key(row))
-        if before is None:
-            say(f"note: {' '.join(map(str, case_key(row)))} is not in the baseline: not judged")
-            continue
-        judged.append(
-            counts.judge(
-                Case(*case_key(row)), counts.from_row(before), counts.from_row(row), threshold
-            )
-        )
-    say(f"verdicts at +-{threshold:.1%} on " + report.LEGEND.replace("candidate", "now"))
-    for line in report.header():
-        say(line.replace("candidate", "      now"))
-    for j in judged:
-        for line in report.format_count_judged(j):
-            say(line)
-    code, line = outcome(judged, [], [])
     say(line)
     return code

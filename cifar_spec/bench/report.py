@@ -1,16 +1,16 @@
 """Every table the harness prints, and compare's markdown: figures in, lines out.
 
-The measured rows (`suite.Suite.row`), the judged cases of the gate and of compare, the
-counted cases (`counts.Judged`) and the DDP scaling rows are each formatted here, so that
-one figure reads the same in every command.
+The measured rows (`suite.Suite.row`), the counted rows, the judged cases of the gate and of
+compare (`records.Judged`, either metric) and the DDP scaling rows are each formatted here, so
+that one figure reads the same in every command. A formatter: it imports the records, never
+a module that starts a process.
 """
 
 from __future__ import annotations
 
 import re
 
-from cifar_spec.bench.compare import Result, decide
-from cifar_spec.bench.counts import Judged, mean, spread
+from cifar_spec.bench.records import INSTRUCTIONS, TIME, Comparison, Judged
 
 
 def format_fraction(row: dict) -> str:
@@ -48,105 +48,177 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_time_judged(judged: list) -> str:
-    lines = [f"{'case':<58} {'baseline':>10} {'now':>10} {'now/baseline [95% CI]':>26}  verdict"]
-    for j in judged:
-        name = " ".join(map(str, j.key))
-        lines.append(
-            f"{name:<58} {j.baseline * 1e3:>8.3f}ms {j.new * 1e3:>8.3f}ms "
-            f"{j.ratio.median:>9.3f} [{j.ratio.low:.3f}, {j.ratio.high:.3f}]  {j.verdict}"
-        )
-    return "\n".join(lines)
+def plural(count: int, word: str) -> str:
+    """'1 case', '2 cases'."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def describe(info: dict) -> str:
-    where = info.get("gpu_name") or f"{info['cpu_model']}, {info['threads']} threads"
+    where = info.get("gpu_name") or f"{info['cpu_model']}, {plural(info['threads'], 'thread')}"
     rev = info.get("git") or "not a checkout"
     return f"torch {info['torch']}, cifar_spec {rev}, {where} ({info['python']})"
 
 
-def format_result(r: Result) -> str:
-    name = f"{r.case.device} {r.case.variant} batch {r.case.batch}"
-    if r.ratio is None:
-        return f"{name:<58} {r.verdict}: {r.reason}"
-    noisy = " noisy" if r.ratio.noisy else ""
+WIDTH = 58  # the case column
+
+
+# What a time verdict's interval is, by where its two sides come from.
+PAIRED = (
+    "the 95% interval of candidate/baseline (step time; above 1 is slower), median over quads "
+    "of paired rounds (A B B A); interval: the wider of a two-level bootstrap and a t-interval "
+    "of the worker pairs' medians"
+)
+RUNS = (
+    "the 95% interval of now/baseline (step time; above 1 is slower), median over both runs' "
+    "rounds; interval: the wider of a two-level bootstrap of both runs and Welch's t-interval "
+    "of their workers' medians"
+)
+COUNTED = (
+    "instructions per step (callgrind, one thread, oneDNN at AVX and oneMKL at SSE4.2, "
+    "mean over processes)"
+)
+
+
+def count_ratio(side: str) -> str:
+    """What a count verdict's columns mean, `side` naming the candidate (or this run)."""
     return (
-        f"{name:<58} {r.baseline.median * 1e3:>9.3f}ms {r.candidate.median * 1e3:>9.3f}ms "
-        f"{r.ratio.median:>7.3f} [{r.ratio.low:.3f}, {r.ratio.high:.3f}] "
-        f"{r.ratio.spread:>6.1%}{noisy}  {r.verdict}"
+        f"ratio {side} / baseline with its range: the lowest {side} over the highest baseline "
+        "to the reverse; disagree: how far one side's processes are apart (max / min - 1); "
+        "under a moved case, the functions whose instructions per step moved most: delta, "
+        f"baseline, {side}"
     )
 
 
-def format_report(envs: dict, results: list[Result], threshold: float) -> str:
+def time_line(j: Judged) -> str:
+    """A case judged on time: each side's median step, the ratio, its 95% interval and spread."""
+    if j.ratio is None:
+        return f"{j.case.name:<{WIDTH}} {j.verdict}: {j.reason}"
+    ratio = j.figures.get("estimates", {}).get("ratio", {})
+    spread = f"{ratio['spread']:>6.1%}" if "spread" in ratio else f"{'-':>6}"
+    noisy = " noisy" if ratio.get("noisy") else ""
+    return (
+        f"{j.case.name:<{WIDTH}} {j.baseline * 1e3:>9.3f}ms {j.candidate * 1e3:>9.3f}ms "
+        f"{j.ratio:>7.3f} [{j.low:.3f}, {j.high:.3f}] {spread}{noisy}  {j.verdict}"
+    )
+
+
+def count_lines(j: Judged) -> list[str]:
+    """A case judged on counts: its row, its note, and, where it moved, its top functions."""
+    if j.ratio is None:
+        return [f"{j.case.name:<{WIDTH}} {j.verdict}: {j.reason}"]
+    apart = max(j.figures["disagreement"].values())
     lines = [
-        f"baseline:  {describe(envs['baseline'])}",
-        f"candidate: {describe(envs['candidate'])}",
-        f"verdicts at +-{threshold:.0%}: the 95% interval of candidate/baseline (step time; "
-        "above 1 is slower), median over quads of paired rounds (A B B A); interval: the "
-        "wider of a two-level bootstrap and a t-interval of the worker pairs' medians",
-        f"{'case':<58} {'baseline':>11} {'candidate':>11} {'ratio [95% CI]':>23} "
-        f"{'spread':>6}  verdict",
+        f"{j.case.name:<{WIDTH}} {format_count(j.baseline):>9} {format_count(j.candidate):>9} "
+        f"{j.ratio:>8.4f} [{j.low:.4f}, {j.high:.4f}] {apart:>8.3%}  {j.verdict}"
     ]
-    lines += [format_result(r) for r in results]
-    return "\n".join(lines)
+    cycles = j.figures.get("estimated_cycles_per_step")
+    if cycles:
+        lines.append(
+            f"    estimated cycles per step: {format_count(cycles[0])} -> "
+            f"{format_count(cycles[1])} ({cycles[1] / cycles[0]:.4f})"
+        )
+    if j.note:
+        lines.append(f"    note: {j.note}")
+    for function, b, c in j.top if j.moved else []:
+        lines.append(
+            f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {truncate(compact(function), 110)}"
+        )
+    return lines
 
 
-def format_count_report(
-    envs: dict, judged: list[Judged], skipped: list[Result], threshold: float
-) -> str:
+def judged_table(
+    judged: list[Judged], metric: str, threshold: float, sides: tuple[str, str], legend: str = RUNS
+) -> list[str]:
+    """The legend, the header and a line (or lines) per judged case of one metric; `sides`
+    names the two columns (baseline and candidate, or baseline and now)."""
+    base, cand = sides
+    if metric == TIME:
+        lines = [
+            f"verdicts at +-{threshold:.0%}: {legend}",
+            f"{'case':<{WIDTH}} {base:>11} {cand:>11} {'ratio [95% CI]':>23} {'spread':>6}"
+            "  verdict",
+        ]
+        return lines + [time_line(j) for j in judged]
     lines = [
-        f"baseline:  {describe(envs['baseline'])}",
-        f"candidate: {describe(envs['candidate'])}",
-        f"verdicts at +-{threshold:.1%} on " + LEGEND,
-        *header(),
+        f"verdicts at +-{threshold:.1%} on {COUNTED}; {count_ratio(cand)}",
+        f"{'case':<{WIDTH}} {base:>9} {cand:>9} {'ratio [range over processes]':>27} "
+        f"{'disagree':>8}  verdict",
     ]
-    for j in judged:
-        lines += format_count_judged(j)
-    lines += [format_result(r) for r in skipped]
-    return "\n".join(lines)
+    return lines + [line for j in judged for line in count_lines(j)]
 
 
-def format_markdown(
-    envs: dict,
-    time_results: list[Result] | None,
-    judged: list[Judged] | None,
-    thresholds: dict,
-    skipped: list[Result] = (),
-) -> str:
+def environments(envs: dict) -> list[str]:
+    return [f"baseline:  {describe(envs['baseline'])}", f"candidate: {describe(envs['candidate'])}"]
+
+
+def time_report(c: Comparison) -> str:
+    table = judged_table(
+        c.judged[TIME], TIME, c.thresholds[TIME], ("baseline", "candidate"), PAIRED
+    )
+    return "\n".join(environments(c.environments[TIME]) + table)
+
+
+def count_report(c: Comparison) -> str:
+    threshold = c.thresholds[INSTRUCTIONS]
+    table = judged_table(c.judged[INSTRUCTIONS], INSTRUCTIONS, threshold, ("baseline", "candidate"))
+    return "\n".join(environments(c.environments[INSTRUCTIONS]) + table)
+
+
+def verdict_lines(c: Comparison) -> list[str]:
+    """With both metrics, the verdict of each case and what decided it; then the closing line,
+    which says what to do about an inconclusive run."""
+    lines = []
+    if len(c.judged) == 2:
+        lines.append("verdicts (instructions decide where they ran; time is shown beside them):")
+        lines += [f"  {case.name}: {j.verdict} ({j.metric})" for case, j in c.decided.items()]
+    return lines + [closing_line(c)]
+
+
+def closing_line(c: Comparison) -> str:
+    code = c.exit_code
+    if code == 0:
+        return "compare: no regression"
+    if code == 1:
+        return "compare: REGRESSION"
+    metrics = {j.metric for j in c.decided.values() if j.verdict == "inconclusive"}
+    if not metrics:
+        return "compare: inconclusive (no case was judged: every one was skipped)"
+    if metrics == {TIME}:
+        return "compare: inconclusive (give it more --seconds)"
+    return "compare: inconclusive (counting processes of one side disagree: see the notes)"
+
+
+def markdown(c: Comparison) -> str:
     """compare's verdicts as a markdown table, for a pull-request comment."""
-    decided = decide(time_results, judged)
-    times = {r.case: r for r in time_results or []}
-    counts = {j.case: j for j in judged or []}
+    envs = c.environments.get(TIME) or c.environments[INSTRUCTIONS]
+    times = {j.case: j for j in c.judged.get(TIME, [])}
+    counted = {j.case: j for j in c.judged.get(INSTRUCTIONS, [])}
     lines = [
         "### cifar-spec compare",
         "",
         f"- baseline: {describe(envs['baseline'])}",
         f"- candidate: {describe(envs['candidate'])}",
         "- thresholds: "
-        + ", ".join(f"{metric} +-{value:.1%}" for metric, value in thresholds.items()),
+        + ", ".join(f"{metric} +-{value:.1%}" for metric, value in c.thresholds.items()),
         "",
         "| case | time ratio [95% CI] | instructions ratio [range] | verdict | decided by |",
         "|---|---|---|---|---|",
     ]
-    for case, (verdict, metric) in decided.items():
-        t, j = times.get(case), counts.get(case)
-        time_cell = (
-            f"{t.ratio.median:.3f} [{t.ratio.low:.3f}, {t.ratio.high:.3f}] {t.verdict}"
-            if t and t.ratio
-            else (t.verdict if t else "not run")
-        )
-        count_cell = f"{j.ratio:.4f} [{j.low:.4f}, {j.high:.4f}] {j.verdict}" if j else "not run"
+    for case, j in c.decided.items():
+        if j.ratio is None and j.metric == INSTRUCTIONS and case not in times:
+            lines.append(f"| {case.name} | | | skipped: {j.reason} | |")
+            continue
         lines.append(
-            f"| {case.device} {case.variant} batch {case.batch} | {time_cell} | {count_cell} "
-            f"| **{verdict}** | {metric} |"
+            f"| {case.name} | {markdown_cell(times.get(case), 3)} | "
+            f"{markdown_cell(counted.get(case), 4)} | **{j.verdict}** | {j.metric} |"
         )
-    lines += [
-        f"| {r.case.device} {r.case.variant} batch {r.case.batch} | | | skipped: {r.reason} | |"
-        for r in skipped
-        if r.case not in decided
-    ]
-    moved = [j for j in judged or [] if j.moved]
-    for j in moved:
+    for j in c.judged.get(INSTRUCTIONS, []):
+        if not j.moved:
+            continue
         lines += [
             "",
             f"<details><summary>{j.case.variant} batch {j.case.batch}: the functions that "
@@ -163,32 +235,19 @@ def format_markdown(
     return "\n".join(lines) + "\n"
 
 
+def markdown_cell(j: Judged | None, digits: int) -> str:
+    if j is None:
+        return "not run"
+    if j.ratio is None:
+        return j.verdict
+    return f"{j.ratio:.{digits}f} [{j.low:.{digits}f}, {j.high:.{digits}f}] {j.verdict}"
+
+
 def format_count(value: float) -> str:
     """Instructions as 12.35M or 1.691G."""
     if value >= 1e9:
         return f"{value / 1e9:.3f}G"
     return f"{value / 1e6:.2f}M"
-
-
-def format_count_judged(j: Judged, width: int = 58) -> list[str]:
-    """The case's row, its note, and its top functions."""
-    name = f"{j.case.device} {j.case.variant} batch {j.case.batch}"
-    agree = max(spread(j.baseline), spread(j.candidate))
-    lines = [
-        f"{name:<{width}} {format_count(mean(j.baseline)):>9} {format_count(mean(j.candidate)):>9} "
-        f"{j.ratio:>8.4f} [{j.low:.4f}, {j.high:.4f}] {agree:>8.3%}  {j.verdict}"
-    ]
-    if j.cycles:
-        lines.append(
-            f"    estimated cycles per step: {format_count(j.cycles[0])} -> "
-            f"{format_count(j.cycles[1])} ({j.cycles[1] / j.cycles[0]:.4f})"
-        )
-    if j.note:
-        lines.append(f"    note: {j.note}")
-    for function, b, c in j.top if j.moved else []:
-        name = truncate(compact(function), 110)
-        lines.append(f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {name}")
-    return lines
 
 
 def compact(name: str) -> str:
@@ -204,31 +263,16 @@ def truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def header(width: int = 58) -> list[str]:
-    return [
-        f"{'case':<{width}} {'baseline':>9} {'candidate':>9} {'ratio [range over processes]':>27} "
-        f"{'spread':>8}  verdict",
-    ]
-
-
-LEGEND = (
-    "instructions per step (callgrind, one thread, oneDNN at AVX and oneMKL at SSE4.2, "
-    "mean over processes); ratio candidate / baseline with its range: the lowest candidate "
-    "over the highest baseline to the reverse; spread: how far one side's processes are "
-    "apart (max / min - 1); under a moved case, the functions whose instructions per step "
-    "moved most: delta, baseline, candidate"
-)
-
-
 def format_rows(rows: list[dict]) -> str:
     lines = [
-        f"{'case':<58} {'instructions/step':>17} {'spread':>8} {'est. cycles/step':>16}  processes"
+        f"{'case':<{WIDTH}} {'instructions/step':>17} {'disagree':>8} {'est. cycles/step':>16}  "
+        "processes"
     ]
     for r in rows:
         name = f"{r['device']} {r['variant']} batch {r['batch']}"
         cycles = r["estimated_cycles_per_step"]
         lines.append(
-            f"{name:<58} {mean(r['instructions_per_step']):>17,.0f} {r['spread']:>8.3%} "
+            f"{name:<{WIDTH}} {mean(r['instructions_per_step']):>17,.0f} {r['disagreement']:>8.3%} "
             f"{format_count(cycles) if cycles else '-':>16}  {len(r['instructions_per_step'])}"
         )
     return "\n".join(lines)

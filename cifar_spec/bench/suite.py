@@ -11,33 +11,24 @@ measure through `Suite`.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from cifar_spec.bench import cases, figures, machine, report
+from cifar_spec.bench import callgrind, cases, counts, figures, machine, records, report
 from cifar_spec.bench._handle import Worker, start_workers, stop_all
 from cifar_spec.bench.paired import Arm, Samples, Unsupported, build_arm, measure_pairs
-from cifar_spec.bench.records import Case
+from cifar_spec.bench.records import COUNT_PROCESSES, WORKERS, Case
 from cifar_spec.errors import WorkerError
 
-WORKERS = 3  # fresh processes per figure: enough for one unlucky process to show in the CI
-MIN_PAIRS = 8  # per worker: 24 pairs in all, which an order-statistics CI at 95% needs >= 6 of
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+PAIRS_PER_WORKER = 8  # 24 pairs in all, which an order-statistics CI at 95% needs >= 6 of
 
 
 def worker_threads(asked: int | None) -> int:
-    """The torch threads each worker runs: as asked (--threads), else every core here."""
-    return asked or available_cores()
+    """The torch threads each worker runs: as asked, else every core here."""
+    return asked or machine.available_cores()
 
 
 @dataclass
@@ -45,7 +36,7 @@ class Suite:
     """Workers of this Python, the reference arms they hold, and the peaks they measured."""
 
     workers: int = WORKERS
-    min_pairs: int = MIN_PAIRS
+    min_pairs: int = PAIRS_PER_WORKER
     threads: int | None = None  # torch threads per worker; None: every core this process has
     python: str = sys.executable  # its workers must import this process's torch and cifar_spec
     log: Callable[[str], None] | None = None
@@ -186,7 +177,7 @@ def measure_all(
     rows = []
     for device in devices:
         names = variants or list(cases.VARIANTS)
-        for batch in batches or cases.BATCHES[torch.device(device).type]:
+        for batch in batches or records.BATCHES[torch.device(device).type]:
             for name in sorted(names, key=lambda n: n != "eager"):
                 case = Case(device, name, batch)
                 reason = cases.skip_reason(cases.VARIANTS[name], device)
@@ -200,3 +191,40 @@ def measure_all(
         if loops and device == "cpu" and variants is None and batches is None:
             rows += [suite.measure(Case("cpu", name, 1)) for name in cases.LOOPS]
     return rows
+
+
+def measure_rows(
+    devices: list[str],
+    variants: list[str] | None,
+    batches: list[int] | None,
+    workers: int | None,
+    threads: int | None,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """`measure_all` in a suite of its own, a skipped case said in `log`."""
+    with Suite(workers=workers or WORKERS, threads=threads, log=log) as suite:
+        return measure_all(
+            suite,
+            devices,
+            variants,
+            batches,
+            skipped=lambda case, why: log(f"skipped {case.key}: {why}"),
+        )
+
+
+def count_rows(
+    cases: list[Case], processes: int | None, cache_sim: bool, log: Callable[[str], None]
+) -> list[dict]:
+    """The rows of counts of `cases` in this Python's counting workers; a case that one
+    process could not run is said in `log` and left out, not judged on the others."""
+    counted = callgrind.count_all(
+        {"w": sys.executable},
+        processes or COUNT_PROCESSES,
+        cases,
+        cache_sim,
+        {"w": machine.own_code()},
+    )["w"]
+    skipped = {case: why for p in counted for case, why in p.unsupported.items()}
+    for case, why in skipped.items():
+        log(f"skipped {case.key}: {why}")
+    return counts.as_rows(counted, [c for c in cases if c not in skipped])
