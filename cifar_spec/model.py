@@ -87,7 +87,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def short_name(layer: nn.Module) -> str:
+def layer_name(layer: nn.Module) -> str:
     """The layer as the tutorial writes it, e.g. ``Conv2d(3, 32, 5, padding=2)``."""
     if isinstance(layer, nn.Conv2d):
         return (
@@ -108,7 +108,7 @@ def layer_summary(model: CifarNet) -> list[tuple[str, tuple[int, ...], int]]:
     with torch.no_grad():
         for layer in model.layers:
             x = layer(x)
-            rows.append((short_name(layer), tuple(x.shape[1:]), count_parameters(layer)))
+            rows.append((layer_name(layer), tuple(x.shape[1:]), count_parameters(layer)))
     return rows
 
 

@@ -269,7 +269,7 @@ def test_the_gate_end_to_end_saves_a_baseline_then_fails_a_speed_up_below_its_fl
     assert "gate: baseline saved to" in capsys.readouterr().out
     assert main(["gate", *flags, "--json", str(tmp_path / "run.json")]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("baseline: torch ") and "cpu channels_last 1" in "\n".join(out)
+    assert out[0].startswith("baseline: torch ") and "cpu channels_last batch 1  " in "\n".join(out)
     assert any(line.startswith("below the floor: cpu channels_last batch 1") for line in out)
     assert out[-1].startswith("gate: FAILED (") and "1 speed-up(s) below the floor" in out[-1]
     assert len(json.loads((tmp_path / "run.json").read_text())["rows"]) == 2

@@ -3,6 +3,7 @@ without a comment that names the cost or the cycle it avoids."""
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,38 @@ def test_the_scan_sees_the_package_and_its_imports():
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_module_imports_itself_through_others(module):
     assert cycle_from(module, graph()) is None, " -> ".join(cycle_from(module, graph()))
+
+
+# What starts a process: the modules that do are the harness's drivers, never its formatters.
+STARTS_A_PROCESS = re.compile(
+    r"\bsubprocess\.|\bPopen\(|\bos\.(fork|exec|spawn|posix_spawn)|multiprocessing"
+)
+FORMATTERS = ("cifar_spec.bench.report", "cifar_spec.bench.chart", "cifar_spec.bench.records")
+
+
+def reached(start: str, edges: dict[str, set[str]]) -> set[str]:
+    """Every module that importing `start` imports, itself included."""
+    seen, stack = {start}, [start]
+    while stack:
+        for nxt in edges[stack.pop()] - seen:
+            seen.add(nxt)
+            stack.append(nxt)
+    return seen
+
+
+@pytest.mark.parametrize("formatter", FORMATTERS)
+def test_a_formatter_of_the_harness_imports_nothing_that_starts_a_process(formatter):
+    starters = sorted(
+        m for m in reached(formatter, graph()) if STARTS_A_PROCESS.search(MODULES[m].read_text())
+    )
+    assert not starters, f"{formatter} imports {starters}, which start processes"
+
+
+def test_the_scan_for_process_starters_finds_the_drivers():
+    edges = graph()
+    for driver in ("cifar_spec.bench._handle", "cifar_spec.bench.callgrind"):
+        assert STARTS_A_PROCESS.search(MODULES[driver].read_text()), driver
+    assert "cifar_spec.bench._handle" in reached("cifar_spec.bench.compare", edges)
 
 
 def lazy_imports(path: Path) -> list[tuple[int, str]]:

@@ -15,7 +15,7 @@ from cifar_spec.bench import cases, spawn
 from cifar_spec.bench._handle import Worker
 from cifar_spec.bench.paired import Unsupported, build_arm, measure_pairs
 from cifar_spec.bench.records import Case
-from cifar_spec.bench.worker import handle
+from cifar_spec.bench.worker import Held, handle
 from cifar_spec.cli import main
 from cifar_spec.errors import BadRound, WorkerError
 from cifar_spec.step import StepOptions
@@ -45,7 +45,7 @@ def test_every_round_of_a_step_case_starts_from_the_weights_it_was_built_with():
     built = weights(case)
     ends = []
     for _ in range(3):
-        handle({"op": "round", "key": "k", "steps": 4}, {"k": case})
+        handle({"op": "round", "key": "k", "steps": 4}, Held({"k": case}))
         ends.append(weights(case))
     assert not any(torch.equal(a, b) for a, b in zip(built, ends[0]))  # a round trains
     assert all(torch.equal(a, b) for end in ends[1:] for a, b in zip(ends[0], end))
@@ -56,7 +56,7 @@ def test_a_step_case_round_that_ends_in_a_non_finite_loss_is_an_error_naming_the
     case.snapshot.optimizer.param_groups[0]["lr"] = 1e30  # the weights overflow in a step
     case.snapshot.take()
     with pytest.raises(BadRound, match="case cpu-eager-1: a round from its saved weights .*nan"):
-        handle({"op": "round", "key": case.key, "steps": 2}, {case.key: case})
+        handle({"op": "round", "key": case.key, "steps": 2}, Held({case.key: case}))
 
 
 def test_a_worker_says_which_torch_and_cifar_spec_it_runs(worker):

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,12 +45,23 @@ from cifar_spec.bench.machine import describe
 INSTRUMENT_TIMEOUT = 60.0
 
 
-def build(request: dict, held: dict) -> dict:
+@dataclass
+class Held:
+    """What a worker keeps between requests: its built cases by key, the folder its loops read
+    data from (made on first need, removed at exit), and the dumps it has made so far."""
+
+    cases: dict = field(default_factory=dict)
+    data_root: str | None = None
+    dumps: int = 0
+
+
+def build(request: dict, held: Held) -> dict:
     """Build a case, warm it up, keep it under its key; say why not where it cannot run."""
     variant = request["variant"]
     if variant in cases.LOOPS:
-        root = held.setdefault("_data", tempfile.mkdtemp(prefix="cifar-spec-worker-"))
-        case = cases.build_loop(variant, root)
+        if held.data_root is None:
+            held.data_root = tempfile.mkdtemp(prefix="cifar-spec-worker-")
+        case = cases.build_loop(variant, held.data_root)
     elif variant in cases.VARIANTS:
         options = cases.VARIANTS[variant]
         reason = cases.skip_reason(options, request["device"])
@@ -58,7 +70,7 @@ def build(request: dict, held: dict) -> dict:
         case = cases.build(options, request["device"], request["batch"], request.get("seed", 0))
     else:
         raise ValueError(f"this cifar_spec has no variant {variant!r}")
-    held[request["key"]] = case
+    held.cases[request["key"]] = case
     if "warm_up_steps" in request:
         # A fixed warm-up, for counting: one that ends on the clock leaves each process's
         # heap in another state, and glibc's malloc then counts differently.
@@ -69,9 +81,9 @@ def build(request: dict, held: dict) -> dict:
     return {"seconds_per_step": measure.warm_up(case.step, case.device)}
 
 
-def timed_round(request: dict, held: dict) -> dict:
+def timed_round(request: dict, held: Held) -> dict:
     """A round of a case from the state it was built in, its loss checked after (cases.py)."""
-    case = held[request["key"]]
+    case = held.cases[request["key"]]
     case.restore()  # outside the clock; before the untimed step, so the caches hold a step's data
     r = measure.time_round(case.step, case.device, request["steps"], untimed=1)
     case.check()
@@ -115,7 +127,7 @@ def instrument() -> dict:
     return {}
 
 
-def count(request: dict, held: dict) -> dict:
+def count(request: dict, held: Held) -> dict:
     """Run one step uncounted, then `steps` steps with callgrind collecting, and dump them.
 
     torch's client requests toggle callgrind's collection around exactly these steps
@@ -123,18 +135,18 @@ def count(request: dict, held: dict) -> dict:
     """
     if not torch._C._valgrind_supported_platform():
         raise RuntimeError("this torch was built without valgrind's client requests")
-    case = held[request["key"]]
+    case = held.cases[request["key"]]
     with measure.gc_off():  # a collection is Python's business, not the step's
         case.step()
         torch._C._valgrind_toggle()
         for _ in range(request["steps"]):
             case.step()
         torch._C._valgrind_toggle_and_dump_stats()
-    held["_dumps"] = held.get("_dumps", 0) + 1
-    return {"dump": held["_dumps"]}
+    held.dumps += 1
+    return {"dump": held.dumps}
 
 
-def handle(request: dict, held: dict) -> dict:
+def handle(request: dict, held: Held) -> dict:
     op = request.get("op")
     if op == "hello":
         return describe(torch.get_num_threads())
@@ -149,7 +161,7 @@ def handle(request: dict, held: dict) -> dict:
     if op == "count":
         return count(request, held)
     if op == "drop":
-        held.pop(request["key"], None)
+        held.cases.pop(request["key"], None)
         return {}
     raise ValueError(f"unknown request {op!r}")
 
@@ -168,7 +180,7 @@ def serve(threads: int | None = None) -> None:
     # eager step went from 4 ms to 300 ms within a few hundred steps). Flushing them to
     # zero keeps every round timing the step users run on real data.
     torch.set_flush_denormal(True)
-    held: dict = {}
+    held = Held()
     try:
         for line in sys.stdin:
             request = json.loads(line)
@@ -181,8 +193,8 @@ def serve(threads: int | None = None) -> None:
             protocol.write(json.dumps(reply) + "\n")
             protocol.flush()
     finally:
-        if "_data" in held:
-            shutil.rmtree(held["_data"], ignore_errors=True)
+        if held.data_root is not None:
+            shutil.rmtree(held.data_root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

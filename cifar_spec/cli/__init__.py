@@ -1,7 +1,8 @@
 """The ``cifar-spec`` command: parses arguments and calls the library, nothing more.
 
-`build_parser` gathers the commands of both faces, training (`train.py`) and
-measurement (`bench.py`); `main` runs one and turns a user's mistake into one line.
+`build_parser` gathers the commands of both faces, training (`train.py`) and measurement
+(`bench.py`: bench and gate; `compare.py`: compare and bench-ddp); `main` runs one and turns
+a user's mistake into one line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import os
 import sys
 
-from cifar_spec.cli import bench, train
+from cifar_spec.cli import bench, compare, train
 from cifar_spec.errors import CifarSpecError, Interrupted, StoppedElsewhere
 from cifar_spec.files import cannot_write
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parsers(commands)
     bench.add_parsers(commands)
+    compare.add_parsers(commands)
     return parser
 
 

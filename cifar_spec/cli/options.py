@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from cifar_spec.bench.records import INSTRUCTIONS, TIME
 from cifar_spec.errors import ConfigError
 
 # How --json and --markdown help say what they may point at.
@@ -97,3 +98,41 @@ def add_batch_option(p: argparse.ArgumentParser, what: str, default: str) -> Non
         action="append",
         help=f"{what}, repeatable (default: {default})",
     )
+
+
+def add_workers_options(p: argparse.ArgumentParser, workers: str) -> None:
+    p.add_argument(
+        "--workers", type=positive_int, default=None, help=f"worker processes: {workers}"
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per worker (default: every core)",
+    )
+
+
+def add_metric_options(p: argparse.ArgumentParser, both: bool = True) -> None:
+    p.add_argument(
+        "--metric",
+        choices=[TIME, INSTRUCTIONS, "both"] if both else [TIME, INSTRUCTIONS],
+        default=TIME,
+        help=METRIC_HELP + (BOTH_HELP if both else ""),
+    )
+    p.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="with instructions: simulate the caches too and show callgrind's estimated "
+        "cycles (about 2-3x slower)",
+    )
+
+
+METRIC_HELP = (
+    "time: wall time of paired rounds (CUDA events on a GPU); instructions: instruction "
+    "counts under valgrind's callgrind, CPU only, which repeat across processes and do not "
+    "mind the machine's load. What counts see: one thread; valgrind 3.19 hides AVX-512 and "
+    "emulates FMA slowly, so oneDNN runs at AVX and oneMKL at SSE4.2 there (those kernels "
+    "are counted, not the AVX-512 ones); cache misses and memory bandwidth only with "
+    "--cache-sim (estimated cycles). Needs valgrind on PATH."
+)
+BOTH_HELP = " both: time, then counts, the counts deciding"
