@@ -12,8 +12,10 @@ import torch
 from cifar_spec.bench import callgrind, cases, counts, gate, report, suite
 from cifar_spec.bench.records import (
     BATCHES,
+    COUNT_PROCESSES,
     INSTRUCTIONS,
     JUDGED_BATCHES,
+    WORKERS,
     Case,
     batches_help,
 )
@@ -126,8 +128,8 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
     )
     add_workers_options(
         p,
-        "each figure is drawn from this many fresh ones (default: 3 for time, 2 counting "
-        "processes for instructions)",
+        f"fresh worker processes each figure is drawn from (default: {WORKERS} for time, "
+        f"{COUNT_PROCESSES} counting processes for instructions)",
     )
     add_metric_options(p, both=False)
 

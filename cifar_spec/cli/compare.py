@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 
 from cifar_spec.bench import bench_ddp, cases, compare, counts
-from cifar_spec.bench.records import INSTRUCTIONS, JUDGED_BATCHES, TIME, batches_help
+from cifar_spec.bench.records import (
+    COUNT_PROCESSES,
+    INSTRUCTIONS,
+    JUDGED_BATCHES,
+    TIME,
+    WORKERS,
+    batches_help,
+)
 from cifar_spec.cli.bench import check_counting, judged_cases, say
 from cifar_spec.cli.options import (
     STREAM,
@@ -104,8 +111,8 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_workers_options(
         c,
-        f"per environment: for time, 3 to start with (up to {compare.MAX_WORKERS} while a "
-        "case is inconclusive); for instructions, 2 counting processes",
+        f"worker processes per environment: for time, {WORKERS} to start with (up to {compare.MAX_WORKERS} "
+        f"while a case is inconclusive); for instructions, {COUNT_PROCESSES} counting processes",
     )
     add_metric_options(c)
     c.add_argument(

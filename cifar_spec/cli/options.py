@@ -101,9 +101,7 @@ def add_batch_option(p: argparse.ArgumentParser, what: str, default: str) -> Non
 
 
 def add_workers_options(p: argparse.ArgumentParser, workers: str) -> None:
-    p.add_argument(
-        "--workers", type=positive_int, default=None, help=f"worker processes: {workers}"
-    )
+    p.add_argument("--workers", type=positive_int, default=None, help=workers)
     p.add_argument(
         "--threads",
         type=positive_int,
