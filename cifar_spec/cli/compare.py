@@ -111,8 +111,9 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_workers_options(
         c,
-        f"worker processes per environment: for time, {WORKERS} to start with (up to {compare.MAX_WORKERS} "
-        f"while a case is inconclusive); for instructions, {COUNT_PROCESSES} counting processes",
+        f"worker processes per environment: for time, {WORKERS} to start with (up to "
+        f"{compare.MAX_WORKERS} while a case is inconclusive); for instructions, "
+        f"{COUNT_PROCESSES} counting processes",
     )
     add_metric_options(c)
     c.add_argument(
