@@ -22,7 +22,8 @@ if not (README.is_file() and MAKEFILE.is_file() and DOCS):
     pytest.skip(
         "the docs live in a checkout, not in the installed package", allow_module_level=True
     )
-PAGES = [README, *DOCS]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+PAGES = [README, *DOCS, RESULTS]
 README_LINES = 120
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
@@ -30,6 +31,7 @@ SHELL_FENCES = {"", "sh", "bash", "shell", "console"}
 INLINE_CODE = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+ANCHOR = re.compile(r'<a id="([^"]+)"></a>')
 OPERATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 MAKE_OPTIONS_WITH_VALUE = {"-C", "-f", "-I", "-j", "-o", "-W", "--directory", "--file"}
 SUBCOMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
@@ -131,15 +133,28 @@ def subcommands_named() -> list[tuple[str, ...]]:
                 argv = cifar_spec_argv(words)
                 if argv is not None:
                     argvs.append(argv)
+    groups = command_groups()
     for argv in argvs:
         words = []
         for word in argv[:2]:
-            if not SUBCOMMAND_WORD.fullmatch(word):
-                break
+            if not SUBCOMMAND_WORD.fullmatch(word) or (words and words[0] not in groups):
+                break  # a command's argument (`compare python3 ...`), not a command word
             words.append(word)
         if words:
             named.add(tuple(words))
     return sorted(named)
+
+
+def command_groups() -> set[str]:
+    """The commands that hold commands of their own (`data`), as the real parser has them."""
+    # At collection: the parametrisation needs them, and the parser imports torch.
+    from cifar_spec.cli import build_parser
+
+    def commands(parser) -> dict:
+        actions = parser._subparsers._group_actions if parser._subparsers else []
+        return {k: v for a in actions for k, v in a.choices.items()}
+
+    return {name for name, sub in commands(build_parser()).items() if commands(sub)}
 
 
 def make_targets_named() -> list[tuple[str, str]]:
@@ -271,8 +286,20 @@ def test_every_relative_link_in_the_docs_points_at_a_file_that_exists(page, targ
     file = (page.parent / path).resolve() if path else page
     assert file.exists(), f"{name(page)} links to {target}: no such file"
     if anchor and file.suffix == ".md":
-        headings = {slug(h) for h in HEADING.findall(FENCE.sub("", file.read_text("utf-8")))}
-        assert anchor in headings, f"{name(page)} links to {target}: no such heading"
+        text = FENCE.sub("", file.read_text("utf-8"))
+        anchors = {slug(h) for h in HEADING.findall(text)} | set(ANCHOR.findall(text))
+        assert anchor in anchors, f"{name(page)} links to {target}: no such heading or anchor"
+
+
+def test_the_results_page_opens_with_where_the_product_stands_each_row_linked_to_its_measurement():
+    text = RESULTS.read_text("utf-8")
+    sections = [m.start() for m in re.finditer(r"^## ", text, re.M)]
+    assert text[sections[0] :].startswith("## Where the product stands"), "not the first section"
+    summary = text[sections[0] : sections[1]]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) >= 10, "the table of current figures is missing or short"
+    for row in rows[1:]:  # the header row names the columns
+        assert re.search(r"\(#[\w-]+\)", row), f"a figure without its measurement: {row[:80]}"
 
 
 def test_the_docs_name_cifar_spec_commands_and_make_targets_and_links():
