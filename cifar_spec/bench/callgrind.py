@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifar_spec.bench import machine
+from cifar_spec.bench import machine, operators
 from cifar_spec.bench._handle import BUILD_TIMEOUT, Expected, Worker
 from cifar_spec.bench.records import Case
 from cifar_spec.errors import CountError, WorkerError
@@ -118,11 +118,12 @@ def callgrind_command(out_file: Path, cache_sim: bool) -> list[str]:
 @dataclass(frozen=True)
 class Count:
     """One case in one process: per step, instructions, the estimated cycles (with the cache
-    simulation), and instructions by function."""
+    simulation), instructions by function, and by ATen operator (`operators.py`)."""
 
     instructions: float
     cycles: float | None
     functions: dict[str, float] = field(repr=False)
+    operators: dict[str, operators.Operator] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -260,7 +261,7 @@ UNNAMED = re.compile(r"^\?\?\?:0x[0-9a-fA-F]+ \[\?\?\?\]$")
 
 
 def read_dump(path: Path, steps: int) -> Count:
-    """A dump's totals and its functions, per step."""
+    """A dump's totals, its functions and its operators, per step."""
     try:
         text = path.read_text()
     except OSError as error:
@@ -274,7 +275,19 @@ def read_dump(path: Path, steps: int) -> Count:
         raise CountError(
             f"{path} counted no instructions: callgrind's collection was never switched on"
         )
-    return Count(values["Ir"] / steps, estimated_cycles(values, steps), functions(path, steps))
+    return Count(
+        values["Ir"] / steps,
+        estimated_cycles(values, steps),
+        functions(path, steps),
+        read_operators(path, steps),
+    )
+
+
+def read_operators(path: Path, steps: int) -> dict[str, operators.Operator]:
+    try:
+        return operators.read_operators(path, steps)
+    except operators.DumpError as error:
+        raise CountError(f"could not follow the call graph in {path}: {error}") from None
 
 
 def estimated_cycles(values: dict[str, int], steps: int) -> float | None:

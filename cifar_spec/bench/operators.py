@@ -249,8 +249,9 @@ class Enclosing:
 
     def of_calls(self, node: Node, path: frozenset, hints: frozenset) -> dict:
         """Whom the calls of `node` ran under; {} where nothing can say."""
-        if (node, hints) in self.found:
-            return self.found[(node, hints)]
+        key = (node, hints)
+        if key in self.found:
+            return self.found[key]
         callers = [(c, cost) for c, cost in self.callers[node] if c not in path]
         if not self.callers[node]:
             return {None: 1.0}  # where counting began: the step's own level
@@ -261,8 +262,8 @@ class Enclosing:
         for caller, cost in callers:
             for where, share in self.of_caller(caller, node, path | {node}, hints).items():
                 weights[where] += (cost + 1) * share
-        self.found[(node, hints)] = normalized(weights)
-        return self.found[(node, hints)]
+        self.found[key] = normalized(weights)
+        return self.found[key]
 
     def of_caller(
         self, caller: Node, callee: Node, path: frozenset, hints: frozenset = frozenset()
@@ -504,3 +505,127 @@ def skip_template(text: str, start: int) -> int:
         if depth == 0:
             return i + 1
     return len(text)
+
+
+TOP = 5  # operators in a case's diff
+
+
+KERNELS = 3  # leaf functions under each
+
+
+@dataclass(frozen=True)
+class KernelDelta:
+    """A leaf function under an operator, its own instructions per step on both sides."""
+
+    function: str
+    baseline: float
+    candidate: float
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.baseline
+
+    def as_dict(self) -> dict:
+        return {
+            "function": self.function,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "delta": self.delta,
+        }
+
+
+@dataclass(frozen=True)
+class OperatorDelta:
+    """An operator's own instructions per step on both sides (means over processes), its
+    share of the case's change, the operator it ran under, and its kernels that moved most."""
+
+    operator: str
+    parent: str | None
+    baseline: float
+    candidate: float
+    share: float  # of the change in the whole step's instructions per step
+    inclusive: tuple[float, float]  # baseline, candidate
+    kernels: list[KernelDelta] = field(default_factory=list)
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.baseline
+
+    def as_dict(self) -> dict:
+        return {
+            "operator": self.operator,
+            "parent": self.parent,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "delta": self.delta,
+            "share": self.share,
+            "inclusive": list(self.inclusive),
+            "kernels": [k.as_dict() for k in self.kernels],
+        }
+
+    def lines(self) -> list[str]:
+        """`aten::cumsum under aten::max_pool2d  +5,414,151 (99.0% of the change)  own 0 ->
+        5,414,151`, then its kernels' deltas, indented."""
+        where = f" under {self.parent}" if self.parent else ""
+        head = (
+            f"{self.operator}{where}  {self.delta:+,.0f} ({self.share:.1%} of the change)  "
+            f"own {self.baseline:,.0f} -> {self.candidate:,.0f}"
+        )
+        return [head] + [f"    {k.delta:+,.0f}  {k.function}" for k in self.kernels]
+
+
+def mean_operators(processes: list[dict[str, Operator]]) -> dict[str, Operator]:
+    """One side's operators as the mean over its processes (0 where a process lacks one);
+    the parent is the first process's that has the operator."""
+    names = list(dict.fromkeys(name for p in processes for name in p))
+    out = {}
+    for name in names:
+        have = [p[name] for p in processes if name in p]
+        kernels = list(dict.fromkeys(k for op in have for k in op.kernels))
+        out[name] = Operator(
+            name,
+            sum(op.inclusive for op in have) / len(processes),
+            sum(op.own for op in have) / len(processes),
+            have[0].parent,
+            have[0].parent_share,
+            {k: sum(op.kernels.get(k, 0.0) for op in have) / len(processes) for k in kernels},
+        )
+    return out
+
+
+def diff(
+    base: list[dict[str, Operator]],
+    cand: list[dict[str, Operator]],
+    top: int = TOP,
+    kernels: int = KERNELS,
+) -> list[OperatorDelta]:
+    """The `top` operators by |own instructions per step, candidate - baseline| (each side
+    a list of processes' operators; a saved baseline's mean is a list of one), each with
+    its `kernels` leaf functions that moved most. The share is of the change of the whole
+    step (OUTSIDE's inclusive), 0 where the step did not change."""
+    b, c = mean_operators(base), mean_operators(cand)
+    empty = Operator("", 0.0, 0.0)
+    change = c.get(OUTSIDE, empty).inclusive - b.get(OUTSIDE, empty).inclusive
+    rows = []
+    for name in dict.fromkeys([*b, *c]):
+        old, new = b.get(name, empty), c.get(name, empty)
+        rows.append(
+            OperatorDelta(
+                name,
+                (new if name in c else old).parent,
+                old.own,
+                new.own,
+                (new.own - old.own) / change if change else 0.0,
+                (old.inclusive, new.inclusive),
+                kernel_deltas(old.kernels, new.kernels, kernels),
+            )
+        )
+    rows.sort(key=lambda r: (-abs(r.delta), r.operator))
+    return rows[:top]
+
+
+def kernel_deltas(old: dict[str, float], new: dict[str, float], top: int) -> list[KernelDelta]:
+    rows = [KernelDelta(k, old.get(k, 0.0), new.get(k, 0.0)) for k in dict.fromkeys([*old, *new])]
+    rows = [r for r in rows if abs(r.delta) >= 1]  # an instruction per step, at the least
+    rows.sort(key=lambda r: (-abs(r.delta), r.function))
+    return rows[:top]
