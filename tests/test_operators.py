@@ -164,6 +164,22 @@ def test_a_kernels_loop_in_a_shared_iterator_goes_to_its_kernel_and_the_rest_by_
     )
 
 
+def test_an_operators_redispatch_from_its_own_call_is_the_same_operator_counted_once():
+    call, again = "at::_ops::add_Tensor::call()", "at::_ops::add_Tensor::redispatch()"
+    calls = {
+        (T + "step()", T + call): 500,
+        (T + call, T + "VariableType::add_Tensor()"): 490,
+        (T + "VariableType::add_Tensor()", T + again): 400,
+        (T + again, T + "add_kernel()"): 380,
+    }
+    self_cost = {T + call: 10, T + "VariableType::add_Tensor()": 90, T + again: 20}
+    self_cost[T + "add_kernel()"] = 380
+    ops = operators.operators(graph_of(dump(calls, self_cost)), steps=1)
+    assert set(ops) == {"aten::add_Tensor", operators.OUTSIDE}
+    assert (ops["aten::add_Tensor"].inclusive, ops["aten::add_Tensor"].own) == (500, 500)
+    assert ops["aten::add_Tensor"].kernels["add_kernel [libtorch_cpu.so]"] == 380
+
+
 def test_jit_code_is_pooled_by_its_heaviest_caller_and_a_stripped_function_by_its_library():
     jit = "???:0x00000000dc835000"
     calls = {
@@ -304,3 +320,8 @@ def test_a_cumulative_sum_planted_in_every_pooling_is_the_first_operator_under_t
     assert first.share > 0.9, printed
     assert "cumsum_cpu_kernel" in first.kernels[0].function, printed
     assert first.kernels[0].delta > 0.9 * first.delta, printed
+    # The plant's pooling was differentiated as aten's is: its backward ran, as often.
+    backward = "aten::max_pool2d_with_indices_backward"
+    assert cand.operators[backward].inclusive == pytest.approx(
+        base.operators[backward].inclusive, rel=0.01
+    )

@@ -21,8 +21,11 @@ What the call graph can attribute, and what it cannot. callgrind's graph has one
 per function, not per call path, so "under which operator" is an estimate:
 
 - Through C++ code that several operators share (the dispatcher, TensorIterator's
-  helpers), a call is shared among the callers by their call costs (gprof's rule).
-  Exact where a function has one caller, as most kernels and wrappers do.
+  for_each), a call is shared among the callers by their call costs (gprof's rule),
+  except that a leaf instantiated for a kernel is followed to the callers that name
+  that kernel (TensorIterator's loop for cumsum names `cumsum_cpu_kernel` in its
+  template arguments; without this, the loops of fill, add and cumsum were shared
+  among all three). Exact where a function has one caller, as most kernels are.
 - Through the Python interpreter (a Python kernel registered with torch.library, a
   `__torch_function__` or dispatch mode), every call path meets in the same few
   interpreter functions. What tells them apart is callgrind's recursion level: a
@@ -36,7 +39,11 @@ per function, not per call path, so "under which operator" is an estimate:
   `torch.cumsum` under `torch.max_pool2d`); one called another way (`x.cumsum()` from
   a kernel called through `torch.max_pool2d`) is counted at the step's level, and two
   operators with Python kernels share their nested operators by cost.
-- The interpreter's own instructions are not split by caller: under an operator they
+  Measured on the real case (tests/test_operators.py, torch 2.14, Python 3.11): a
+  cumsum in a Python kernel of every max_pool2d is 99% of the change, under
+  aten::max_pool2d at a share of 0.995.
+- The interpreter's own instructions (and code without a symbol that it calls, a
+  trampoline of its own) are not split by caller: under an operator they
   are the part of its own cost that no other function explains (`REST`).
 - An operator called inside itself through other functions is counted once.
 """
