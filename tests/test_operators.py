@@ -105,7 +105,7 @@ def test_an_operator_nested_in_another_is_named_beside_it_and_owns_only_what_it_
 
 
 def test_a_name_used_before_callgrind_defined_it_is_refused_naming_the_line():
-    with pytest.raises(operators.DumpError, match=r"line 3: name \(9\) used before"):
+    with pytest.raises(callgrind.CountError, match=r"line 3: name \(9\) used before"):
         graph_of("events: Ir\nob=(1) /t/x.so\nfn=(9)\n0 1\n")
 
 

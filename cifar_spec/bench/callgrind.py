@@ -279,15 +279,8 @@ def read_dump(path: Path, steps: int) -> Count:
         values["Ir"] / steps,
         estimated_cycles(values, steps),
         functions(path, steps),
-        read_operators(path, steps),
+        operators.read_operators(path, steps),
     )
-
-
-def read_operators(path: Path, steps: int) -> dict[str, operators.Operator]:
-    try:
-        return operators.read_operators(path, steps)
-    except operators.DumpError as error:
-        raise CountError(f"could not follow the call graph in {path}: {error}") from None
 
 
 def estimated_cycles(values: dict[str, int], steps: int) -> float | None:

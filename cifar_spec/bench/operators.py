@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from cifar_spec.errors import CountError
+
 Node = tuple[str, str]  # (object file, function name as callgrind wrote it, with any 'N)
 
 
@@ -90,68 +92,86 @@ SPEC = re.compile(r"^(\w+)=(.*)$")
 NAMED = re.compile(r"^\((\d+)\)(?: (.*))?$")
 
 
-class DumpError(ValueError):
-    """A callgrind file this reader cannot follow."""
+HEADER = re.compile(r"^[a-z]+:")
 
 
 def read_graph(path: Path) -> Graph:
-    with path.open() as lines:
-        return parse_graph(lines)
+    try:
+        with path.open() as lines:
+            return parse_graph(lines)
+    except CountError as error:
+        raise CountError(f"could not follow the call graph in {path}: {error}") from None
 
 
 def parse_graph(lines: Iterable[str]) -> Graph:
     """The call graph of one callgrind output file (one part, as every dump of ours)."""
-    graph = Graph()
-    names: dict[str, dict[str, str]] = {"ob": {}, "fl": {}, "fn": {}}
-    ob = cob = ""
-    fn: Node | None = None
-    callee: Node | None = None
-    positions, event = 1, 0
-    after = None  # "calls": the next cost line is a call's; "jump": a position line
+    reader = Reader()
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+        if line and not line.startswith("#"):
+            reader.read(line, number)
+    return reader.graph
+
+
+class Reader:
+    """callgrind's format, line by line: which function the cost lines are of, and whether
+    the next one is a call's (inclusive) or the function's own."""
+
+    def __init__(self) -> None:
+        self.graph = Graph()
+        self.names: dict[str, dict[str, str]] = {"ob": {}, "fl": {}, "fn": {}}
+        self.ob = self.cob = ""
+        self.fn: Node | None = None
+        self.callee: Node | None = None
+        self.positions, self.event = 1, 0
+        self.after: str | None = None  # "calls": a call's cost line next; "jump": a position
+
+    def read(self, line: str, number: int) -> None:
         spec = SPEC.match(line)
         if spec:
-            key, value = spec.groups()
-            if key in KINDS:
-                value = uncompress(names[KINDS[key]], value, number)
-            if key == "ob":
-                ob = cob = value
-            elif key == "fn":
-                fn, cob = (ob, value), ob
-            elif key == "cob":
-                cob = value
-            elif key == "cfn":
-                callee = (cob, value)
-            elif key == "calls":
-                after = "calls"
-            elif key in ("jump", "jcnd"):
-                after = "jump"
-            continue
-        if re.match(r"^[a-z]+:", line):
-            key, _, value = line.partition(":")
-            if key == "positions":
-                positions = len(value.split())
-            elif key == "events":
-                event = first_event(value)
-            elif key in ("totals", "summary"):
-                graph.total = int(value.split()[event])
-            continue
-        fields = line.split()
-        cost = int(fields[positions + event]) if len(fields) > positions + event else 0
+            self.specification(*spec.groups(), number)
+        elif HEADER.match(line):
+            self.header(*line.split(":", 1))
+        else:
+            self.cost(line.split(), number)
+
+    def specification(self, key: str, value: str, number: int) -> None:
+        if key in KINDS:
+            value = uncompress(self.names[KINDS[key]], value, number)
+        if key == "ob":
+            self.ob = self.cob = value
+        elif key == "fn":
+            self.fn, self.cob = (self.ob, value), self.ob
+        elif key == "cob":
+            self.cob = value
+        elif key == "cfn":
+            self.callee = (self.cob, value)
+        elif key == "calls":
+            self.after = "calls"
+        elif key in ("jump", "jcnd"):
+            self.after = "jump"
+
+    def header(self, key: str, value: str) -> None:
+        if key == "positions":
+            self.positions = len(value.split())
+        elif key == "events":
+            self.event = first_event(value)
+        elif key in ("totals", "summary"):
+            self.graph.total = int(value.split()[self.event])
+
+    def cost(self, fields: list[str], number: int) -> None:
+        column = self.positions + self.event
+        cost = int(fields[column]) if len(fields) > column else 0
+        after, self.after = self.after, None
+        if after == "jump":
+            return
+        if self.fn is None or (after == "calls" and self.callee is None):
+            raise CountError(f"line {number}: a cost before its function is named")
         if after == "calls":
-            if fn is None or callee is None:
-                raise DumpError(f"line {number}: a call before its function is named")
-            graph.calls[(fn, callee)] += cost
-            cob = ob  # a call's object is named again for each call in another object
-        elif after is None:
-            if fn is None:
-                raise DumpError(f"line {number}: a cost before its function is named")
-            graph.self_cost[fn] += cost
-        after = None
-    return graph
+            self.graph.calls[(self.fn, self.callee)] += cost
+            self.cob = self.ob  # a call's object is named again for each call in another
+        else:
+            self.graph.self_cost[self.fn] += cost
 
 
 def uncompress(known: dict[str, str], value: str, number: int) -> str:
@@ -164,7 +184,7 @@ def uncompress(known: dict[str, str], value: str, number: int) -> str:
         known[ident] = name
         return name
     if ident not in known:
-        raise DumpError(f"line {number}: name ({ident}) used before it is defined")
+        raise CountError(f"line {number}: name ({ident}) used before it is defined")
     return known[ident]
 
 
@@ -335,31 +355,35 @@ def operators(graph: Graph, steps: int) -> dict[str, Operator]:
     inclusive, parents = inclusive_costs(graph, enclosing)
     inclusive[None] = graph.total
     shares = {op: normalized(weights) or {None: 1.0} for op, weights in parents.items()}
-    nested: dict = defaultdict(float)
-    for op, share in shares.items():
-        for parent, part in share.items():
-            nested[parent] += inclusive[op] * part
+    nested = nested_costs(inclusive, shares)
     kernels = leaf_costs(graph, enclosing, python)
     keep = KEEP * graph.total
     out = {}
     for op, cost in inclusive.items():
-        if cost < keep:
-            continue
-        own = cost - nested[op]
-        named = dict(kernels[op])
-        rest = own - sum(named.values())
-        if rest >= keep:
-            named[REST] = rest
-        parent, share = max(shares.get(op, {None: 1.0}).items(), key=lambda kv: kv[1])
-        out[op or OUTSIDE] = Operator(
-            op or OUTSIDE,
-            cost / steps,
-            own / steps,
-            parent,
-            share,
-            {k: v / steps for k, v in sorted(named.items(), key=lambda kv: -kv[1]) if v >= keep},
-        )
+        if cost >= keep:
+            parent, share = max(shares.get(op, {None: 1.0}).items(), key=lambda kv: kv[1])
+            own = cost - nested[op]
+            named = {k: v / steps for k, v in with_rest(kernels[op], own).items() if v >= keep}
+            out[op or OUTSIDE] = Operator(
+                op or OUTSIDE, cost / steps, own / steps, parent, share, named
+            )
     return out
+
+
+def nested_costs(inclusive: dict, shares: dict) -> dict:
+    """{operator (None: the step's level): the inclusive cost of the operators under it}."""
+    nested: dict = defaultdict(float)
+    for op, share in shares.items():
+        for parent, part in share.items():
+            nested[parent] += inclusive[op] * part
+    return nested
+
+
+def with_rest(kernels: dict[str, float], own: float) -> dict[str, float]:
+    """An operator's kernels, the most first, and REST: its own cost that they leave."""
+    named = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+    rest = own - sum(named.values())
+    return {**named, REST: rest} if rest > 0 else named
 
 
 def inclusive_costs(graph: Graph, enclosing: Enclosing) -> tuple[dict, dict]:
