@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from cifar_spec.bench import callgrind, operators
-from cifar_spec.bench.cases import Case
+from cifar_spec.bench import callgrind, counts, operators, records, report
+from cifar_spec.bench.records import Case
 from conftest import python_wrapper
 
 needs_callgrind = pytest.mark.skipif(
@@ -270,7 +270,9 @@ def test_the_diff_ranks_operators_by_their_own_change_with_its_share_and_parent(
     assert (first.operator, first.parent, first.delta) == ("cumsum", "pool", 26)
     assert first.share == pytest.approx(26 / 29) and first.kernels[0].function == "loop"
     assert (second.operator, second.delta, second.baseline) == ("pool", 4, 100)
-    assert first.lines()[0].startswith("cumsum under pool  +26 (89.7% of the change)")
+    assert report.operator_lines(first)[0].startswith(
+        "cumsum under pool  +26 (89.7% of the change)"
+    )
     assert json.loads(json.dumps(first.as_dict()))["kernels"][0]["delta"] == 26
 
 
@@ -313,10 +315,13 @@ def test_a_cumulative_sum_planted_in_every_pooling_is_the_first_operator_under_t
     counted = callgrind.count_all({"base": sys.executable, "plant": str(plant)}, 1, [case])
     base, cand = (counted[side][0].counts[case] for side in ("base", "plant"))
     assert cand.instructions > base.instructions * 1.005
-    first, *_ = operators.diff([base.operators], [cand.operators])
-    printed = "\n".join(first.lines())
+    judged = counts.judge(case, [base], [cand], counts.COUNT_THRESHOLD)
+    printed = "\n".join(report.count_lines(judged))
+    assert judged.verdict == records.REGRESSION, printed
+    first = judged.top[0]
     assert first.operator == "aten::cumsum" and first.parent == "aten::max_pool2d", printed
-    assert first.lines()[0].startswith("aten::cumsum under aten::max_pool2d  +"), printed
+    # What the table prints under the case's row: the operator first, its pooling beside it.
+    assert printed.splitlines()[1].startswith("    aten::cumsum under aten::max_pool2d  +"), printed
     assert first.share > 0.9, printed
     assert "cumsum_cpu_kernel" in first.kernels[0].function, printed
     assert first.kernels[0].delta > 0.9 * first.delta, printed

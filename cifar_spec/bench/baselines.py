@@ -56,13 +56,12 @@ def load_json(path: Path, what: str) -> object:
         raise GateError(f"{error}; fix or delete the {what}") from None
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+    return _finite(value) and value > 0
 
 
 def step_times_fit(row: dict) -> bool:
@@ -82,6 +81,24 @@ def counts_fit(row: dict) -> bool:
         and all(_positive(v) for v in values)
         and isinstance(functions, dict)
         and all(isinstance(k, str) and _positive(v) for k, v in functions.items())
+        and operators_fit(row.get("operators", {}))
+    )
+
+
+def operators_fit(saved: object) -> bool:
+    """A row's operators (`operators.Operator.as_dict`, by name), or none (a row saved before
+    operators were read): each field of its type, every figure finite."""
+    fields = {"name", "inclusive", "own", "parent", "parent_share", "kernels"}
+    return isinstance(saved, dict) and all(
+        isinstance(name, str)
+        and isinstance(op, dict)
+        and set(op) == fields
+        and op["name"] == name
+        and all(_finite(op[k]) for k in ("inclusive", "own", "parent_share"))
+        and isinstance(op["parent"], (str, type(None)))
+        and isinstance(op["kernels"], dict)
+        and all(isinstance(k, str) and _finite(v) for k, v in op["kernels"].items())
+        for name, op in saved.items()
     )
 
 
@@ -95,8 +112,8 @@ ROWS = {
     ),
     "instructions": (
         counts_fit,
-        "a counted case (device, variant, batch, positive instructions_per_step per process "
-        "and functions)",
+        "a counted case (device, variant, batch, positive instructions_per_step per process, "
+        "functions, and operators where saved)",
         "--metric instructions ",
     ),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from cifar_spec.bench import records
+from cifar_spec.bench import operators, records
 from cifar_spec.bench.callgrind import Count, Process
 from cifar_spec.bench.records import INSTRUCTIONS, Case, Judged
 
@@ -37,7 +37,8 @@ def judge(
     top: int = TOP,
 ) -> Judged:
     """The case's verdict from both sides' counts: the range of the ratio over every process,
-    a side whose processes disagree named, its top functions where it moved."""
+    a side whose processes disagree named; its attribution: the operators whose own
+    instructions moved most, each with its kernels (`operators.diff`), and the functions."""
     b = [c.instructions for c in base]
     c = [c.instructions for c in cand]
     ratio = (sum(c) / len(c)) / (sum(b) / len(b))
@@ -55,6 +56,9 @@ def judge(
     if base[0].cycles is not None and cand[0].cycles is not None:
         cycles = (fmean([x.cycles for x in base]), fmean([x.cycles for x in cand]))
     top_functions = attribution(base, cand, top)
+    moved_operators = operators.diff([x.operators for x in base], [x.operators for x in cand])
+    if not any(x.operators for x in base + cand):
+        moved_operators = []  # counted before operators were read: the functions alone
     return Judged(
         case,
         INSTRUCTIONS,
@@ -66,11 +70,12 @@ def judge(
         fmean(c),
         note="; ".join(notes),
         moved=moved,
-        top=tuple(top_functions),
+        top=tuple(moved_operators),
         figures={
             "instructions_per_step": {"baseline": b, "candidate": c},
             "disagreement": {"baseline": disagreement(b), "candidate": disagreement(c)},
             "estimated_cycles_per_step": list(cycles) if cycles else None,
+            "top_operators": [d.as_dict() for d in moved_operators],
             "top_functions": [
                 {"function": f, "baseline": x, "candidate": y, "delta": y - x}
                 for f, x, y in top_functions
@@ -119,6 +124,10 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
                 "disagreement": disagreement(values),
                 "estimated_cycles_per_step": fmean(cycles) if cycles else None,
                 "functions": {n: v for n, v in functions.items() if v >= keep},
+                "operators": {
+                    name: op.as_dict()
+                    for name, op in operators.mean_operators([c.operators for c in counts]).items()
+                },
             }
         )
     return out
@@ -126,4 +135,5 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
 
 def from_row(row: dict) -> list[Count]:
     """A saved row as Counts, one per process (each holding the row's mean functions)."""
-    return [Count(v, None, row["functions"]) for v in row["instructions_per_step"]]
+    saved = {n: operators.Operator.from_dict(d) for n, d in row.get("operators", {}).items()}
+    return [Count(v, None, row["functions"], saved) for v in row["instructions_per_step"]]

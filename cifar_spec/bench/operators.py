@@ -594,16 +594,6 @@ class OperatorDelta:
             "kernels": [k.as_dict() for k in self.kernels],
         }
 
-    def lines(self) -> list[str]:
-        """`aten::cumsum under aten::max_pool2d  +5,414,151 (99.0% of the change)  own 0 ->
-        5,414,151`, then its kernels' deltas, indented."""
-        where = f" under {self.parent}" if self.parent else ""
-        head = (
-            f"{self.operator}{where}  {self.delta:+,.0f} ({self.share:.1%} of the change)  "
-            f"own {self.baseline:,.0f} -> {self.candidate:,.0f}"
-        )
-        return [head] + [f"    {k.delta:+,.0f}  {k.function}" for k in self.kernels]
-
 
 def mean_operators(processes: list[dict[str, Operator]]) -> dict[str, Operator]:
     """One side's operators as the mean over its processes (0 where a process lacks one);

@@ -107,7 +107,8 @@ def time_line(j: Judged) -> str:
 
 
 def count_lines(j: Judged) -> list[str]:
-    """A case judged on counts: its row, its note, and, where it moved, its top functions."""
+    """A case judged on counts: its row, its note, and, where it moved, the operators whose
+    instructions moved most, each with its kernels."""
     if j.ratio is None:
         return [f"{j.case.name:<{WIDTH}} {j.verdict}: {j.reason}"]
     apart = max(j.figures["disagreement"].values())
@@ -123,11 +124,29 @@ def count_lines(j: Judged) -> list[str]:
         )
     if j.note:
         lines.append(f"    note: {j.note}")
-    for function, b, c in j.top if j.moved else []:
-        lines.append(
-            f"    {c - b:>+11,.0f} {b:>13,.0f} {c:>13,.0f}  {truncate(compact(function), 110)}"
-        )
+    if not j.moved:
+        return lines  # the attribution is in --json
+    for moved in j.top:  # by ATen operator, the kernels under each
+        lines += [f"    {line}" for line in operator_lines(moved)]
+    if not j.top:  # counted before operators were read: the functions alone
+        for f in j.figures["top_functions"]:
+            name = truncate(compact(f["function"]), 110)
+            figures = f"{f['delta']:>+11,.0f} {f['baseline']:>13,.0f} {f['candidate']:>13,.0f}"
+            lines.append(f"    {figures}  {name}")
     return lines
+
+
+def operator_lines(moved) -> list[str]:
+    """An operator whose own instructions per step moved (`operators.OperatorDelta`), where it
+    ran and its share of the case's change, then the kernels under it that moved most:
+    `aten::cumsum under aten::max_pool2d  +5,414,151 (99.0% of the change)  own 0 -> 5,414,151`.
+    """
+    where = f" under {moved.parent}" if moved.parent else ""
+    head = (
+        f"{moved.operator}{where}  {moved.delta:+,.0f} ({moved.share:.1%} of the change)  "
+        f"own {moved.baseline:,.0f} -> {moved.candidate:,.0f}"
+    )
+    return [head] + [f"    {k.delta:+,.0f}  {k.function}" for k in moved.kernels]
 
 
 def judged_table(
@@ -217,22 +236,39 @@ def markdown(c: Comparison) -> str:
             f"{markdown_cell(counted.get(case), 4)} | **{j.verdict}** | {j.metric} |"
         )
     for j in c.judged.get(INSTRUCTIONS, []):
-        if not j.moved:
-            continue
-        lines += [
-            "",
-            f"<details><summary>{j.case.variant} batch {j.case.batch}: the functions that "
-            "moved most (instructions per step)</summary>",
-            "",
-            "| delta | baseline | candidate | function |",
-            "|---:|---:|---:|---|",
-        ]
-        lines += [
-            f"| {c - b:+,.0f} | {b:,.0f} | {c:,.0f} | `{truncate(compact(f), 120)}` |"
-            for f, b, c in j.top
-        ]
-        lines.append("</details>")
+        if j.moved:
+            lines += markdown_attribution(j)
     return "\n".join(lines) + "\n"
+
+
+def markdown_attribution(j: Judged) -> list[str]:
+    """A moved case's operators and kernels (or, counted before operators were read, its
+    functions) in a collapsed table."""
+    lines = [
+        "",
+        f"<details><summary>{j.case.name}: what moved most (instructions per step)</summary>",
+        "",
+        "| delta | baseline | candidate | operator, or kernel under it |",
+        "|---:|---:|---:|---|",
+    ]
+    for moved in j.top:
+        where = f" (under `{moved.parent}`)" if moved.parent else ""
+        lines.append(
+            f"| {moved.delta:+,.0f} | {moved.baseline:,.0f} | {moved.candidate:,.0f} | "
+            f"`{moved.operator}`{where}, {moved.share:.1%} of the change |"
+        )
+        lines += [
+            f"| {k.delta:+,.0f} | {k.baseline:,.0f} | {k.candidate:,.0f} | "
+            f"&nbsp;&nbsp;`{truncate(k.function, 120)}` |"
+            for k in moved.kernels
+        ]
+    if not j.top:
+        lines += [
+            f"| {f['delta']:+,.0f} | {f['baseline']:,.0f} | {f['candidate']:,.0f} | "
+            f"`{truncate(compact(f['function']), 120)}` |"
+            for f in j.figures["top_functions"]
+        ]
+    return lines + ["</details>"]
 
 
 def markdown_cell(j: Judged | None, digits: int) -> str:
