@@ -33,16 +33,10 @@ from cifar_spec.distributed import (
 )
 from cifar_spec.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLoss, PeerLost
 from cifar_spec.files import folder_lock
+from cifar_spec.labels import check_labels
+from cifar_spec.memory import check_memory
 from cifar_spec.model import CifarNet, check_images
-from cifar_spec.step import (
-    Step,
-    StepOptions,
-    check_labels,
-    check_memory,
-    default_step,
-    make_step,
-    prepare_model,
-)
+from cifar_spec.step import Step, StepOptions, default_step, make_step, prepare_model
 
 # float32 holds nothing larger; a bigger rate turns the first update into inf.
 MAX_LR = float(torch.finfo(torch.float32).max)

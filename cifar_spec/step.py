@@ -20,44 +20,11 @@ from torch import Tensor, nn
 
 from cifar_spec import manual_backward
 from cifar_spec.cuda_graph import cuda_graphed
-from cifar_spec.errors import NonFiniteLoss, NotEnoughMemory
-from cifar_spec.model import NUM_CLASSES, check_images
+from cifar_spec.errors import NonFiniteLoss
+from cifar_spec.labels import check_batch
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Step = Callable[[Tensor, Tensor], Tensor]
-
-
-def check_labels(labels: Tensor, num_images: int, num_classes: int = NUM_CLASSES) -> None:
-    """Raise unless `labels` are int64 class indices in [0, num_classes), one per image.
-
-    The range check reads the values, which on an accelerator would stall the
-    host for every batch; so it runs only for labels still on the CPU. `fit`
-    checks a whole data set once, before it moves it to the device.
-    """
-    if labels.dtype != torch.long:
-        raise TypeError(
-            f"labels must be class indices of dtype torch.int64, got {labels.dtype}; "
-            "convert with labels.long()"
-        )
-    if labels.shape != (num_images,):
-        raise ValueError(
-            f"expected one label per image, shape ({num_images},), got {tuple(labels.shape)}"
-        )
-    if labels.device.type == "cpu" and labels.numel() > 0:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}), got values from {low} to {high}"
-            )
-
-
-def check_batch(images: Tensor, labels: Tensor, dtype: torch.dtype = torch.float32) -> None:
-    """Refuse a batch no step can learn from, before anything reaches a device."""
-    check_images(images, dtype)
-    if images.shape[0] == 0:
-        # The mean over no images is 0/0: the step would report "loss is nan".
-        raise ValueError("the batch is empty: a step needs at least one image")
-    check_labels(labels, images.shape[0])
 
 
 @dataclass(frozen=True)
@@ -340,36 +307,3 @@ def train_step(
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
     return make_step(model, optimizer, loss_fn=loss_fn)(images, labels)
-
-
-# Bytes one image costs a training step: the float32 activations autograd keeps
-# (conv1 32x32x32, pool 32x16x16, conv2 32x16x16, pool 32x8x8, conv3 64x8x8,
-# pool 64x4x4, fc 64 + 10: 56,394 floats), their gradients, and as much again
-# for the kernels' workspaces and the pooling indices, rounded up.
-STEP_BYTES_PER_IMAGE = 4 * 56_394 * 4
-IMAGE_BYTES = 4 * 3 * 32 * 32  # one float32 image held on the device
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free for tensors on `device` now."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62  # not Linux: no estimate to refuse on
-
-
-def check_memory(batch_size: int, num_images: int, device: str | torch.device) -> None:
-    """Refuse, before allocating, a run whose data and one step cannot fit in free memory."""
-    device = torch.device(device)
-    batch = min(batch_size, num_images)
-    needed = num_images * IMAGE_BYTES + batch * STEP_BYTES_PER_IMAGE
-    free = free_memory(device)
-    if needed > free:
-        raise NotEnoughMemory(
-            f"batch size {batch_size} on {num_images} images needs about {needed / 2**30:.1f} GiB, "
-            f"more than the {free / 2**30:.1f} GiB free on {device.type}; "
-            "use a smaller --batch-size (or --limit)"
-        )

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cifar_spec import checkpoint, files, plot, published
-from cifar_spec.checkpoint import RUN_FILES, CheckpointError
+from cifar_spec.checkpoint import RUN_FILES
 from cifar_spec.data import DeviceData
-from cifar_spec.files import FolderBusy, folder_lock
-from cifar_spec.loop import Interrupted, TrainConfig, fit, published_curve
-from cifar_spec.step import NonFiniteLoss
+from cifar_spec.errors import CheckpointError, FolderBusy, Interrupted, NonFiniteLoss
+from cifar_spec.files import folder_lock
+from cifar_spec.loop import TrainConfig, fit, published_curve
 
 
 def snapshot(folder):

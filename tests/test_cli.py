@@ -329,9 +329,9 @@ def test_resuming_on_the_other_split_is_refused_naming_both(tmp_path, stand_in, 
 def test_a_batch_too_large_for_memory_is_refused_before_it_is_allocated(
     stand_in, capsys, monkeypatch
 ):
-    import cifar_spec.step as step
+    import cifar_spec.memory as memory
 
-    monkeypatch.setattr(step, "free_memory", lambda device: 2**20)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 2**20)
     one_line_error(capsys, train(stand_in, "--batch-size", "4096"), "use a smaller --batch-size")
 
 

@@ -7,10 +7,10 @@ from torch import nn
 
 from cifar_spec.bench import cases
 from cifar_spec.loop import TrainConfig, fit
+from cifar_spec.memory import check_memory
 from cifar_spec.model import CifarNet
 from cifar_spec.step import (
     StepOptions,
-    check_memory,
     default_step,
     make_step,
     one_call_sgd_update,
@@ -250,9 +250,9 @@ def test_the_benchmarks_ask_the_same_rule_and_measure_both_defaults():
 
 
 def test_a_batch_too_large_for_free_memory_is_refused_before_anything_is_allocated(monkeypatch):
-    import cifar_spec.step as step
+    import cifar_spec.memory as memory
 
-    monkeypatch.setattr(step, "free_memory", lambda device: 64 * 2**20)  # 64 MiB free
+    monkeypatch.setattr(memory, "free_memory", lambda device: 64 * 2**20)  # 64 MiB free
     check_memory(1, 1000, "cpu")  # 12 MB of images and a 1 MB step fit
     with pytest.raises(
         MemoryError,

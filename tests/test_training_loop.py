@@ -8,8 +8,9 @@ from precision import FLOAT32_LONG_RUN, FLOAT64, float64_sums  # how runs compar
 
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.data import to_device
+from cifar_spec.errors import NonFiniteLoss
 from cifar_spec.loop import TrainConfig, evaluate, fit, new_run, train_epoch
-from cifar_spec.step import NonFiniteLoss, StepOptions, default_step, make_step
+from cifar_spec.step import StepOptions, default_step, make_step
 from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 
 TUTORIAL = TrainConfig(epochs=3, limit=200)  # the tutorial's settings, on 200 images

@@ -23,8 +23,9 @@ from cifar_spec.data import to_device
 from cifar_spec.errors import CheckpointError, ConfigError, DataError
 from cifar_spec.files import cannot_write
 from cifar_spec.loop import TrainConfig, fit
+from cifar_spec.memory import check_memory
 from cifar_spec.model import CifarNet, format_summary
-from cifar_spec.step import StepOptions, check_memory, default_step, unsupported
+from cifar_spec.step import StepOptions, default_step, unsupported
 
 if TYPE_CHECKING:  # torchvision takes seconds to import; only reading data needs it
     from torchvision.datasets import CIFAR10
