@@ -6,8 +6,8 @@ first; it imports torchvision, so it is not imported here), ``synthetic`` (a
 learnable stand-in in CIFAR-10's format), ``data`` (a split on a device),
 ``files`` and ``safe_pickle`` (the one reader, the atomic writer, the lock, the
 unpickler), ``step`` (the training step, its options and the rule for them),
-``manual_backward`` and ``cuda_graph`` (two of those options), ``labels`` and ``memory``
-(the checks of a batch and of the memory a run needs), ``loop`` (``fit``),
+``sgd``, ``manual_backward`` and ``cuda_graph`` (three of those options), ``labels``
+and ``memory`` (the checks of a batch and of the memory a run needs), ``loop`` (``fit``),
 ``checkpoint`` (the run folder), ``distributed``, ``tutorial`` (the tutorial's own
 loop), ``errors``, ``plot``, ``cli`` and the harness ``bench``. See README.md.
 """

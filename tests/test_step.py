@@ -9,11 +9,11 @@ from cifar_spec.bench import cases
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.memory import check_memory
 from cifar_spec.model import CifarNet
+from cifar_spec.sgd import one_call_sgd_update
 from cifar_spec.step import (
     StepOptions,
     default_step,
     make_step,
-    one_call_sgd_update,
     prepare_model,
     train_step,
     unsupported,
