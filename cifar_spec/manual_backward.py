@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from cifar_spec.model import CifarNet, check_images
+from cifar_spec.sgd import sgd_update
 
 aten = torch.ops.aten
 ONE, PAD, ZERO, POOL = [1, 1], [2, 2], [0, 0], [2, 2]  # conv stride, padding; pool window
@@ -44,11 +45,15 @@ def applies_to(model: nn.Module) -> bool:
 
 
 def updates_all(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer holds exactly the model's parameters, in one group, in order."""
-    groups = optimizer.param_groups
-    return len(groups) == 1 and [id(p) for p in groups[0]["params"]] == [
-        id(p) for p in model.parameters()
-    ]
+    """Whether the optimizer's param groups hold exactly the model's parameters, each once."""
+    held = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    return sorted(held) == sorted(id(p) for p in model.parameters())
+
+
+def group_positions(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[int]]:
+    """For each param group, where its parameters stand in `model.parameters()`, in its order."""
+    position = {id(p): i for i, p in enumerate(model.parameters())}
+    return [[position[id(p)] for p in group["params"]] for group in optimizer.param_groups]
 
 
 def conv_forward(x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -82,10 +87,11 @@ def make_manual_backward_step(
 
     `step.make_step` builds it after `step.unsupported` has found the model,
     optimizer and loss to be the ones written out here. Under data parallelism
-    `sum_gradients` sums the gradients over processes before the update.
+    `sum_gradients` sums the gradients over processes before the update. The
+    gradients come in `model.parameters()` order; each param group gets its own.
     """
     conv1, _, conv2, _, conv3, _, _, fc1, fc2 = model.layers
-    params = list(model.parameters())
+    positions = group_positions(model, optimizer)
 
     @torch.no_grad()
     def step(images: Tensor, labels: Tensor) -> Tensor:
@@ -139,7 +145,7 @@ def make_manual_backward_step(
         ]
         if sum_gradients is not None:
             grads = sum_gradients(grads)
-        torch._foreach_add_(params, grads, alpha=-optimizer.param_groups[0]["lr"])
+        sgd_update(optimizer, [[grads[i] for i in group] for group in positions])
         return loss
 
     return step

@@ -22,7 +22,7 @@ from cifar_spec import manual_backward
 from cifar_spec.cuda_graph import cuda_graphed
 from cifar_spec.errors import NonFiniteLoss
 from cifar_spec.labels import check_batch
-from cifar_spec.sgd import is_plain_sgd, one_call_sgd_update
+from cifar_spec.sgd import is_plain_sgd, sgd_update
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Step = Callable[[Tensor, Tensor], Tensor]
@@ -125,7 +125,10 @@ def training_conflict(
             and model is not None
             and not manual_backward.updates_all(model, optimizer)
         ):
-            return "manual_backward updates every parameter: give SGD exactly model.parameters()"
+            return (
+                "manual_backward updates every parameter: give SGD all of model.parameters(), "
+                "each once, in one param group or several"
+            )
     if options.cuda_graph and model is not None and model_device(model).type != "cuda":
         return "cuda_graph needs the model on a CUDA device"
     return None
@@ -250,7 +253,12 @@ def autograd_step(
             return loss_fn(model(images), labels)
 
     forward = torch.compile(loss_of) if options.compile else loss_of
-    update = one_call_sgd_update(optimizer) if options.one_call_sgd else optimizer.step
+
+    @torch.no_grad()
+    def one_call_sgd() -> None:
+        sgd_update(optimizer)
+
+    update = one_call_sgd if options.one_call_sgd else optimizer.step
 
     def step(images: Tensor, labels: Tensor) -> Tensor:
         if options.channels_last:

@@ -9,7 +9,7 @@ from cifar_spec.bench import cases
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.memory import check_memory
 from cifar_spec.model import CifarNet
-from cifar_spec.sgd import one_call_sgd_update
+from cifar_spec.sgd import sgd_update
 from cifar_spec.step import (
     StepOptions,
     default_step,
@@ -140,13 +140,35 @@ def test_the_one_call_sgd_update_moves_parameters_bit_for_bit_like_optimizer_ste
 def test_the_one_call_sgd_update_follows_a_learning_rate_changed_mid_run():
     model = CifarNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    update = one_call_sgd_update(optimizer)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     before = model.layers[0].bias.detach().clone()
     optimizer.param_groups[0]["lr"] = 0.5
-    update()
+    with torch.no_grad():
+        sgd_update(optimizer)
     assert torch.equal(model.layers[0].bias.detach(), before - 0.5)
+
+
+def test_the_one_call_sgd_update_moves_each_param_group_at_its_own_rate_like_optimizer_step():
+    def two_groups_after_one_update(update):
+        torch.manual_seed(0)
+        model = CifarNet()
+        params = list(model.parameters())
+        optimizer = torch.optim.SGD(
+            [{"params": params[:4], "lr": 0.5}, {"params": params[4:]}], lr=0.01
+        )
+        for p in params:
+            p.grad = torch.rand_like(p)
+        update(optimizer)
+        return params
+
+    def one_call(optimizer):
+        with torch.no_grad():
+            sgd_update(optimizer)
+
+    one_call_params = two_groups_after_one_update(one_call)
+    stepped = two_groups_after_one_update(lambda optimizer: optimizer.step())
+    assert all(torch.equal(a, b) for a, b in zip(one_call_params, stepped))
 
 
 def test_the_default_step_adds_channels_last_and_the_one_call_update_to_the_tutorials():
