@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,19 @@ class Run:
         self.history = list(state["history"])
 
 
+def with_step(config: TrainConfig, data_parallel: bool) -> TrainConfig:
+    """`config` with the step its run takes: the one it names, else `default_step` for its
+    device. `fit` chooses it once, before any work, and passes it on; `new_run` and
+    `shared_settings` choose here only for a caller that did not."""
+    if config.step is not None:
+        return config
+    return replace(config, step=default_step(config.device, data_parallel=data_parallel))
+
+
 def new_run(config: TrainConfig, world: World | None = None) -> Run:
     """A run from its seed; as one of `world`'s processes, with the data-parallel step."""
     torch.manual_seed(config.seed)
-    options = config.step or default_step(config.device, data_parallel=world is not None)
+    options = with_step(config, data_parallel=world is not None).step
     model = prepare_model(CifarNet().to(config.device), options)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
@@ -324,12 +333,11 @@ def shared_settings(config: TrainConfig, data: DeviceData, resume: bool, world: 
 
     The device's type only: each rank's GPU is its own (cuda:0 on one, cuda:1 on the next).
     """
-    options = config.step or default_step(config.device, data_parallel=True)
     record = data.record()
     return dict(
         asdict(config),
         device=torch.device(config.device).type,
-        step=options.name,
+        step=with_step(config, data_parallel=True).step.name,
         resume=resume,
         backend=world.backend,
         data=record["split"],
@@ -353,6 +361,7 @@ def fit(
     rank 0 alone checks, locks and writes the run folder, once every rank is
     known to have its settings and data.
     """
+    config = with_step(config, data_parallel=world is not None)
     if config.limit is not None:
         data = data.head(config.limit)
     if world is not None:  # before any rank can stop alone on its own settings

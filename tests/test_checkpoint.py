@@ -3,7 +3,7 @@
 import errno
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ from cifar_spec.data import DeviceData
 from cifar_spec.errors import CheckpointError, FolderBusy, Interrupted, NonFiniteLoss
 from cifar_spec.files import folder_lock
 from cifar_spec.loop import TrainConfig, fit, published_curve
+from cifar_spec.step import default_step
 
 
 def snapshot(folder):
@@ -94,6 +95,7 @@ def test_the_run_folder_holds_history_and_loss_curve(tmp_path, test_split):
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert all(row["images_per_s"] > 0 for row in history["epochs"])
     assert history["config"]["limit"] == 8
+    assert history["config"]["step"] == asdict(default_step("cpu"))  # the step the run took
     if plot.have_matplotlib():
         assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

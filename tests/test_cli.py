@@ -4,6 +4,7 @@ import errno
 import os
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.cli import build_parser, main
+from cifar_spec.cli.train import train_config
+from cifar_spec.loop import TrainConfig
 from cifar_spec.synthetic import write_synthetic_cifar10
 
 
@@ -60,6 +63,11 @@ def test_every_train_flag_states_its_default_in_help():
     ]:
         assert flag in text
         assert f"(default: {default})" in text
+
+
+def test_train_without_flags_takes_each_setting_from_train_configs_defaults():
+    config = train_config(build_parser().parse_args(["train"]), "cpu", None)
+    assert replace(config, step=None) == TrainConfig()
 
 
 @pytest.mark.parametrize("command", ["train", "bench", "gate", "compare", "bench-ddp"])

@@ -136,7 +136,8 @@ def train_config(
 ) -> TrainConfig:
     """The run's settings from the flags; under torchrun, the rank's device and global batch."""
     world_size = 1 if world is None else world.size
-    batch_size = getattr(args, "batch_size", world_size)  # absent: not given
+    # Absent: not given; the default batch per process, on every process.
+    batch_size = getattr(args, "batch_size", TrainConfig.batch_size * world_size)
     if world is not None:
         device = world.device(device)
         distributed.check_batch_size(batch_size, world)
@@ -230,16 +231,19 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         help="train the tutorial's CNN (defaults: the tutorial's run)",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--epochs", type=int, default=20, help="passes over the data")
+    # Each default is TrainConfig's, written there once.
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the data")
     p.add_argument(
         "--batch-size",
         type=int,
         default=argparse.SUPPRESS,
-        help="images per step; under torchrun, over all processes, where the default is 1 "
-        "per process (default: 1)",
+        help=f"images per step; under torchrun, over all processes, where the default is "
+        f"{TrainConfig.batch_size} per process (default: {TrainConfig.batch_size})",
     )
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffle order")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="SGD learning rate")
+    p.add_argument(
+        "--seed", type=int, default=TrainConfig.seed, help="seed of the weights and shuffle order"
+    )
     add_device_option(p)
     p.add_argument("--data-root", default="data", help="folder holding cifar-10-batches-py")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
@@ -254,10 +258,14 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         help="use the 50,000-image train split, not the tutorial's test split",
     )
     p.add_argument("--shuffle", action="store_true", help="new order every epoch")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument(
+        "--limit", type=int, default=TrainConfig.limit, help="use only the first N images"
+    )
     p.add_argument("--dry-run", action="store_true", help="one epoch on 64 images, to smoke-test")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    p.add_argument("--out", default=None, help="run folder: checkpoint, history.json, loss.png")
+    p.add_argument(
+        "--out", default=TrainConfig.out, help="run folder: checkpoint, history.json, loss.png"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--backend",
