@@ -31,10 +31,17 @@ from cifar_spec.distributed import (
     is_lost_peer,
     together,
 )
-from cifar_spec.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLoss, PeerLost
+from cifar_spec.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    NonFiniteLoss,
+    NotEnoughMemory,
+    PeerLost,
+)
 from cifar_spec.files import folder_lock
 from cifar_spec.labels import check_labels
-from cifar_spec.memory import check_memory
+from cifar_spec.memory import memory_shortfall
 from cifar_spec.model import CifarNet, check_images
 from cifar_spec.step import Step, StepOptions, default_step, make_step, prepare_model
 
@@ -67,6 +74,18 @@ class TrainConfig:
             )
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be at least 1 image, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class SettingNames:
+    """How a run's messages name what its user may change: as `fit`'s settings for a caller of
+    the library (these defaults); the command line passes its flags (`cli.train.FLAGS`)."""
+
+    out: str = "TrainConfig.out"
+    lr: str = "TrainConfig.lr"
+    batch_size: str = "TrainConfig.batch_size"
+    limit: str = "TrainConfig.limit"
+    resume: str = "fit(..., resume=True) and the same TrainConfig"  # {out}: the run folder
 
 
 @dataclass
@@ -135,10 +154,14 @@ def new_run(config: TrainConfig, world: World | None = None) -> Run:
     return Run(model, optimizer, step, generator, [])
 
 
+def check_resume(config: TrainConfig, resume: bool, names: SettingNames) -> None:
+    """Refuse, before any work, to resume a run that has no run folder to resume from."""
+    if resume and not config.out:
+        raise CheckpointError(f"resuming needs the run folder: set {names.out}")
+
+
 def saved_state(config: TrainConfig, data: dict, model: nn.Module) -> dict:
     """The run folder's checkpoint, checked against this run's settings and data."""
-    if not config.out:
-        raise CheckpointError("--resume needs the run folder: pass --out DIR")
     path = Path(config.out) / checkpoint.CHECKPOINT
     state = checkpoint.load_checkpoint(path, model)
     checkpoint.check_resumable(state, asdict(config), data, path)
@@ -162,10 +185,7 @@ def start_run(config: TrainConfig, data: dict, resume: bool, world: World | None
 
 
 def non_finite(error: NonFiniteLoss, epoch: int, step: int) -> NonFiniteLoss:
-    return NonFiniteLoss(
-        f"{error} at epoch {epoch}, step {step}; the run stopped and the last checkpoint is "
-        "intact (a smaller --lr may help)"
-    )
+    return NonFiniteLoss(f"{error} at epoch {epoch}, step {step}")
 
 
 def train_epoch(
@@ -224,7 +244,14 @@ def check_data(data: DeviceData) -> None:
     check_labels(data.labels.cpu(), len(data.images))
 
 
-def save_epoch(run: Run, config: TrainConfig, data: dict) -> None:
+def check_memory(config: TrainConfig, num_images: int, names: SettingNames) -> None:
+    """Refuse, before allocating, a run whose data and one step cannot fit in free memory."""
+    shortfall = memory_shortfall(config.batch_size, num_images, config.device)
+    if shortfall:
+        raise NotEnoughMemory(f"{shortfall}; use a smaller {names.batch_size} (or {names.limit})")
+
+
+def save_epoch(run: Run, config: TrainConfig, data: dict, names: SettingNames) -> None:
     """The checkpoint, then the history; a failed write leaves the previous checkpoint."""
     out = Path(config.out)
     try:
@@ -233,19 +260,19 @@ def save_epoch(run: Run, config: TrainConfig, data: dict) -> None:
     except OSError as error:  # a full disk, a folder made read-only mid-run
         raise CheckpointError(
             f"could not save epoch {len(run.history)} in {out} ({error.strerror}); "
-            f"{saved_note(config, len(run.history) - 1)}"
+            f"{saved_note(config, len(run.history) - 1, names)}"
         ) from None
 
 
-def saved_note(config: TrainConfig, epochs: int) -> str:
+def saved_note(config: TrainConfig, epochs: int, names: SettingNames) -> str:
     """What is on disk after `epochs` complete epochs, and how to go on from it."""
     if not config.out:
-        return "nothing was saved (no --out)"
+        return f"nothing was saved (no {names.out})"
     if epochs == 0:
         return f"no epoch was saved in {config.out}: start the run again"
     return (
         f"{Path(config.out) / checkpoint.CHECKPOINT} holds epoch {epochs}: continue with "
-        f"`cifar-spec train --out {config.out} --resume` and the same settings"
+        + names.resume.format(out=config.out)
     )
 
 
@@ -261,7 +288,8 @@ def train(
     resume: bool,
     log: Callable[[str], None] | None,
     progress: bool,
-    world: World | None = None,
+    world: World | None,
+    names: SettingNames,
 ) -> list[float]:
     """The epochs themselves, the run folder (if any) already checked and locked.
 
@@ -306,18 +334,23 @@ def train(
                 )
             if config.out:
                 if leader:
-                    save_epoch(run, config, record)
+                    save_epoch(run, config, record, names)
                 saved = len(run.history)
     except KeyboardInterrupt:
         raise Interrupted(
-            f"interrupted in epoch {saved + 1}; {saved_note(config, saved)}"
+            f"interrupted in epoch {saved + 1}; {saved_note(config, saved, names)}"
+        ) from None
+    except NonFiniteLoss as error:
+        raise NonFiniteLoss(
+            f"{error}; the run stopped and the last checkpoint is intact (a smaller {names.lr} "
+            "may help)"
         ) from None
     except RuntimeError as error:
         if world is None or not is_lost_peer(error):
             raise
         raise PeerLost(
             f"another process of the run died or stopped answering in epoch {saved + 1} "
-            f"({str(error).splitlines()[0][:200]}); {saved_note(config, saved)}"
+            f"({str(error).splitlines()[0][:200]}); {saved_note(config, saved, names)}"
         ) from None
     if config.out and leader:
         drawn = plot.loss_curve(
@@ -352,6 +385,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     progress: bool = False,
     world: World | None = None,
+    names: SettingNames = SettingNames(),
 ) -> list[float]:
     """Train as configured; return every epoch's loss sum (resumed epochs included).
 
@@ -359,17 +393,20 @@ def fit(
     while the run writes to it. As one of `world`'s processes (its process
     group joined), the sums are those of the global batches, on every rank;
     rank 0 alone checks, locks and writes the run folder, once every rank is
-    known to have its settings and data.
+    known to have its settings and data. `names` words what its messages tell
+    the user to change: `fit`'s settings, unless the caller passes its own names
+    (the command line: its flags).
     """
     config = with_step(config, data_parallel=world is not None)
     if config.limit is not None:
         data = data.head(config.limit)
     if world is not None:  # before any rank can stop alone on its own settings
         agree(world, shared_settings(config, data, resume, world))
+    check_resume(config, resume, names)
     check_data(data)
-    check_memory(config.batch_size, len(data), config.device)
+    check_memory(config, len(data), names)
     if not config.out:
-        return train(config, data, resume, log, progress, world)
+        return train(config, data, resume, log, progress, world, names)
     out = Path(config.out)
     with contextlib.ExitStack() as held:
 
@@ -382,4 +419,4 @@ def fit(
             claim()
         else:
             together(world, claim, here=world.leader)
-        return train(config, data, resume, log, progress, world)
+        return train(config, data, resume, log, progress, world, names)

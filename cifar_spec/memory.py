@@ -1,10 +1,8 @@
-"""The memory a training run needs, checked against what is free before anything is allocated."""
+"""The memory a training run needs, measured against what is free before anything is allocated."""
 
 from __future__ import annotations
 
 import torch
-
-from cifar_spec.errors import NotEnoughMemory
 
 # Bytes one image costs a training step: the float32 activations autograd keeps
 # (conv1 32x32x32, pool 32x16x16, conv2 32x16x16, pool 32x8x8, conv3 64x8x8,
@@ -25,15 +23,18 @@ def free_memory(device: torch.device) -> int:
     return 1 << 62  # not Linux: no estimate to refuse on
 
 
-def check_memory(batch_size: int, num_images: int, device: str | torch.device) -> None:
-    """Refuse, before allocating, a run whose data and one step cannot fit in free memory."""
+def memory_shortfall(batch_size: int, num_images: int, device: str | torch.device) -> str | None:
+    """Why a run's data and one step cannot fit in the free memory of `device`, or None.
+
+    The reason only: the caller says which of its settings to lower (`loop.check_memory`).
+    """
     device = torch.device(device)
     batch = min(batch_size, num_images)
     needed = num_images * IMAGE_BYTES + batch * STEP_BYTES_PER_IMAGE
     free = free_memory(device)
-    if needed > free:
-        raise NotEnoughMemory(
-            f"batch size {batch_size} on {num_images} images needs about {needed / 2**30:.1f} GiB, "
-            f"more than the {free / 2**30:.1f} GiB free on {device.type}; "
-            "use a smaller --batch-size (or --limit)"
-        )
+    if needed <= free:
+        return None
+    return (
+        f"batch size {batch_size} on {num_images} images needs about {needed / 2**30:.1f} GiB, "
+        f"more than the {free / 2**30:.1f} GiB free on {device.type}"
+    )

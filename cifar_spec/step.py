@@ -114,7 +114,10 @@ def training_conflict(
     if (options.one_call_sgd or options.cuda_graph) and optimizer and not is_plain_sgd(optimizer):
         # A stateful optimizer (momentum, Adam) needs its own step, and a graph's
         # warm-up would change its state.
-        return "one_call_sgd and cuda_graph update as plain SGD does; other optimizers need --eager"
+        return (
+            "one_call_sgd and cuda_graph update as plain SGD does; other optimizers need the "
+            "eager step, StepOptions()"
+        )
     if options.manual_backward:
         if loss_fn is not nn.functional.cross_entropy:
             return "manual_backward writes out cross-entropy's gradient; other losses need autograd"

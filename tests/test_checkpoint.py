@@ -48,7 +48,9 @@ def test_a_nan_mid_run_stops_it_and_leaves_the_last_checkpoint_loadable(tmp_path
     images = test_split.images.clone()
     images[7] = float("nan")  # a poisoned image, met at step 7 of epoch 2
     poisoned = replace(test_split, images=images)
-    with pytest.raises(NonFiniteLoss, match=r"nan at epoch 2, step 7"):
+    with pytest.raises(
+        NonFiniteLoss, match=r"nan at epoch 2, step 7; .*a smaller TrainConfig.lr may help"
+    ):
         fit(config, poisoned, resume=True, log=None)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
@@ -219,7 +221,7 @@ def test_ctrl_c_keeps_the_last_complete_epochs_checkpoint_and_says_how_to_resume
     with pytest.raises(
         Interrupted,
         match=r"interrupted in epoch 2; .*checkpoint.pt holds epoch 1: "
-        r"continue with `cifar-spec train --out .* --resume`",
+        r"continue with fit\(\.\.\., resume=True\) and the same TrainConfig",
     ):
         fit(TrainConfig(epochs=3, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
@@ -245,6 +247,18 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_says_so(
     ):
         fit(TrainConfig(epochs=2, limit=8, out=str(tmp_path)), test_split, resume=True, log=None)
     assert snapshot(tmp_path) == before  # no half file, no temporary left behind
+
+
+def test_resuming_without_a_run_folder_is_refused_naming_the_setting_before_any_work(
+    test_split, monkeypatch
+):
+    import cifar_spec.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda *args: pytest.fail("the run began"))
+    with pytest.raises(
+        CheckpointError, match=r"^resuming needs the run folder: set TrainConfig.out$"
+    ):
+        fit(TrainConfig(limit=8), test_split, resume=True, log=None)
 
 
 def test_a_run_folder_in_use_is_refused_naming_the_holders_pid(tmp_path, test_split):

@@ -343,6 +343,16 @@ def test_a_batch_too_large_for_memory_is_refused_before_it_is_allocated(
     one_line_error(capsys, train(stand_in, "--batch-size", "4096"), "use a smaller --batch-size")
 
 
+def test_resume_without_out_is_refused_naming_the_flag(stand_in, capsys):
+    one_line_error(capsys, train(stand_in, "--resume"), "resuming needs the run folder: set --out")
+
+
+def test_a_loss_that_turns_nan_stops_the_run_and_names_the_flag_to_lower(stand_in, capsys):
+    # The first update at this rate overflows the weights; the next loss is not a number.
+    err = one_line_error(capsys, train(stand_in, "--lr", "1e30"), "a smaller --lr may help")
+    assert "the loss is nan at epoch 1, step 1" in err
+
+
 def test_a_step_that_cannot_run_is_refused_with_the_rules_reason(stand_in, capsys, monkeypatch):
     import cifar_spec.step as step
 

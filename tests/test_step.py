@@ -6,8 +6,7 @@ from precision import FLOAT32_STEP, FLOAT64, decided_batch, float64_sums  # how 
 from torch import nn
 
 from cifar_spec.bench import cases
-from cifar_spec.loop import TrainConfig, fit
-from cifar_spec.memory import check_memory
+from cifar_spec.loop import SettingNames, TrainConfig, check_memory, fit
 from cifar_spec.model import CifarNet
 from cifar_spec.sgd import sgd_update
 from cifar_spec.step import (
@@ -220,13 +219,13 @@ RULES = {
         StepOptions(one_call_sgd=True),
         sgd(0.9),
         nn.functional.cross_entropy,
-        "other optimizers need --eager",
+        "other optimizers need the eager step, StepOptions()",
     ),
     "one-call-sgd-with-adam": (
         StepOptions(one_call_sgd=True),
         lambda m: torch.optim.Adam(m.parameters()),
         nn.functional.cross_entropy,
-        "other optimizers need --eager",
+        "other optimizers need the eager step, StepOptions()",
     ),
     "cuda-graph-without-one-call-sgd": (
         StepOptions(cuda_graph=True),
@@ -275,13 +274,14 @@ def test_a_batch_too_large_for_free_memory_is_refused_before_anything_is_allocat
     import cifar_spec.memory as memory
 
     monkeypatch.setattr(memory, "free_memory", lambda device: 64 * 2**20)  # 64 MiB free
-    check_memory(1, 1000, "cpu")  # 12 MB of images and a 1 MB step fit
+    check_memory(TrainConfig(), 1000, SettingNames())  # 12 MB of images and a 1 MB step fit
     with pytest.raises(
         MemoryError,
-        match=r"batch size 256 on 10000 images needs about 0.3 GiB, "
-        r"more than the 0.1 GiB free on cpu; use a smaller",
+        match=r"^batch size 256 on 10000 images needs about 0.3 GiB, "
+        r"more than the 0.1 GiB free on cpu; use a smaller TrainConfig.batch_size "
+        r"\(or TrainConfig.limit\)$",
     ):
-        check_memory(256, 10_000, "cpu")
+        check_memory(TrainConfig(batch_size=256), 10_000, SettingNames())
 
 
 def sums(test_split, batch_size=4, lr=0.05, **step):

@@ -20,15 +20,23 @@ from cifar_spec.cli.options import (
     pick_device,
 )
 from cifar_spec.data import to_device
-from cifar_spec.errors import CheckpointError, ConfigError, DataError
+from cifar_spec.errors import ConfigError, DataError
 from cifar_spec.files import cannot_write
-from cifar_spec.loop import TrainConfig, fit
-from cifar_spec.memory import check_memory
+from cifar_spec.loop import SettingNames, TrainConfig, check_memory, check_resume, fit
 from cifar_spec.model import CifarNet, format_summary
 from cifar_spec.step import StepOptions, default_step, unsupported
 
 if TYPE_CHECKING:  # torchvision takes seconds to import; only reading data needs it
     from torchvision.datasets import CIFAR10
+
+# How the library's messages name the settings to change, as this command's flags.
+FLAGS = SettingNames(
+    out="--out",
+    lr="--lr",
+    batch_size="--batch-size",
+    limit="--limit",
+    resume="`cifar-spec train --out {out} --resume` and the same settings",
+)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -107,8 +115,7 @@ def step_options(args: argparse.Namespace, device: str, data_parallel: bool = Fa
 
 def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
     """Everything the run will write to, checked before any data is read or written."""
-    if args.resume and not args.out:
-        raise CheckpointError("--resume needs the run folder: pass --out DIR")
+    check_resume(config, args.resume, FLAGS)
     if args.out:
         check_run_folder(Path(args.out), args.resume)
     check_data_root(Path(args.data_root))
@@ -179,7 +186,7 @@ def train_and_report(
     else:
         split = load_split_once_per_machine(args, world, say)
     size = min(len(split), config.limit or len(split))
-    check_memory(config.batch_size, size, config.device)  # before the split is moved
+    check_memory(config, size, FLAGS)  # before the split is moved
     processes = "" if world is None else f", {world.size} processes ({world.backend})"
     say(
         f"training on {size} images ({'train' if args.train_split else 'test'} split) on "
@@ -192,6 +199,7 @@ def train_and_report(
         log=say,
         progress=not args.no_progress,
         world=world,
+        names=FLAGS,
     )
     trend = " -> ".join(
         f"{value:.1f}"
