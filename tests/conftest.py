@@ -61,6 +61,19 @@ def slow_site(tmp_path: Path):
 
 
 @pytest.fixture
+def planted_python(tmp_path: Path):
+    """make(name, code) -> a python that runs `code` as its sitecustomize.py at start-up."""
+
+    def make(name: str, code: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "sitecustomize.py").write_text(code)
+        return python_wrapper(tmp_path, f"python-{name}", folder)
+
+    return make
+
+
+@pytest.fixture
 def slow_python(tmp_path: Path, slow_site):
     """make(factor) -> a python whose convolutions are each `factor` times slower."""
     return lambda factor: python_wrapper(tmp_path, f"python-slow{factor}", slow_site(factor))

@@ -12,7 +12,6 @@ import pytest
 
 from cifar_spec.bench import callgrind, counts, operators, records, report
 from cifar_spec.bench.records import Case
-from conftest import python_wrapper
 
 needs_callgrind = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in callgrind.TOOLS),
@@ -300,17 +299,14 @@ _library.impl("max_pool2d", max_pool2d, "CompositeImplicitAutograd")
 @needs_callgrind
 @pytest.mark.slow
 def test_a_cumulative_sum_planted_in_every_pooling_is_the_first_operator_under_the_pooling(
-    tmp_path,
+    planted_python,
 ):
     """Counted for real: this Python, and this Python with every max_pool2d also running a
     cumsum, eager at batch 16 (a step of 425 M instructions, the cumsum +1.3%, 50 times
     what two processes of one environment differ by), one process each, both at once:
     each starts in 70-85 s of CPU. The cumsum reaches its operator through the Python
     interpreter, which every call shares: its line still says it ran under max_pool2d."""
-    site = tmp_path / "plant"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(PLANT_SITE)
-    plant = python_wrapper(tmp_path, "python-plant", site)
+    plant = planted_python("plant", PLANT_SITE)
     case = Case("cpu", "eager", 16)
     counted = callgrind.count_all({"base": sys.executable, "plant": str(plant)}, 1, [case])
     base, cand = (counted[side][0].counts[case] for side in ("base", "plant"))
