@@ -4,10 +4,10 @@ and for `torchrun -m cifar_spec`."""
 import os
 
 from cifar_spec.cli import main
-from cifar_spec.distributed import end_rank
+from cifar_spec.distributed.launch import end_rank
 
 if __name__ == "__main__":
     code = main()
-    if "RANK" in os.environ:  # a rank that torchrun started (distributed.end_rank says why)
+    if "RANK" in os.environ:  # a rank that torchrun started (distributed.launch.end_rank says why)
         end_rank(code)
     raise SystemExit(code)

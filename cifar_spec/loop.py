@@ -22,15 +22,9 @@ from torch import nn
 
 from cifar_spec import checkpoint, plot, published
 from cifar_spec.data import DeviceData
-from cifar_spec.distributed import (
-    Shard,
-    World,
-    agree,
-    data_parallel_step,
-    from_leader,
-    is_lost_peer,
-    together,
-)
+from cifar_spec.distributed.agreement import agree, from_leader, together
+from cifar_spec.distributed.launch import World, is_lost_peer
+from cifar_spec.distributed.sharding import Shard, data_parallel_step
 from cifar_spec.errors import (
     CheckpointError,
     ConfigError,

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from cifar_spec import distributed
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.data import to_device
-from cifar_spec.distributed import PeerLost, Shard, data_parallel_step, process_group
+from cifar_spec.distributed import launch
+from cifar_spec.distributed.sharding import Shard, data_parallel_step
+from cifar_spec.errors import PeerLost
 from cifar_spec.loop import TrainConfig, fit
 from cifar_spec.model import CifarNet
 from cifar_spec.step import StepOptions, default_step, prepare_model
@@ -38,7 +39,7 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return images.double(), torch.randint(0, 10, (8,), generator=generator)
 
 
-def steps(world: distributed.World, out: Path) -> None:
+def steps(world: launch.World, out: Path) -> None:
     """One step on this rank's half of the global batch, then four more; what each left."""
     images, labels = global_batch()
     mine = slice(4 * world.rank, 4 * world.rank + 4)
@@ -59,7 +60,7 @@ def steps(world: distributed.World, out: Path) -> None:
         torch.save(first, out / f"steps-{name}-{world.rank}.pt")
 
 
-def fits(world: distributed.World, out: Path, data: Path) -> None:
+def fits(world: launch.World, out: Path, data: Path) -> None:
     """fit with each step, then a run in one go and a run resumed after its first epoch."""
     split = to_device(load_cifar10(data, train=False))
     sums = {
@@ -75,7 +76,7 @@ def fits(world: distributed.World, out: Path, data: Path) -> None:
     (out / f"fits-{world.rank}.json").write_text(json.dumps(dict(sums, pid=os.getpid())))
 
 
-def dies(world: distributed.World, out: Path, data: Path, how: str) -> None:
+def dies(world: launch.World, out: Path, data: Path, how: str) -> None:
     """Rank 1 is killed (or stopped) at its 4th step of epoch 2; rank 0 says what it saw."""
     split = to_device(load_cifar10(data, train=False))
     if world.rank == 1:
@@ -101,8 +102,8 @@ def dies(world: distributed.World, out: Path, data: Path, how: str) -> None:
 
 def main() -> None:
     scenario, out, data = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    world = distributed.world_from_env(os.environ, "cpu", timeout=TIMEOUT)
-    with process_group(world):
+    world = launch.world_from_env(os.environ, "cpu", timeout=TIMEOUT)
+    with launch.process_group(world):
         if scenario == "steps":
             steps(world, out)
         elif scenario == "fits":
@@ -112,12 +113,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Ended as the CLI ends a rank (distributed.end_rank says why): at exit rank 0, which
+    # Ended as the CLI ends a rank (launch.end_rank says why): at exit rank 0, which
     # keeps the store, was ended by std::terminate (SIGABRT) after writing its results, in
     # 1 of 4 runs of test_distributed.py under pytest -n 2, and 3 of 7 once it joined in a
-    # thread (distributed.join); in none of 5 since.
+    # thread (launch.join); in none of 5 since.
     try:
         main()
     except SystemExit as stop:
-        distributed.end_rank(stop.code if isinstance(stop.code, int) else 1)
-    distributed.end_rank(0)
+        launch.end_rank(stop.code if isinstance(stop.code, int) else 1)
+    launch.end_rank(0)

@@ -29,14 +29,10 @@ import cifar_spec
 from cifar_spec.checkpoint import load_checkpoint
 from cifar_spec.cli import main
 from cifar_spec.data import DeviceData
-from cifar_spec.distributed import (
-    DistributedError,
-    Shard,
-    World,
-    difference,
-    split,
-    world_from_env,
-)
+from cifar_spec.distributed.agreement import difference
+from cifar_spec.distributed.launch import World, world_from_env
+from cifar_spec.distributed.sharding import Shard, split
+from cifar_spec.errors import DistributedError
 from cifar_spec.loop import TrainConfig, fit, shared_settings
 from cifar_spec.model import CifarNet
 from cifar_spec.step import (

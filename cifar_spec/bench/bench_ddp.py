@@ -30,7 +30,8 @@ import torch.distributed as dist
 from cifar_spec.bench import cases, measure, report
 from cifar_spec.bench.paired import Samples, alternate
 from cifar_spec.bench.spawn import clean_environment, python_command
-from cifar_spec.distributed import Shard, World, data_parallel_step, end_rank
+from cifar_spec.distributed.launch import World, end_rank
+from cifar_spec.distributed.sharding import Shard, data_parallel_step
 from cifar_spec.errors import ConfigError, WorkerError
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
 from cifar_spec.step import prepare_model, unsupported

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cifar_spec import distributed, losses, synthetic
+from cifar_spec import losses, synthetic
 from cifar_spec.checkpoint import check_run_folder
 from cifar_spec.cifar10_format import BASE_FOLDER
 from cifar_spec.cli.options import (
@@ -20,6 +20,7 @@ from cifar_spec.cli.options import (
     pick_device,
 )
 from cifar_spec.data import to_device
+from cifar_spec.distributed import agreement, launch, sharding
 from cifar_spec.errors import ConfigError, DataError
 from cifar_spec.files import cannot_write
 from cifar_spec.loop import SettingNames, TrainConfig, check_memory, check_resume, fit
@@ -129,25 +130,23 @@ def load_split(args: argparse.Namespace, say: Callable[[str], None], download: b
 
 
 def load_split_once_per_machine(
-    args: argparse.Namespace, world: distributed.World, say: Callable[[str], None]
+    args: argparse.Namespace, world: launch.World, say: Callable[[str], None]
 ) -> CIFAR10:
     """The split on every rank, written or downloaded by one rank on each machine (its LOCAL_RANK
     0) while the others wait: two writers in one folder would find it locked."""
     first = world.local_rank == 0
-    split = distributed.together(world, lambda: load_split(args, say, args.download), here=first)
+    split = agreement.together(world, lambda: load_split(args, say, args.download), here=first)
     return split if first else load_split(args, say, download=False)
 
 
-def train_config(
-    args: argparse.Namespace, device: str, world: distributed.World | None
-) -> TrainConfig:
+def train_config(args: argparse.Namespace, device: str, world: launch.World | None) -> TrainConfig:
     """The run's settings from the flags; under torchrun, the rank's device and global batch."""
     world_size = 1 if world is None else world.size
     # Absent: not given; the default batch per process, on every process.
     batch_size = getattr(args, "batch_size", TrainConfig.batch_size * world_size)
     if world is not None:
         device = world.device(device)
-        distributed.check_batch_size(batch_size, world)
+        sharding.check_batch_size(batch_size, world)
     return TrainConfig(
         epochs=1 if args.dry_run else args.epochs,
         batch_size=batch_size,
@@ -164,21 +163,21 @@ def train_config(
 def cmd_train(args: argparse.Namespace) -> int:
     """Train in this process, or as one rank of those torchrun started (its environment says)."""
     device = pick_device(args.device)
-    world = distributed.world_from_env(os.environ, device, args.backend, args.dist_timeout)
+    world = launch.world_from_env(os.environ, device, args.backend, args.dist_timeout)
     config = train_config(args, device, world)
     if world is None:
         check_before_work(args, config)
         return train_and_report(args, config, None, print)
     say = print if world.leader else lambda line: None
-    with distributed.process_group(world):
-        distributed.together(world, lambda: check_before_work(args, config), here=world.leader)
+    with launch.process_group(world):
+        agreement.together(world, lambda: check_before_work(args, config), here=world.leader)
         return train_and_report(args, config, world, say)
 
 
 def train_and_report(
     args: argparse.Namespace,
     config: TrainConfig,
-    world: distributed.World | None,
+    world: launch.World | None,
     say: Callable[[str], None],
 ) -> int:
     if world is None:
@@ -277,7 +276,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--backend",
-        choices=distributed.BACKENDS,
+        choices=launch.BACKENDS,
         default="auto",
         help="under torchrun, how processes exchange gradients: auto is nccl on CUDA, gloo on "
         "the CPU",
@@ -285,7 +284,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dist-timeout",
         type=finite_positive,
-        default=distributed.DEFAULT_TIMEOUT,
+        default=launch.DEFAULT_TIMEOUT,
         help="under torchrun, seconds a process waits for the others at an exchange before "
         "the run stops",
     )
