@@ -1,9 +1,13 @@
 """The DDP scaling benchmark: one process and N processes, paired in the same run."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from cifar_spec.bench import bench_ddp
 from cifar_spec.cli import main
+from cifar_spec.errors import WorkerError
 
 
 def test_the_scaling_figure_pairs_one_process_with_two_and_states_the_efficiency():
@@ -20,3 +24,36 @@ def test_bench_ddp_refuses_a_variant_ddp_cannot_run_in_one_line(capsys):
     assert main(["bench-ddp", "--variant", variant]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "all-reduce between processes" in err
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs: not gone, and not a zombie that only waits to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+# A rank that starts a process (as torch.compile starts its compile workers), says its pid
+# in a file RANK in the folder it is given, and then hangs, as a rank stuck in an exchange does.
+HUNG_RANK = """\
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(os.path.join(sys.argv[1], os.environ["RANK"]), "w") as said:
+    said.write(str(child.pid))
+time.sleep(600)
+"""
+
+
+def test_a_group_out_of_time_is_stopped_whole_with_what_its_ranks_started_in_one_line(
+    tmp_path, monkeypatch
+):
+    hung = [sys.executable, "-c", HUNG_RANK, str(tmp_path)]
+    monkeypatch.setattr(bench_ddp, "rank_command", lambda *args: hung)
+    monkeypatch.setattr(bench_ddp, "LAUNCH_TIMEOUT", 5.0)
+    with pytest.raises(WorkerError, match="still running after 5 s") as stopped:
+        bench_ddp.run_group("eager", batch=1, ranks=2, pairs=2)
+    assert len(str(stopped.value).splitlines()) == 1
+    children = [int(path.read_text()) for path in sorted(tmp_path.iterdir())]
+    assert len(children) == 2 and not any(running(pid) for pid in children)

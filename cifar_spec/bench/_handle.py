@@ -163,6 +163,24 @@ class Expected:
         return f"imported {named(said, wrong)}, where {self.source} {named(self.imports, wrong)}"
 
 
+def start_process(command: list[str], env: dict | None = None, **popen: Any) -> subprocess.Popen:
+    """`command` started in `env` (default: ours) as a process of ours gets it
+    (`clean_environment`), in a session of its own, so that `kill_group` stops whatever it
+    started too; `popen`: Popen's other arguments (its pipes, its folder)."""
+    return subprocess.Popen(command, env=clean_environment(env), start_new_session=True, **popen)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """Kill `process` and everything in its session's process group, if it still runs, and
+    reap it; safe to call twice."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
 @dataclass
 class Worker:
     """A running worker process of one Python environment."""
@@ -184,15 +202,13 @@ class Worker:
         self.stderr = tempfile.TemporaryFile()
         extra = ["--threads", str(self.threads)] if self.threads else []
         command = [*self.wrapper, *python_command(self.python, "cifar_spec.bench.worker", *extra)]
-        # A session of its own, so that stopping it stops whatever it started.
-        self.process = subprocess.Popen(
+        self.process = start_process(
             command,
+            self.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=clean_environment(self.env),
             cwd=self.cwd,
-            start_new_session=True,
         )
         self.info = self.call({"op": "hello"}, self.hello_timeout)
         self.check_imports()
@@ -307,12 +323,7 @@ class Worker:
                 self.process.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
+        kill_group(self.process)
         for stream in (self.process.stdin, self.process.stdout, self.stderr):
             try:
                 stream.close()

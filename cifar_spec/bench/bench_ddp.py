@@ -21,20 +21,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from cifar_spec.bench import cases, report
+from cifar_spec.bench._handle import kill_group, start_process
 from cifar_spec.bench.paired import Samples
-from cifar_spec.bench.spawn import clean_environment, python_command
+from cifar_spec.bench.spawn import python_command
 from cifar_spec.errors import ConfigError, WorkerError
 from cifar_spec.step import unsupported
 
 GROUPS = 3  # fresh sets of processes: one process's luck must show in the interval
 PAIRS = 12  # pairs of rounds per group
 LAUNCH_TIMEOUT = 600.0  # seconds for one group, start-up and warm-up included
+FOLLOW_TIMEOUT = 60.0  # seconds the other ranks may take to end after rank 0 has
 
 
 def free_port() -> int:
@@ -43,47 +46,69 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_group(variant: str, batch: int, ranks: int, pairs: int) -> list[tuple[float, float]]:
-    """One group of fresh ranks; rank 0's (alone, together) seconds per step, per pair."""
-    port = free_port()
+def rank_command(variant: str, batch: int, pairs: int) -> list[str]:
+    """Every rank's command: this checkout's `ddp_rank.py`, never code from the current folder."""
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds this cifar_spec
-    command = python_command(
+    return python_command(
         sys.executable, "cifar_spec.bench.ddp_rank", variant, str(batch), str(pairs), first=root
     )
-    started = []
+
+
+def rank_environment(rank: int, ranks: int, port: int) -> dict[str, str]:
+    """What torchrun would set for rank `rank` of `ranks` on this machine; one thread each."""
+    return dict(
+        os.environ,
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(ranks),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+
+
+def run_group(variant: str, batch: int, ranks: int, pairs: int) -> list[tuple[float, float]]:
+    """One group of fresh ranks; rank 0's (alone, together) seconds per step, per pair.
+
+    Each rank runs in a session of its own (`_handle.start_process`). However the group
+    ends (done, failed, out of time, Ctrl-C), every rank still running is killed with
+    everything it started (`_handle.kill_group`), so that no rank outlives the command.
+    """
+    command = rank_command(variant, batch, pairs)
+    port = free_port()
+    started: list[subprocess.Popen] = []
     try:
         for rank in range(ranks):
-            env = dict(
-                clean_environment(),
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE=str(ranks),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-                OMP_NUM_THREADS="1",
-            )
-            started.append(
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
-                    text=True,
-                    start_new_session=True,
-                )
-            )
-        out, _ = started[0].communicate(timeout=LAUNCH_TIMEOUT)
-        for process in started[1:]:
-            process.wait(timeout=60)
+            stdout = subprocess.PIPE if rank == 0 else subprocess.DEVNULL
+            environment = rank_environment(rank, ranks, port)
+            started.append(start_process(command, environment, stdout=stdout, text=True))
+        out = rank_zero_output(started, variant)
     finally:
         for process in started:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            kill_group(process)
             if process.stdout:
                 process.stdout.close()
-    if started[0].returncode:
-        raise WorkerError(f"rank 0 of the {variant} group failed (exit {started[0].returncode})")
     return parse_pairs(out, variant)
+
+
+def rank_zero_output(started: list[subprocess.Popen], variant: str) -> str:
+    """What rank 0 printed, once every rank has ended; a WorkerError in one line when rank 0
+    failed or a rank ran out of time (the caller stops the group)."""
+    try:
+        out, _ = started[0].communicate(timeout=LAUNCH_TIMEOUT)
+        if started[0].returncode:
+            raise WorkerError(
+                f"rank 0 of the {variant} group failed (exit {started[0].returncode})"
+            )
+        for process in started[1:]:
+            process.wait(timeout=FOLLOW_TIMEOUT)
+    except subprocess.TimeoutExpired as late:
+        raise WorkerError(
+            f"a rank of the {variant} group was still running after {late.timeout:g} s "
+            f"({LAUNCH_TIMEOUT:g} s for rank 0, {FOLLOW_TIMEOUT:g} s more for the others); "
+            "every process of the group was stopped"
+        ) from None
+    return out
 
 
 def parse_pairs(out: str, variant: str) -> list[tuple[float, float]]:
