@@ -137,9 +137,8 @@ def new_run(config: TrainConfig, world: World | None = None) -> Run:
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed) if config.shuffle else None
     if world is not None:
-        shard = Shard(world)
-        step = data_parallel_step(model, optimizer, options, shard)
-        return Run(model, optimizer, step, generator, [], shard)
+        step = data_parallel_step(model, optimizer, options)
+        return Run(model, optimizer, step, generator, [], Shard(world))
     # On the CPU reading the loss is free, so each step checks it before its
     # backward; on a GPU the epoch checks them all at its end instead.
     step = make_step(
@@ -203,9 +202,10 @@ def train_epoch(
         batches = data.batches(batch_size, generator)
     else:
         batches = shard.batches(data, batch_size, generator)
-    for index, (images, labels) in enumerate(batches):
+    # Of several processes, each batch is this rank's part and carries its weight (sharding.Part).
+    for index, (images, labels, *weight) in enumerate(batches):
         try:
-            losses.append(step(images, labels))
+            losses.append(step(images, labels, *weight))
         except NonFiniteLoss as error:
             raise non_finite(error, epoch, index) from None
         if progress is not None:

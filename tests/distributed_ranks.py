@@ -47,15 +47,14 @@ def steps(world: launch.World, out: Path) -> None:
         torch.manual_seed(0)
         model = prepare_model(CifarNet(), options).double()  # the float32 weights, in float64
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        shard = Shard(world, weight=0.5)
-        step = data_parallel_step(model, optimizer, options, shard)
-        step(images[mine], labels[mine])
+        step = data_parallel_step(model, optimizer, options)
+        step(images[mine], labels[mine], 0.5)
         first = {
             "params": [p.detach().clone() for p in model.parameters()],
             "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         }
         for _ in range(4):
-            step(images[mine], labels[mine])
+            step(images[mine], labels[mine], 0.5)
         first["later"] = [p.detach().clone() for p in model.parameters()]
         torch.save(first, out / f"steps-{name}-{world.rank}.pt")
 

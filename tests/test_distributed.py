@@ -372,9 +372,10 @@ def test_over_an_epoch_the_ranks_share_one_processs_batches_and_cover_the_split_
     taken = {}
     for rank in range(3):
         shard = Shard(World(rank, 3, rank, "gloo"))
-        batches = shard.batches(data, 6, torch.Generator().manual_seed(0))
+        # Drawn all before any step: each part carries its own weight, whenever it is taken.
+        parts = list(shard.batches(data, 6, torch.Generator().manual_seed(0)))
         # 3 batches of 6 (2 images each), then 2 (1, 1, and a stand-in weighted 0).
-        taken[rank] = [(images[:, 0, 0, 0].tolist(), shard.weight) for images, _ in batches]
+        taken[rank] = [(images[:, 0, 0, 0].tolist(), weight) for images, _, weight in parts]
     shares = [[1 / 3] * 3] * 3 + [[1 / 2, 1 / 2, 0]]  # each rank's part of each batch's images
     assert [[taken[rank][step][1] for rank in range(3)] for step in range(4)] == shares
     alone = data.batches(6, torch.Generator().manual_seed(0))

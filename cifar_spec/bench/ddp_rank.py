@@ -17,8 +17,8 @@ import torch.distributed as dist
 
 from cifar_spec.bench import cases, measure
 from cifar_spec.bench.paired import alternate
-from cifar_spec.distributed.launch import World, end_rank
-from cifar_spec.distributed.sharding import Shard, data_parallel_step
+from cifar_spec.distributed.launch import end_rank
+from cifar_spec.distributed.sharding import data_parallel_step
 from cifar_spec.model import IMAGE_SHAPE, CifarNet
 from cifar_spec.step import prepare_model
 
@@ -30,14 +30,18 @@ def build_arms(variant: str, batch: int, world: int) -> tuple[cases.StepBench, c
     torch.manual_seed(0)
     model = prepare_model(CifarNet(), options)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    shard = Shard(World(dist.get_rank(), world, dist.get_rank(), "gloo"), weight=1 / world)
-    step = data_parallel_step(model, optimizer, options, shard)
+    step = data_parallel_step(model, optimizer, options)
     # Random pixels and labels, other on each rank, as DDP's ranks see other images.
     images = torch.rand(batch, *IMAGE_SHAPE)
     labels = torch.randint(0, 10, (batch,))
     snapshot = cases.Snapshot(model, optimizer)
     together = cases.StepBench(
-        options, torch.device("cpu"), batch, model, lambda: step(images, labels), snapshot
+        options,
+        torch.device("cpu"),
+        batch,
+        model,
+        lambda: step(images, labels, 1 / world),
+        snapshot,
     )
     return alone, together
 

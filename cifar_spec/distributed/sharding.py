@@ -6,18 +6,20 @@ it takes its own contiguous part (``Shard``). So the union of the parts is the
 split, once per epoch, and each step sees exactly the images one process would
 see at the same global batch size.
 
-A rank's gradient counts in proportion to its images (``Shard.weight``), so the
-summed gradient is the mean over the global batch, as one process computes it,
-also in a last batch that does not split evenly. The autograd step is wrapped in
-``DistributedDataParallel``, whose comm hook applies the weight before its
-all-reduce; the manual backward has no autograd for DDP to hook into, so it
-all-reduces its one flat gradient itself (``sum_gradients``).
+A rank's gradient counts in proportion to its images, so the summed gradient is
+the mean over the global batch, as one process computes it, also in a last batch
+that does not split evenly. Each part carries that weight (``Part.weight``) to the
+step, which hands it to the all-reduce of its own backward (``Weight``): the
+autograd step is wrapped in ``DistributedDataParallel``, whose comm hook applies
+the weight before its all-reduce; the manual backward has no autograd for DDP to
+hook into, so it all-reduces its one flat gradient itself (``sum_gradients``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -27,7 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from cifar_spec.data import DeviceData
 from cifar_spec.distributed.launch import World
 from cifar_spec.errors import DistributedError
-from cifar_spec.step import Step, StepOptions, make_step
+from cifar_spec.step import StepOptions, make_step
+
+# The data-parallel step: one rank's part of a batch, and its weight, to its weighted loss.
+WeightedStep = Callable[[Tensor, Tensor, float], Tensor]
 
 
 def check_batch_size(batch_size: int, world: World) -> None:
@@ -45,16 +50,23 @@ def split(count: int, rank: int, size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
-@dataclass
+class Part(NamedTuple):
+    """This rank's part of one global batch, and the weight of its gradient in that batch."""
+
+    images: Tensor
+    labels: Tensor
+    weight: float  # its images / the global batch's images; 0 for a stand-in image
+
+
+@dataclass(frozen=True)
 class Shard:
-    """This rank's part of every global batch, and the weight of its gradient in the current one."""
+    """This rank's part of every global batch."""
 
     world: World
-    weight: float = 1.0  # its images / the global batch's images; 0 for a stand-in image
 
     def batches(
         self, data: DeviceData, batch_size: int, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    ) -> Iterator[Part]:
         """This rank's part of each of `data.batches(batch_size, generator)`'s batches, in order.
 
         Draws the same order from `generator` as `DeviceData.batches`, so every
@@ -67,15 +79,15 @@ class Shard:
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
             part = split(count, self.world.rank, self.world.size)
-            self.weight = (part.stop - part.start) / count
-            if self.weight == 0:
+            weight = (part.stop - part.start) / count
+            if weight == 0:
                 # A last batch smaller than the world leaves this rank nothing, yet it must
                 # join the all-reduce: one image, weighted 0, adds nothing to the gradient.
                 part = slice(0, 1)
             index = slice(start + part.start, start + part.stop)
             if order is not None:
                 index = order[index]
-            yield data.images[index], data.labels[index]
+            yield Part(data.images[index], data.labels[index], weight)
 
     def images(self, n: int, batch_size: int) -> int:
         """How many of an epoch's `n` images this rank trains on."""
@@ -90,23 +102,31 @@ class Shard:
         return losses
 
 
-def weighted_sum_hook(shard: Shard, bucket):  # untyped: DDP rejects a string annotation
+@dataclass
+class Weight:
+    """The weight of the part the data-parallel step is taking: set by that step before its
+    backward, read by the all-reduce inside it (DDP's comm hook, or `sum_gradients`)."""
+
+    value: float = 1.0
+
+
+def weighted_sum_hook(weight: Weight, bucket):  # untyped: DDP rejects a string annotation
     """DDP's all-reduce with each rank's gradient weighted by its share of the batch.
 
     DDP's own hook averages (divides by the world size), which is the mean over
     the global batch only when every rank has as many images; this is exact always.
     """
-    buffer = bucket.buffer().mul_(shard.weight)
+    buffer = bucket.buffer().mul_(weight.value)
     work = dist.all_reduce(buffer, async_op=True)
     return work.get_future().then(lambda done: done.value()[0])
 
 
-def data_parallel(model: nn.Module, shard: Shard) -> nn.Module:
+def data_parallel(model: nn.Module, weight: Weight) -> nn.Module:
     """`model` in DDP (which broadcasts rank 0's parameters), its gradients weighted and summed."""
 
     device = next(model.parameters()).device
     wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    wrapped.register_comm_hook(shard, weighted_sum_hook)
+    wrapped.register_comm_hook(weight, weighted_sum_hook)
     return wrapped
 
 
@@ -117,12 +137,12 @@ def broadcast_parameters(model: nn.Module) -> None:
             dist.broadcast(p, src=0)
 
 
-def sum_gradients(shard: Shard) -> Callable[[list[Tensor]], list[Tensor]]:
+def sum_gradients(weight: Weight) -> Callable[[list[Tensor]], list[Tensor]]:
     """For the manual backward: its gradients, weighted and summed over ranks in one call."""
 
     def reduce(grads: list[Tensor]) -> list[Tensor]:
         # One flat buffer, one all-reduce: the whole model (582 KB) is one DDP bucket too.
-        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(shard.weight)
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(weight.value)
         dist.all_reduce(flat)
         return [
             part.view(g.shape) for part, g in zip(flat.split([g.numel() for g in grads]), grads)
@@ -132,24 +152,27 @@ def sum_gradients(shard: Shard) -> Callable[[list[Tensor]], list[Tensor]]:
 
 
 def data_parallel_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions, shard: Shard
-) -> Step:
-    """One rank's step: its gradients weighted and summed with the others' before the update.
+    model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions
+) -> WeightedStep:
+    """One rank's step on its part of a batch and that part's weight (`Part`): its gradients
+    weighted and summed with the others' before the update.
 
-    It returns its loss times its weight, so that the ranks' sum (`Shard.total`)
+    It returns its loss times the weight, so that the ranks' sum (`Shard.total`)
     is the mean loss over the global batch. It never checks the loss itself: a
     rank that stopped alone would leave the others waiting in the all-reduce;
     the epoch checks the summed losses on every rank alike.
     """
+    current = Weight()
     if options.manual_backward:
         broadcast_parameters(model)
         step = make_step(
-            model, optimizer, options, check_finite=False, sum_gradients=sum_gradients(shard)
+            model, optimizer, options, check_finite=False, sum_gradients=sum_gradients(current)
         )
     else:
-        step = make_step(data_parallel(model, shard), optimizer, options, check_finite=False)
+        step = make_step(data_parallel(model, current), optimizer, options, check_finite=False)
 
-    def weighted(images: Tensor, labels: Tensor) -> Tensor:
-        return step(images, labels) * shard.weight
+    def weighted(images: Tensor, labels: Tensor, weight: float) -> Tensor:
+        current.value = weight  # for the all-reduce in this step's backward, and no other
+        return step(images, labels) * weight
 
     return weighted
