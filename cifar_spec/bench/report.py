@@ -88,8 +88,8 @@ def count_ratio(side: str) -> str:
     return (
         f"ratio {side} / baseline with its range: the lowest {side} over the highest baseline "
         "to the reverse; disagree: how far one side's processes are apart (max / min - 1); "
-        "under a moved case, the functions whose instructions per step moved most: delta, "
-        f"baseline, {side}"
+        "under a moved case, the ATen operators whose own instructions per step moved most, "
+        "where each ran, and the kernels under each"
     )
 
 
