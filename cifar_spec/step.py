@@ -92,7 +92,7 @@ def data_parallel_conflict(options: StepOptions) -> str | None:
     Each process's gradients must be summed with the others' before the
     update. DDP does that inside autograd's backward, so every autograd option
     (channels_last, one_call_sgd, bf16, compile) keeps working; the manual
-    backward, which bypasses autograd, sums its own (`distributed.sum_gradients`).
+    backward, which bypasses autograd, sums its own (`distributed.sharding.sum_gradients`).
     """
     if options.cuda_graph:
         # A replayed graph would repeat one capture's all-reduce, and capturing nccl inside
