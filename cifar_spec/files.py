@@ -60,6 +60,11 @@ def descriptor_of(path: Path) -> int | None:
     return {"stdout": 1, "stderr": 2}.get(found[1]) or int(found[2] or found[3])
 
 
+def names_stdout(path: str | Path | None) -> bool:
+    """Whether an output path is this process's standard output (`--json /dev/stdout`)."""
+    return path is not None and descriptor_of(Path(path)) == 1
+
+
 def target_problem(path: Path) -> str | None:
     """Why `path` cannot be written (replaced whole), or None. A link there is replaced, never
     followed; anything else that is not a regular file is refused: renaming over a device or

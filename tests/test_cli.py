@@ -84,6 +84,56 @@ def test_an_unknown_command_is_an_argparse_error(capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+        (["gate", "--threshold", "abc"], "argument --threshold"),
+        (["gate", "--threshold", "5%%"], "argument --threshold"),
+        (["bench", "--workers", "0"], "must be at least 1"),
+        (["compare", "--seconds", "0", "a", "b"], "must be a positive finite number"),
+    ],
+    ids=["epochs", "threshold", "two-percent-signs", "workers", "seconds"],
+)
+def test_a_value_the_parser_rejects_is_one_line_that_points_at_help(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err  # no usage block before it
+    assert err.startswith("cifar-spec: error: ") and message in err
+    assert f"(see `cifar-spec {argv[0]} --help`)" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--cache-sim"], "--cache-sim simulates the caches under valgrind"),
+        (["gate", "--cache-sim", "--metric", "time"], "needs --metric instructions"),
+        (["bench-ddp", "--ranks", "1"], "--ranks 1: one rank is one process"),
+    ],
+    ids=["bench-cache-sim", "gate-cache-sim", "one-rank"],
+)
+def test_a_flag_that_would_change_nothing_is_refused_before_any_work(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_bench_json_on_stdout_is_the_document_alone_the_table_on_stderr(monkeypatch, capfd):
+    import json
+
+    from cifar_spec.bench import suite
+
+    row = {"device": "cpu", "variant": "eager", "batch": 1, "images_per_s": 100.0}
+    row.update(spread=0.01, speedup=1.0, speedup_ci=None, roofline_fraction=0.1)
+    monkeypatch.setattr(suite, "measure_rows", lambda *args: [row])
+    argv = ["bench", "--device", "cpu", "--variant", "eager", "--batch-size", "1"]
+    assert main([*argv, "--json", "/dev/stdout"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out) == [row]  # what `| python -m json.tool` reads
+    assert "images/s" in err and "cpu    eager" in err
+
+
 def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
     assert (
         main(

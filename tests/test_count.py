@@ -3,6 +3,7 @@ change; an extra convolution is a regression that names the convolution; a case 
 calls it is no change; what cannot be counted is refused in one line."""
 
 import json
+import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -203,6 +204,26 @@ def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_
     text = md.read_text()
     assert "| cpu eager batch 1 |" in text and "**regression** | instructions |" in text
     assert "| +3,000,000 | 40,000,000 | 43,000,000 | `conv` |" in text
+
+
+def test_pythons_given_by_relative_paths_reach_the_counting_workers_as_absolute_ones(
+    monkeypatch, tmp_path, capsys
+):
+    # valgrind, started in a counting worker's own folder, looked a relative path up there
+    # and exited 127: the paths are resolved once, in the folder the user gave them in.
+    seen = {}
+
+    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None):
+        seen.update(pythons)
+        return {side: [process(side, 100e6, {"conv": 40e6})] * 2 for side in pythons}
+
+    monkeypatch.setattr(callgrind, "count_all", fake_count_all)
+    monkeypatch.setattr(callgrind, "check_tools", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(sys.executable)
+    flags = ["--metric", "instructions", "--variant", "eager", "--batch-size", "1"]
+    assert main(["compare", relative, relative, *flags]) == 0, capsys.readouterr().err
+    assert seen == dict.fromkeys(("baseline", "candidate"), os.path.abspath(sys.executable))
 
 
 def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, capsys):

@@ -30,7 +30,7 @@ from cifar_spec.bench.records import (
     Comparison,
     Judged,
 )
-from cifar_spec.bench.spawn import clean_environment, probe_command
+from cifar_spec.bench.spawn import clean_environment, probe_command, resolve_python
 from cifar_spec.errors import BadEnvironment
 from cifar_spec.files import write_atomically, write_json
 
@@ -273,6 +273,7 @@ def run(
 ) -> Comparison:
     """Compare two environments on the metrics of `thresholds` ({metric: threshold}): both
     Pythons checked before any work, each metric's table said as it ends, then the verdicts."""
+    baseline, candidate = resolve_python(baseline), resolve_python(candidate)
     expected = {"baseline": check_python(baseline), "candidate": check_python(candidate)}
     comparison = Comparison(thresholds=dict(thresholds))
     if TIME in thresholds:

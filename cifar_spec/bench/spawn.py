@@ -22,6 +22,7 @@ that check, not measured with another.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 
 # PYTHONINSPECT leaves a process at an interactive prompt when its code ends: a probe then
@@ -45,6 +46,17 @@ def python_command(python: str, module: str, *args: str, first: str | None = Non
     head = f"sys.path.insert(0, {first!r})\n" if first else ""
     run = f"import runpy\nrunpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
     return [python, "-c", OFF_PATH + head + run, *args]
+
+
+def resolve_python(python: str) -> str:
+    """The path a Python is started by, fixed once before any work: a name (`python3`) as
+    PATH finds it, a relative path against this folder. Every process of ours then starts the
+    same file, whatever folder it runs in (a counting worker runs in one of its own, under
+    valgrind, which looks a relative path up from there). Links are kept: a venv's python is
+    a link, and the venv is what it names."""
+    if os.sep not in python:
+        return shutil.which(python) or python  # not found: refused by the check that runs it
+    return os.path.abspath(python)
 
 
 def probe_command(python: str, code: str) -> list[str]:

@@ -13,12 +13,13 @@ import os
 import sys
 
 from cifar_spec.cli import bench, compare, train
+from cifar_spec.cli.options import Parser
 from cifar_spec.errors import CifarSpecError, Interrupted, StoppedElsewhere
 from cifar_spec.files import cannot_write
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cifar-spec",
         description="The executable spec and benchmarks of a PyTorch CIFAR-10 tutorial.",
     )

@@ -15,6 +15,7 @@ from cifar_spec.bench.records import (
     COUNT_PROCESSES,
     INSTRUCTIONS,
     JUDGED_BATCHES,
+    TIME,
     WORKERS,
     Case,
     batches_help,
@@ -30,15 +31,28 @@ from cifar_spec.cli.options import (
     pick_device,
 )
 from cifar_spec.errors import ConfigError
-from cifar_spec.files import prepare_output, write_json
+from cifar_spec.files import names_stdout, prepare_output, write_json
 
 
 def progress(line: str) -> None:
     print(line, file=sys.stderr)  # stdout keeps the table alone
 
 
-def say(line: str) -> None:
-    print(line, flush=True)  # a row as soon as it is measured, through a pipe too
+def sayer(*outputs: str | None):
+    """print, to stdout unless an output names it (`--json /dev/stdout`): then stdout carries
+    that document alone and the tables go to stderr. Flushed: a row as soon as it is
+    measured, through a pipe too."""
+    stream = sys.stderr if any(names_stdout(path) for path in outputs) else sys.stdout
+    return lambda line: print(line, file=stream, flush=True)
+
+
+def check_cache_sim(args: argparse.Namespace) -> None:
+    """--cache-sim is a setting of counting: without counts it would change nothing."""
+    if args.cache_sim and args.metric == TIME:
+        raise ConfigError(
+            "--cache-sim simulates the caches under valgrind, so it needs --metric "
+            "instructions (or both); drop it to time the step"
+        )
 
 
 def bench_devices(names: list[str] | None) -> list[str]:
@@ -87,21 +101,24 @@ def measure(args: argparse.Namespace) -> Callable[[], list[dict]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    check_cache_sim(args)
     if args.metric == INSTRUCTIONS:
         check_counting(args, args.device or ["cpu"])  # valgrind's reason first: a GPU won't help
     run = measure(args)
     if args.json:
         prepare_output(args.json)
     rows = run()
-    print(report.format_rows(rows) if args.metric == INSTRUCTIONS else report.format_table(rows))
+    say = sayer(args.json)
+    say(report.format_rows(rows) if args.metric == INSTRUCTIONS else report.format_table(rows))
     if args.metric == INSTRUCTIONS:
-        print(report.COUNTED)
+        say(report.COUNTED)
     if args.json:
         write_json(args.json, rows)
     return 0
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    check_cache_sim(args)
     if args.metric == INSTRUCTIONS:
         check_counting(args, args.device or ["cpu"])
         metric = gate.count_metric(args.storage, measure(args))
@@ -109,7 +126,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         run = measure(args)
         devices = bench_devices(args.device)
         metric = gate.time_metric(args.storage, devices, args.floors, run, args.threads)
-    return gate.run(metric, args.save_baseline, args.json, args.threshold, print)
+    return gate.run(metric, args.save_baseline, args.json, args.threshold, sayer(args.json))
 
 
 def add_measure_options(p: argparse.ArgumentParser) -> None:

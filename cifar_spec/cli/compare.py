@@ -14,7 +14,7 @@ from cifar_spec.bench.records import (
     WORKERS,
     batches_help,
 )
-from cifar_spec.cli.bench import check_counting, judged_cases, say
+from cifar_spec.cli.bench import check_cache_sim, check_counting, judged_cases, sayer
 from cifar_spec.cli.options import (
     STREAM,
     HelpFormatter,
@@ -27,10 +27,12 @@ from cifar_spec.cli.options import (
     pick_device,
     positive_int,
 )
+from cifar_spec.errors import ConfigError
 from cifar_spec.files import prepare_output, write_json
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    check_cache_sim(args)
     metrics = [TIME, INSTRUCTIONS] if args.metric == "both" else [args.metric]
     if INSTRUCTIONS in metrics:
         # auto is the CPU for counts; a GPU is refused before asking whether there is one
@@ -51,17 +53,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.workers,
         args.threads,
         args.cache_sim,
-        print,
+        sayer(args.json, args.markdown),
     )
     compare.write(comparison, args.json, args.markdown)
     return comparison.exit_code
 
 
 def cmd_bench_ddp(args: argparse.Namespace) -> int:
+    if args.ranks < 2:
+        raise ConfigError(
+            f"--ranks {args.ranks}: one rank is one process, with nothing to scale against; "
+            "give 2 or more"
+        )
     if args.json:
         prepare_output(args.json)
     variants = args.variant or cases.default_variants("cpu", data_parallel=True)
     batches = args.batch_size or JUDGED_BATCHES["cpu"]
+    say = sayer(args.json)
     rows = bench_ddp.scale_all(variants, batches, args.ranks, args.groups, args.pairs, say)
     if args.json:
         write_json(args.json, rows)

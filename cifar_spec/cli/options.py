@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import NoReturn
 
 import torch
 
@@ -15,7 +16,15 @@ from cifar_spec.bench.records import INSTRUCTIONS, TIME
 from cifar_spec.errors import ConfigError
 
 # How --json and --markdown help say what they may point at.
-STREAM = " (a regular file; /dev/stdout streams it)"
+STREAM = " (a regular file; /dev/stdout streams it there alone, the table to stderr)"
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser whose refusal is one line, as every other mistake's is (not argparse's usage
+    block first); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cifar-spec: error: {message} (see `{self.prog} --help`)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,7 +54,7 @@ def finite_positive(text: str) -> float:
 
 
 def percent(text: str) -> float:
-    value = finite_positive(text.rstrip("%"))
+    value = finite_positive(text.removesuffix("%"))
     if value >= 100:
         raise argparse.ArgumentTypeError(f"must be under 100%, got {text}")
     return value / 100
