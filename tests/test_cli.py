@@ -42,6 +42,7 @@ def test_train_dry_run_falls_back_to_the_synthetic_set_and_says_so(tmp_path, cap
     assert code == 0
     assert "using the synthetic CIFAR-10 stand-in" in out and "no --download" in out
     assert "epoch   1/1" in out and "training on 64 images" in out
+    assert "done: 1 epoch, " in out  # one, not "1 epochs"
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
@@ -160,6 +161,18 @@ def test_bench_prints_the_table_for_the_asked_variant_and_batch(capsys):
     lines = [line.split() for line in out.splitlines() if line.startswith("cpu")]
     assert [(cols[1], cols[2]) for cols in lines] == [("eager", "2"), ("channels_last", "2")]
     assert lines[0][5] == "1.00x" and lines[1][6].startswith("[")  # the interval
+
+
+def test_a_dry_run_refuses_epochs_it_would_drop_and_a_limit_above_the_split_is_said(
+    tmp_path, capsys
+):
+    write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=8)
+    base = ["train", "--data-root", str(tmp_path), "--no-progress"]
+    assert main([*base, "--dry-run", "--epochs", "5", "--limit", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dry-run trains one epoch, so --epochs 5" in err
+    assert main([*base, "--epochs", "1", "--limit", "99999999"]) == 0
+    assert "--limit 99999999 is more than the split holds: all 8 images" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,15 @@ def test_the_table_shows_each_speed_up_with_its_interval_and_marks_noisy_rows():
     assert "1.20x [1.15, 1.26]" in fast_line and fast_line.endswith("noisy")
 
 
+def test_the_noisy_mark_follows_the_spread_the_table_shows_at_the_docs_ten_percent():
+    base = figures.rate_figures("cpu", "eager", 64, 2000.0, 69_209_856, PEAK)
+    # 9.6% shown, and a row marked noisy for a figure the table leaves out: no mark.
+    quiet = report.format_table([{**base, "speedup": 1.0, "spread": 0.096, "noisy": True}])
+    loud = report.format_table([{**base, "speedup": 1.0, "spread": 0.104, "noisy": False}])
+    assert "9.6%" in quiet and not quiet.endswith("noisy")
+    assert "10.4%" in loud and loud.endswith("noisy")
+
+
 def test_the_machine_description_names_the_hardware_the_threads_and_every_version():
     info = machine.describe(threads=3)
     assert {

@@ -156,7 +156,7 @@ class Suite:
             speedup_ci=None if is_reference else [speedup.low, speedup.high],
             speedup_spread=None if is_reference else speedup.spread,
             reference=self.reference_of(case).variant,
-            noisy=time.noisy or (not is_reference and speedup.noisy),
+            noisy=time.noisy,  # the spread shown beside it; the speed-up's is in its interval
             step_times=[[b for _, b in g] for g in samples.groups],  # per worker, for the gate
         )
         gpu = samples.gpu_arm(1)

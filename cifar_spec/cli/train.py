@@ -115,7 +115,13 @@ def step_options(args: argparse.Namespace, device: str, data_parallel: bool = Fa
 
 
 def check_before_work(args: argparse.Namespace, config: TrainConfig) -> None:
-    """Everything the run will write to, checked before any data is read or written."""
+    """Everything the run will write to, checked before any data is read or written; no flag
+    that the run would silently drop."""
+    if args.dry_run and args.epochs != TrainConfig.epochs:
+        raise ConfigError(
+            f"--dry-run trains one epoch, so --epochs {args.epochs} would be dropped; "
+            f"leave out --dry-run to train {args.epochs}, or --epochs to smoke-test"
+        )
     check_resume(config, args.resume, FLAGS)
     if args.out:
         check_run_folder(Path(args.out), args.resume)
@@ -185,6 +191,8 @@ def train_and_report(
     else:
         split = load_split_once_per_machine(args, world, say)
     size = min(len(split), config.limit or len(split))
+    if config.limit and config.limit > len(split):
+        say(f"--limit {config.limit} is more than the split holds: all {len(split)} images")
     check_memory(config, size, FLAGS)  # before the split is moved
     processes = "" if world is None else f", {world.size} processes ({world.backend})"
     say(
@@ -205,7 +213,7 @@ def train_and_report(
         for value in (sums if len(sums) <= 4 else [sums[0], sums[len(sums) // 2], sums[-1]])
     )
     say(
-        f"done: {len(sums)} epochs, loss sums {trend}"
+        f"done: {len(sums)} epoch{'' if len(sums) == 1 else 's'}, loss sums {trend}"
         + (f"; run folder {args.out}" if args.out else "")
     )
     return 0
