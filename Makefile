@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-dispatch gpu-check clean
+.PHONY: run test test-docs test-dispatch gpu-check clean
 
 # The install runs again when pyproject.toml is newer than the last one, so a new
 # dependency reaches an existing .venv; `make clean` starts from nothing.
@@ -24,6 +24,12 @@ run: $(VENV)/.installed
 # default scheduling, 2 cores).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n auto --dist worksteal
+
+# Every cifar-spec command README.md and docs/ show, run at its smallest size in a folder of
+# its page's own (tests/test_doc_commands.py): minutes of counting under valgrind, so a tier
+# of its own, left out of a plain `pytest` and run by CI.
+test-docs: $(VENV)/.installed
+	$(BIN)/python -m pytest -n auto --dist worksteal -m docs
 
 # The numeric part of the spec under every ATen and oneDNN dispatch this CPU offers, with
 # how much of each tolerance was used (docs/tolerances.md); 19 settings on an AVX-512 CPU.

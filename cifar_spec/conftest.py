@@ -26,6 +26,7 @@ pytest_plugins = ["pytester"]
 MARKERS = [
     "cuda: needs a CUDA device; skipped cleanly without one",
     "slow: takes more than a few seconds on a 2-core CPU",
+    "docs: runs the commands README.md and docs/ show (`pytest -m docs`; left out of a plain run)",
     "cifar10: needs real CIFAR-10 on disk (CIFAR_SPEC_CIFAR10); skipped with the reason without",
 ]
 
