@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_spec.bench import cases
+from cifar_spec.bench import cases, report
 from cifar_spec.errors import BadRound
 from cifar_spec.step import StepOptions
 
@@ -146,3 +146,21 @@ def test_pytest_benchmarks_comparison_of_step_times_fails_on_a_really_slower_ste
     )
     assert slower.ret != 0
     assert "Performance has regressed" in slower.stdout.str() + slower.stderr.str()
+
+
+def bench_row(note: str) -> dict:
+    row = {"device": "cpu", "variant": "channels_last", "batch": 1, "images_per_s": 100.0}
+    row.update(spread=0.01, speedup=1.2, speedup_ci=[1.1, 1.3], roofline_fraction=0.1)
+    return {**row, "speedup_ci_note": note}
+
+
+def test_a_speed_up_interval_short_of_95_percent_is_marked_and_explained_under_the_table():
+    note = "the range of 4 samples of one process, a 88% interval, not a 95% CI"
+    lines = report.format_table([bench_row(note)]).splitlines()
+    assert "1.20x [1.10, 1.30]*" in lines[1]
+    assert lines[2:] == [f"* {note}"]
+
+
+def test_a_95_percent_interval_has_no_mark_and_no_legend():
+    lines = report.format_table([bench_row("")]).splitlines()
+    assert "1.20x [1.10, 1.30] " in lines[1] and "*" not in lines[1] and len(lines) == 2

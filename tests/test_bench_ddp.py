@@ -69,3 +69,20 @@ def test_a_group_out_of_time_is_stopped_whole_with_what_its_ranks_started_in_one
     assert len(str(stopped.value).splitlines()) == 1
     children = [int(path.read_text()) for path in sorted(tmp_path.iterdir())]
     assert len(children) == 2 and all_end(children)
+
+
+def test_a_speed_up_from_one_group_of_two_quads_is_marked_as_a_range_not_a_95_percent_ci(
+    monkeypatch,
+):
+    # The issue's run: --ranks 4 --groups 1 --pairs 4 gives 2 quads, whose range is a 50%
+    # interval. Rank 0's pairs are given here, (alone, together) seconds per step.
+    pairs = [(0.010, 0.021), (0.010, 0.022), (0.011, 0.021), (0.010, 0.020)]
+    monkeypatch.setattr(bench_ddp, "run_group", lambda *args: pairs)
+    lines = []
+    rows = bench_ddp.scale_all(["eager"], [64], 4, 1, 4, lines.append)
+    speedup = rows[0]["speedup"]
+    assert speedup["samples"] == 2 and speedup["confidence"] == 0.5
+    assert "not a 95% CI" in speedup["ci_note"]
+    row_line = lines[1]
+    assert f"[{speedup['ci_low']:.2f}, {speedup['ci_high']:.2f}]*" in row_line
+    assert lines[-1] == f"* {speedup['ci_note']}"  # the legend under the table

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_spec.bench import compare, records, stats
+from cifar_spec.bench import compare, records, report, stats
 from cifar_spec.bench.records import Case
 from cifar_spec.cli import main
 
@@ -203,3 +203,18 @@ def test_a_python_that_answers_the_check_with_something_else_is_refused(scripted
     python = scripted_python(f'"{sys.executable}" "$@"; echo \'{{"host": 1.0}}\'')
     with pytest.raises(compare.BadEnvironment, match="not as a Python does"):
         compare.check_python(str(python))
+
+
+def test_a_ratio_from_one_pair_of_workers_of_two_quads_is_marked_in_the_table_and_markdown():
+    ratio = stats.estimate([[1.01, 1.03]])
+    side = stats.estimate([[0.01, 0.0101]])
+    judged = compare.judged_time(Case("cpu", "eager", 1), records.INCONCLUSIVE, ratio, side, side)
+    table = report.judged_table([judged], records.TIME, 0.05, ("baseline", "candidate"))
+    assert "[1.010, 1.030]*" in table[2]
+    assert table[-1] == f"* {ratio.note}" and "a 50% interval" in ratio.note
+    comparison = records.Comparison({records.TIME: {}}, {records.TIME: 0.05}, {})
+    comparison.judged[records.TIME] = [judged]
+    envs = {"torch": "2", "git": "x", "cpu_model": "c", "threads": 1, "python": "p"}
+    comparison.environments[records.TIME] = {"baseline": envs, "candidate": envs}
+    text = report.markdown(comparison)
+    assert "[1.010, 1.030]\\* inconclusive" in text and f"\\* {ratio.note}" in text

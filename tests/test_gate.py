@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cifar_spec.bench import baselines, gate, machine, records, stats
+from cifar_spec.bench import baselines, gate, machine, records, report, stats
 from cifar_spec.bench.suite import worker_threads
 from cifar_spec.cli import main
 
@@ -332,3 +332,19 @@ def test_a_baseline_saved_at_one_thread_never_judges_a_run_on_every_core(
     assert main(["gate", "--threads", "1", *storage]) == 0  # the one it was saved for
     if worker_threads(None) != 1:
         assert baselines.fingerprint(gate_info(1)) != baselines.fingerprint(gate_info())
+
+
+def test_a_ratio_from_one_worker_of_four_rounds_a_side_is_marked_not_a_95_percent_ci():
+    # gate --workers 1 against a baseline whose reference row holds 4 rounds
+    few = [[0.010, 0.011, 0.0105, 0.0102]]
+    [judged] = gate.time_judge([row(few)], [row(few)], 0.3)
+    table = report.judged_table([judged], records.TIME, 0.3, ("baseline", "now"))
+    assert "]*" in table[2] and "%" in table[2]  # marked, and its spread shown
+    assert table[-1].startswith("* ") and "not a 95% CI" in table[-1]
+    assert judged.as_dict()["estimates"]["ratio"]["confidence"] is None
+
+
+def test_a_floor_straddled_by_a_short_interval_says_what_the_interval_is():
+    short = {**sped("a", 1.0, 1.2), "speedup_ci_note": "the range of 2 samples of one process"}
+    _, unsure = gate.check_floors([short], {"a": {"1": {"speedup": 1.1}}})
+    assert "[1.00, 1.20] (the range of 2 samples of one process) against" in unsure[0]

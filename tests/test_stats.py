@@ -119,3 +119,43 @@ def test_two_runs_whose_processes_disagree_get_a_wide_gate_interval():
     r = stats.ratio_of_medians(base, new)
     assert r.median == 1.0 and r.high > 1.5
     assert records.verdict(r.low, r.high, 0.10) == records.INCONCLUSIVE
+
+
+def test_six_samples_are_the_fewest_whose_order_statistics_interval_is_95_percent():
+    assert stats.order_confidence(stats.SAMPLES_FOR_95) >= 0.95
+    assert stats.order_confidence(stats.SAMPLES_FOR_95 - 1) < 0.95
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_below_six_samples_the_whole_range_covers_the_median_with_1_minus_2_to_the_1_minus_n(n):
+    assert stats.order_confidence(n) == pytest.approx(1 - 2 ** (1 - n))
+
+
+def test_an_interval_from_two_samples_of_one_process_says_it_is_a_50_percent_range():
+    figure = stats.estimate([[1.0, 1.2]])
+    assert figure.confidence == 0.5 and figure.short
+    assert "the range of 2 samples of one process, a 50% interval, not a 95% CI" in figure.note
+    saved = figure.as_dict()
+    assert saved["confidence"] == 0.5 and saved["ci_note"] == figure.note
+    assert saved["ci_method"] == "order statistics"
+
+
+def test_a_speed_up_keeps_what_its_interval_is_when_inverted_and_scaled():
+    figure = stats.estimate([[1.0, 1.2, 1.1]]).inverted().scaled(4)
+    assert figure.confidence == 0.75 and "range of 3 samples" in figure.note
+
+
+def test_intervals_across_processes_or_of_six_samples_are_95_percent_and_unmarked():
+    across = stats.estimate([[1.0, 1.1], [1.05, 1.2]])
+    one = stats.estimate([[1.0 + i / 100 for i in range(6)]])
+    for figure in (across, one):
+        assert figure.confidence >= 0.95 and not figure.short and figure.note == ""
+        assert figure.as_dict()["ci_note"] == ""
+
+
+def test_a_ratio_of_runs_with_a_one_process_side_of_few_samples_is_not_called_95_percent():
+    short = stats.ratio_of_medians([[1.0, 1.1, 1.2, 1.05]], [[1.0, 1.1, 1.2, 1.05] * 2])
+    assert short.confidence is None and short.short and "not a 95% CI" in short.note
+    assert short.method == stats.BOOTSTRAP  # a bootstrap, not order statistics
+    enough = stats.ratio_of_medians([[1.0 + i / 100 for i in range(8)]], [[1.1] * 8])
+    assert enough.confidence == 0.95 and not enough.short

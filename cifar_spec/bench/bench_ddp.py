@@ -174,4 +174,6 @@ def scale_all(
         "process's at the same batch per rank, the median over quads of paired rounds with "
         "its 95% interval over groups of fresh ranks; eff.: speed-up / ranks"
     )
+    for line in report.short_legend([row["speedup"]["ci_note"] for row in rows]):
+        say(line)
     return rows

@@ -120,7 +120,7 @@ def time_judge(baseline_rows: list[dict], rows: list[dict], threshold: float) ->
                 ratio.high,
                 base_median,
                 row["seconds_per_step"],
-                figures={"ratio_estimate": ratio.as_dict()},
+                figures={"estimates": {"ratio": ratio.as_dict()}},  # as compare's
             )
         )
     return judged
@@ -148,9 +148,10 @@ def check_floors(rows: list[dict], floors: dict) -> tuple[list[str], list[str]]:
         if floor is None or not row.get("speedup_ci"):
             continue
         low, high = row["speedup_ci"]
+        note = f" ({row['speedup_ci_note']})" if row.get("speedup_ci_note") else ""
         text = (
             f"{row['device']} {row['variant']} batch {row['batch']}: speed-up "
-            f"{row['speedup']:.2f}x [{low:.2f}, {high:.2f}] against the floor {floor:g}"
+            f"{row['speedup']:.2f}x [{low:.2f}, {high:.2f}]{note} against the floor {floor:g}"
         )
         if high < floor:
             failed.append(text)

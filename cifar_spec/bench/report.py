@@ -21,14 +21,26 @@ def format_fraction(row: dict) -> str:
     return "-" if fraction is None else f"{fraction:.1%}"
 
 
+SHORT = "*"  # beside an interval that is not a 95% CI (too few samples); the legend says what
+
+
+def short_mark(note: str | None) -> str:
+    return SHORT if note else ""
+
+
+def short_legend(notes: list[str]) -> list[str]:
+    """A legend line per kind of interval short of 95% that a table showed (none if none)."""
+    return [f"{SHORT} {note}" for note in dict.fromkeys(n for n in notes if n)]
+
+
 def format_ratio(row: dict) -> str:
-    """'1.26x [1.21, 1.30]', with ' noisy' when the spread is above 10%."""
+    """'1.26x [1.21, 1.30]', marked '*' when the interval is not a 95% CI."""
     if row.get("speedup") is None:
         return "-"
     text = f"{row['speedup']:.2f}x"
     if row.get("speedup_ci"):
         low, high = row["speedup_ci"]
-        text += f" [{low:.2f}, {high:.2f}]"
+        text += f" [{low:.2f}, {high:.2f}]{short_mark(row.get('speedup_ci_note'))}"
     return text
 
 
@@ -48,7 +60,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['images_per_s']:>10,.0f} {spread:>7} {format_ratio(r):>22} "
             f"{format_fraction(r):>19}{noisy}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + short_legend([r.get("speedup_ci_note", "") for r in rows]))
 
 
 def plural(count: int, word: str) -> str:
@@ -96,16 +108,23 @@ def count_ratio(side: str) -> str:
     )
 
 
+def ratio_estimate(j: Judged) -> dict:
+    """The ratio's estimate, as `stats.Estimate.as_dict` saved it (empty for counts)."""
+    return j.figures.get("estimates", {}).get("ratio", {})
+
+
 def time_line(j: Judged) -> str:
-    """A case judged on time: each side's median step, the ratio, its 95% interval and spread."""
+    """A case judged on time: each side's median step, the ratio, its 95% interval (marked
+    where it is not one) and spread."""
     if j.ratio is None:
         return f"{j.case.name:<{WIDTH}} {j.verdict}: {j.reason}"
-    ratio = j.figures.get("estimates", {}).get("ratio", {})
+    ratio = ratio_estimate(j)
     spread = f"{ratio['spread']:>6.1%}" if "spread" in ratio else f"{'-':>6}"
     noisy = " noisy" if ratio.get("noisy") else ""
+    interval = f"[{j.low:.3f}, {j.high:.3f}]{short_mark(ratio.get('ci_note'))}"
     return (
         f"{j.case.name:<{WIDTH}} {j.baseline * 1e3:>9.3f}ms {j.candidate * 1e3:>9.3f}ms "
-        f"{j.ratio:>7.3f} [{j.low:.3f}, {j.high:.3f}] {spread}{noisy}  {j.verdict}"
+        f"{j.ratio:>7.3f} {interval:<15} {spread}{noisy}  {j.verdict}"
     )
 
 
@@ -164,7 +183,8 @@ def judged_table(
             f"{'case':<{WIDTH}} {base:>11} {cand:>11} {'ratio [95% CI]':>23} {'spread':>6}"
             "  verdict",
         ]
-        return lines + [time_line(j) for j in judged]
+        notes = [ratio_estimate(j).get("ci_note", "") for j in judged]
+        return lines + [time_line(j) for j in judged] + short_legend(notes)
     lines = [
         f"verdicts at +-{threshold:.1%} on {COUNTED}; {count_ratio(cand)}",
         f"{'case':<{WIDTH}} {base:>9} {cand:>9} {'ratio [range over processes]':>27} "
@@ -238,6 +258,8 @@ def markdown(c: Comparison) -> str:
             f"| {case.name} | {markdown_cell(times.get(case), 3)} | "
             f"{markdown_cell(counted.get(case), 4)} | **{j.verdict}** | {j.metric} |"
         )
+    legend = short_legend([ratio_estimate(j).get("ci_note", "") for j in c.judged.get(TIME, [])])
+    lines += ["", *(line.replace(SHORT, "\\" + SHORT, 1) for line in legend)] if legend else []
     for j in c.judged.get(INSTRUCTIONS, []):
         if j.moved:
             lines += markdown_attribution(j)
@@ -279,7 +301,8 @@ def markdown_cell(j: Judged | None, digits: int) -> str:
         return "not run"
     if j.ratio is None:
         return j.verdict
-    return f"{j.ratio:.{digits}f} [{j.low:.{digits}f}, {j.high:.{digits}f}] {j.verdict}"
+    mark = short_mark(ratio_estimate(j).get("ci_note")).replace(SHORT, "\\" + SHORT)
+    return f"{j.ratio:.{digits}f} [{j.low:.{digits}f}, {j.high:.{digits}f}]{mark} {j.verdict}"
 
 
 def format_count(value: float) -> str:
@@ -322,7 +345,8 @@ def format_ddp_row(row: dict) -> str:
     return (
         f"{row['variant']:<46} {row['batch_per_rank']:>5} {row['ranks']:>3} "
         f"{row['alone_images_per_s']:>9.0f} {row['together_images_per_s']:>9.0f} "
-        f"{s['median']:>6.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}] "
+        f"{s['median']:>6.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+        f"{short_mark(s.get('ci_note')) or ' '}"
         f"{row['efficiency']:>6.0%}{' noisy' if s['noisy'] else ''}"
     )
 

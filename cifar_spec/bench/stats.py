@@ -15,7 +15,11 @@ timings together, by up to 40% on a shared 2-core runner. So:
   instead of hiding in it (the bootstrap alone is too narrow with 2-4
   processes: same-environment compares on a loaded machine gave intervals that
   excluded 1);
-- the spread is IQR / median; above NOISY_SPREAD a figure is marked noisy.
+- the spread is IQR / median; above NOISY_SPREAD a figure is marked noisy;
+- an interval says what it is (`Estimate.confidence`, one rule in
+  `interval_confidence`): one process's order statistics reach 95% only from
+  SAMPLES_FOR_95 samples; below, the whole range covers the median with
+  probability 1 - 2^(1 - n) (50% for two), and the tables mark it as such.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 CONFIDENCE = 0.95
 
@@ -50,23 +54,35 @@ def spread(values: Sequence[float]) -> float:
     return (quantile(values, 0.75) - quantile(values, 0.25)) / middle if middle else math.inf
 
 
-def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int]:
-    """0-based ranks (lo, hi) of the sorted sample with P(x[lo] <= median <= x[hi]) >= confidence.
+def rank_coverage(n: int, lo: int, hi: int) -> float:
+    """P(x[lo] <= median <= x[hi]) for n sorted samples of a continuous distribution.
 
     The number of samples below the true median is Binomial(n, 1/2); the
-    interval widens one rank on each side until it holds that much mass. For
-    n < 6 no pair of ranks reaches 95%, and the whole range is returned.
+    interval holds the median when that number is above lo and at most hi.
     """
-    lo = -1
-    # P(lo < count below <= n-1-lo) for the widest symmetric pair still inside the sample
-    for k in range(n // 2, -1, -1):
-        covered = sum(math.comb(n, i) for i in range(k, n - k + 1)) / 2**n
-        if covered >= confidence:
-            lo = k
-            break
-    if lo <= 0:
-        return 0, n - 1
-    return lo - 1, n - lo
+    return sum(math.comb(n, i) for i in range(lo + 1, hi + 1)) / 2**n
+
+
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int]:
+    """0-based ranks (lo, hi) of the sorted sample with P(x[lo] <= median <= x[hi]) >= confidence:
+    the narrowest symmetric pair that holds that much mass.
+
+    For n < SAMPLES_FOR_95 no pair reaches 95% and the whole range is returned;
+    `order_confidence` says how much it does reach.
+    """
+    for lo in range((n - 1) // 2, -1, -1):
+        if rank_coverage(n, lo, n - 1 - lo) >= confidence:
+            return lo, n - 1 - lo
+    return 0, max(0, n - 1)
+
+
+def order_confidence(n: int) -> float:
+    """The real confidence of the order-statistics interval of n samples: at or above 95%
+    from SAMPLES_FOR_95 on; below, that of their whole range, 1 - 2^(1 - n) (50% for 2)."""
+    return rank_coverage(n, *median_ci_ranks(n))
+
+
+SAMPLES_FOR_95 = 6  # the fewest samples of one process whose range covers the median 95%
 
 
 def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -185,9 +201,22 @@ def widest(*intervals: tuple[float, float]) -> tuple[float, float]:
     return min(low for low, _ in intervals), max(high for _, high in intervals)
 
 
+ORDER_STATISTICS = "order statistics"
+BOOTSTRAP_AND_T = (
+    "the wider of a two-level bootstrap (processes, then samples) and a t-interval "
+    "of the processes' medians"
+)
+BOOTSTRAP = "a two-level bootstrap (processes, then samples)"
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A median with its confidence interval and spread, from samples grouped by process."""
+    """A median with its confidence interval and spread, from samples grouped by process.
+
+    `confidence` is what the interval really is: 0.95 for the intervals across processes,
+    the exact coverage of the order-statistics interval of one process (below 0.95 under
+    SAMPLES_FOR_95 samples), or None where it is known only to fall short of 0.95.
+    """
 
     median: float
     low: float
@@ -195,26 +224,26 @@ class Estimate:
     spread: float
     samples: int
     processes: int
+    confidence: float | None = CONFIDENCE
+    method: str = BOOTSTRAP_AND_T
 
     @property
     def noisy(self) -> bool:
         return self.spread > NOISY_SPREAD
 
+    @property
+    def short(self) -> bool:
+        """The interval is not a 95% confidence interval: too few samples for one."""
+        return self.confidence is None or self.confidence < CONFIDENCE
+
     def inverted(self) -> Estimate:
         """The same estimate of 1/x (a time ratio as a speed-up); the interval flips."""
-        return Estimate(
-            1 / self.median, 1 / self.high, 1 / self.low, self.spread, self.samples, self.processes
-        )
+        return replace(self, median=1 / self.median, low=1 / self.high, high=1 / self.low)
 
     def scaled(self, factor: float) -> Estimate:
         """The same estimate of factor * x."""
-        return Estimate(
-            factor * self.median,
-            factor * self.low,
-            factor * self.high,
-            self.spread,
-            self.samples,
-            self.processes,
+        return replace(
+            self, median=factor * self.median, low=factor * self.low, high=factor * self.high
         )
 
     def as_dict(self) -> dict:
@@ -222,19 +251,50 @@ class Estimate:
             "median": self.median,
             "ci_low": self.low,
             "ci_high": self.high,
+            "confidence": self.confidence,
             "spread": self.spread,
             "noisy": self.noisy,
             "samples": self.samples,
             "processes": self.processes,
-            "ci_method": "order statistics"
-            if self.processes == 1
-            else "the wider of a two-level bootstrap (processes, then samples) and a t-interval "
-            "of the processes' medians",
+            "ci_method": self.method,
+            "ci_note": self.note,
         }
+
+    @property
+    def note(self) -> str:
+        """What an interval short of 95% is, for a table's legend and the JSON; else ''."""
+        if not self.short:
+            return ""
+        if self.confidence is None:
+            return (
+                f"a bootstrap over one process of fewer than {SAMPLES_FOR_95} samples on a "
+                "side: below 95%, not a 95% CI"
+            )
+        return (
+            f"the range of {self.samples} samples of one process, a {self.confidence:.0%} "
+            f"interval, not a 95% CI (that takes {SAMPLES_FOR_95} samples, or 2 processes)"
+        )
+
+
+def interval_confidence(*sides: list[int]) -> float | None:
+    """What an interval is, from each side's samples per process: the one rule.
+
+    Across processes on every side: 95%, by construction (the t-interval widens for few
+    processes). One side of one process: the exact coverage of its order-statistics
+    interval. Two sides, one of them a single process: 95% if each such side has
+    SAMPLES_FOR_95 samples; else None, short of 95% by an amount no formula here gives.
+    """
+    if all(len(sizes) > 1 for sizes in sides):
+        return CONFIDENCE
+    if len(sides) == 1:
+        return order_confidence(sides[0][0])
+    if all(len(sizes) > 1 or sizes[0] >= SAMPLES_FOR_95 for sizes in sides):
+        return CONFIDENCE
+    return None
 
 
 def estimate(groups: Groups) -> Estimate:
-    """The pooled median of every group's samples, its 95% interval and spread.
+    """The pooled median of every group's samples, its interval (95%, or what it is) and spread.
 
     The interval: order statistics for one process; for several, the wider of
     the two-level bootstrap and the t-interval of the processes' medians.
@@ -247,7 +307,9 @@ def estimate(groups: Groups) -> Estimate:
     interval = clustered_median_ci(groups)
     if len(groups) > 1:
         interval = widest(interval, t_interval(center, groups))
-    return Estimate(center, *interval, spread(pooled), len(pooled), len(groups))
+    method = BOOTSTRAP_AND_T if len(groups) > 1 else ORDER_STATISTICS
+    confidence = interval_confidence([len(g) for g in groups])
+    return Estimate(center, *interval, spread(pooled), len(pooled), len(groups), confidence, method)
 
 
 def ratio_of_medians(base: Groups, new: Groups) -> Estimate:
@@ -264,6 +326,11 @@ def ratio_of_medians(base: Groups, new: Groups) -> Estimate:
     pooled_new = [v for g in new for v in g]
     ratio = statistics.median(pooled_new) / statistics.median(v for g in base for v in g)
     interval = bootstrap([new, base], lambda n, b: statistics.median(n) / statistics.median(b))
+    method = BOOTSTRAP
     if len(base) > 1 and len(new) > 1:
         interval = widest(interval, t_interval(ratio, base, new))
-    return Estimate(ratio, *interval, spread(pooled_new), len(pooled_new), len(new))
+        method = BOOTSTRAP_AND_T
+    confidence = interval_confidence([len(g) for g in base], [len(g) for g in new])
+    return Estimate(
+        ratio, *interval, spread(pooled_new), len(pooled_new), len(new), confidence, method
+    )

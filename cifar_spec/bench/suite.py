@@ -154,6 +154,11 @@ class Suite:
             steps_per_round=steps,
             speedup=1.0 if is_reference else speedup.median,
             speedup_ci=None if is_reference else [speedup.low, speedup.high],
+            # what each interval is: 0.95, or less with too few samples (`stats.Estimate.note`)
+            speedup_ci_confidence=None if is_reference else speedup.confidence,
+            speedup_ci_note="" if is_reference else speedup.note,
+            seconds_per_step_ci_confidence=time.confidence,
+            seconds_per_step_ci_note=time.note,
             speedup_spread=None if is_reference else speedup.spread,
             reference=self.reference_of(case).variant,
             noisy=time.noisy,  # the spread shown beside it; the speed-up's is in its interval
