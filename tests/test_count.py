@@ -167,7 +167,7 @@ def process(label: str, value: float, functions: dict) -> callgrind.Process:
 def test_compare_on_counts_prints_the_verdict_the_functions_and_writes_json_and_markdown(
     monkeypatch, tmp_path, capsys
 ):
-    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None):
+    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None, progress=None):
         assert processes == 2 and cases == [EAGER, DEFAULT]
         return {
             "baseline": [process(f"b{i}", 100e6, {"conv": 40e6}) for i in range(2)],
@@ -213,7 +213,7 @@ def test_pythons_given_by_relative_paths_reach_the_counting_workers_as_absolute_
     # and exited 127: the paths are resolved once, in the folder the user gave them in.
     seen = {}
 
-    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None):
+    def fake_count_all(pythons, processes, cases, cache_sim=False, expected=None, progress=None):
         seen.update(pythons)
         return {side: [process(side, 100e6, {"conv": 40e6})] * 2 for side in pythons}
 
@@ -231,7 +231,7 @@ def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, c
     monkeypatch.setattr(
         callgrind,
         "count_all",
-        lambda pythons, processes, cases, cache_sim=False, expected=None: {
+        lambda pythons, processes, cases, cache_sim=False, expected=None, progress=None: {
             side: [
                 callgrind.Process(
                     "p",

@@ -30,6 +30,7 @@ from pathlib import Path
 from cifar_spec.bench import cases, report
 from cifar_spec.bench._handle import kill_group, start_process
 from cifar_spec.bench.paired import Samples
+from cifar_spec.bench.progress import Progress, hidden
 from cifar_spec.bench.spawn import python_command
 from cifar_spec.errors import ConfigError, WorkerError
 from cifar_spec.step import unsupported
@@ -131,15 +132,27 @@ def parse_pairs(out: str, variant: str) -> list[tuple[float, float]]:
 
 
 def scaling(
-    variant: str, batch: int, ranks: int = 2, groups: int = GROUPS, pairs: int = PAIRS
+    variant: str,
+    batch: int,
+    ranks: int = 2,
+    groups: int = GROUPS,
+    pairs: int = PAIRS,
+    bar: Progress | None = None,
 ) -> dict:
     """The figures of `variant` at `batch` images per process: images/s alone and together,
-    the speed-up of the total with its 95% interval, and the scaling efficiency."""
+    the speed-up of the total with its 95% interval, and the scaling efficiency. `bar`
+    counts the groups."""
     if pairs < 2:
         raise ConfigError(
             "--pairs must be at least 2: each ratio comes from a pair A B and a pair B A"
         )
-    samples = Samples([run_group(variant, batch, ranks, pairs) for _ in range(groups)])
+    bar = bar or hidden()
+    measured = []
+    for group in range(groups):
+        bar.doing(f"{variant} batch {batch}: group {group + 1}/{groups} of {ranks} ranks")
+        measured.append(run_group(variant, batch, ranks, pairs))
+        bar.advance()
+    samples = Samples(measured)
     # together's seconds per step over alone's, inverted: the rate of N ranks over one process's
     speedup = samples.ratio().inverted().scaled(ranks)
     return {
@@ -155,20 +168,28 @@ def scaling(
 
 
 def scale_all(
-    variants: list[str], batches: list[int], ranks: int, groups: int, pairs: int, say
+    variants: list[str],
+    batches: list[int],
+    ranks: int,
+    groups: int,
+    pairs: int,
+    say,
+    show: bool = False,
 ) -> list[dict]:
     """`scaling` of every variant at every batch size, each row said as it is measured, under
-    a header and over a legend; a variant that cannot run under DDP is refused first."""
+    a header and over a legend, a progress bar of the groups drawn if `show`; a variant that
+    cannot run under DDP is refused first."""
     for variant in variants:
         reason = unsupported(cases.VARIANTS[variant], "cpu", data_parallel=True)
         if reason:
             raise ConfigError(f"variant {variant} cannot run under DDP: {reason}")
     say(report.DDP_HEADER)
     rows = []
-    for variant in variants:
-        for batch in batches:
-            rows.append(scaling(variant, batch, ranks, groups, pairs))
-            say(report.format_ddp_row(rows[-1]))
+    with Progress(show, len(variants) * len(batches) * groups, unit="group") as bar:
+        for variant in variants:
+            for batch in batches:
+                rows.append(scaling(variant, batch, ranks, groups, pairs, bar))
+                bar.note(report.format_ddp_row(rows[-1]), say)
     say(
         f"speed-up: total images/s of {ranks} ranks (one thread each, gloo) over one "
         "process's at the same batch per rank, the median over quads of paired rounds with "

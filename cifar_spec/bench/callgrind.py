@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,11 @@ class Running:
             worker.stop(polite=False)
 
 
+def progress_steps(cases: list[Case]) -> int:
+    """The steps `count_process` reports: started, each case built, instrumented, each counted."""
+    return 2 * len(cases) + 2
+
+
 def count_process(
     python: str,
     label: str,
@@ -168,9 +174,11 @@ def count_process(
     cache_sim: bool = False,
     running: Running | None = None,
     expect: Expected | None = None,
+    progress: Callable[[str], None] = lambda done: None,
 ) -> Process:
     """Start one counting worker of `python`, count every case, stop it. The worker is kept in
-    `running` meanwhile, for whoever must stop it early; `expect`: the code it must import."""
+    `running` meanwhile, for whoever must stop it early; `expect`: the code it must import;
+    `progress` hears each step done (`progress_steps`), for a progress bar."""
     folder = Path(tempfile.mkdtemp(prefix="cifar-spec-count-"))
     out_file = folder / "callgrind.out"
     try:
@@ -189,20 +197,25 @@ def count_process(
         )
         if running is not None:
             running.add(worker)
+        progress(f"{label} started")
         try:
             unsupported = {}
             for case in cases:
                 reply = worker.call({**case.request(), "warm_up_steps": WARM_UP}, BUILD_TIMEOUT)
                 if "unsupported" in reply:
                     unsupported[case] = reply["unsupported"]
+                progress(f"{label} built {case.name}")
             worker.call({"op": "instrument"}, COUNT_TIMEOUT)
+            progress(f"{label} instrumented")
             counts = {}
             for case in cases:
-                if case in unsupported:
-                    continue
-                steps = steps_for(case.batch)
-                reply = worker.call({"op": "count", "key": case.key, "steps": steps}, COUNT_TIMEOUT)
-                counts[case] = read_dump(Path(f"{out_file}.{reply['dump']}"), steps)
+                if case not in unsupported:
+                    steps = steps_for(case.batch)
+                    reply = worker.call(
+                        {"op": "count", "key": case.key, "steps": steps}, COUNT_TIMEOUT
+                    )
+                    counts[case] = read_dump(Path(f"{out_file}.{reply['dump']}"), steps)
+                progress(f"{label} counted {case.name}")
             return Process(label, worker.info, counts, unsupported)
         finally:
             # Killed, not asked to exit: every dump it made is written and read, and its exit
@@ -219,10 +232,12 @@ def count_all(
     cases: list[Case],
     cache_sim: bool = False,
     expected: dict[str, Expected] | None = None,
+    progress: Callable[[str], None] = lambda done: None,
 ) -> dict[str, list[Process]]:
     """`processes` counting workers of each Python ({side: python}), run side by side on
     every core (counts do not mind the company): {side: [Process, ...]}. `expected`: {side:
-    the code its workers must import}; a side left out is not checked."""
+    the code its workers must import}; a side left out is not checked. `progress` hears
+    each process's steps (`progress_steps` each), from several threads."""
     expected = expected or {}
     jobs = [
         (side, python, f"{side}{i + 1}")
@@ -238,7 +253,14 @@ def count_all(
             (
                 side,
                 pool.submit(
-                    count_process, python, label, cases, cache_sim, running, expected.get(side)
+                    count_process,
+                    python,
+                    label,
+                    cases,
+                    cache_sim,
+                    running,
+                    expected.get(side),
+                    progress,
                 ),
             )
             for side, python, label in jobs

@@ -18,9 +18,16 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from cifar_spec.bench import callgrind, counts, find_modules, records, report, stats
+from cifar_spec.bench import counts, find_modules, records, report, stats
 from cifar_spec.bench._handle import Expected, Worker, start_workers, stop_all
-from cifar_spec.bench.paired import Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.paired import (
+    Samples,
+    Unsupported,
+    build_arm,
+    measure_pairs,
+    pairs_to_take,
+)
+from cifar_spec.bench.progress import Progress, hidden
 from cifar_spec.bench.records import (
     COUNT_PROCESSES,
     INSTRUCTIONS,
@@ -139,18 +146,27 @@ def compare_case(
     seconds: float,
     grow: Callable[[], None] | None = None,
     min_pairs: int = PAIRS_BEFORE_VERDICT,
+    bar: Progress | None = None,
 ) -> Judged:
     """One case's verdict. While it is inconclusive and time is left, more pairs are taken,
     and `grow` adds a fresh pair of workers (more processes, not only more rounds, is what
-    narrows an interval that the processes' disagreement widens)."""
+    narrows an interval that the processes' disagreement widens). `bar` counts the pairs."""
     deadline = time.perf_counter() + seconds
+    bar = bar or hidden()
     arms: list = []
     samples = Samples()
+
+    def tick() -> None:
+        left = max(0.0, deadline - time.perf_counter())
+        bar.advance(f"{case.name}: {samples.pairs + 1} pairs, {left:.0f} s of its budget left")
+
     try:
         while True:
+            bar.doing(f"{case.name}: building in {len(base)} + {len(cand)} workers")
             for b, c in list(zip(base, cand))[len(arms) :]:
                 arms.append((build_arm(b, case), build_arm(c, case)))
-            measure_pairs(arms, min_pairs, samples)
+            bar.expect(pairs_to_take(samples, len(arms), min_pairs))
+            measure_pairs(arms, min_pairs, samples, tick)
             ratio = samples.ratio()
             if judge(ratio, threshold) != records.INCONCLUSIVE:
                 break
@@ -203,13 +219,17 @@ def compare_times(
     threads: int | None = None,
     log: Callable[[Judged], None] | None = None,
     expected: dict[str, Expected] | None = None,
+    bar: Progress | None = None,
 ) -> tuple[dict, list[Judged]]:
     """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`;
-    `expected`: {side: the code its workers must import}."""
+    `expected`: {side: the code its workers must import}; `bar` shows the progress."""
     start = time.perf_counter()
+    bar = bar or hidden()
+    bar.doing(f"starting {workers} + {workers} workers")
     base, cand = start_side_by_side(baseline, candidate, workers, threads, expected)
 
     def grow() -> None:
+        bar.doing("inconclusive: starting a fresh pair of workers")
         more_base, more_cand = start_side_by_side(baseline, candidate, 1, threads, expected)
         base.extend(more_base)
         cand.extend(more_cand)
@@ -220,7 +240,7 @@ def compare_times(
         for i, case in enumerate(cases):
             left = seconds - (time.perf_counter() - start)
             share = max(0.0, left / (len(cases) - i))
-            result = compare_case(base, cand, case, threshold, share, grow)
+            result = compare_case(base, cand, case, threshold, share, grow, bar=bar)
             results.append(result)
             if log:
                 log(result)
@@ -238,11 +258,18 @@ def compare_counts(
     cache_sim: bool = False,
     top: int = counts.TOP,
     expected: dict[str, Expected] | None = None,
+    show: bool = False,
 ) -> tuple[dict, list[Judged]]:
     """({'baseline': info, 'candidate': info}, a judged case per case, skipped where a process
-    could not run it); `expected`: {side: the code its workers must import}."""
-    counted = callgrind.count_all(
-        {"baseline": baseline, "candidate": candidate}, processes, cases, cache_sim, expected
+    could not run it); `expected`: {side: the code its workers must import}; the progress in
+    a bar drawn if `show`."""
+    counted = counts.count_all(
+        {"baseline": baseline, "candidate": candidate},
+        processes,
+        cases,
+        cache_sim,
+        expected or {},
+        show,
     )
     base, cand = counted["baseline"], counted["candidate"]
     envs = {"baseline": base[0].info, "candidate": cand[0].info}
@@ -270,23 +297,27 @@ def run(
     threads: int | None,
     cache_sim: bool,
     say: Callable[[str], None],
+    show: bool = False,
 ) -> Comparison:
     """Compare two environments on the metrics of `thresholds` ({metric: threshold}): both
-    Pythons checked before any work, each metric's table said as it ends, then the verdicts."""
+    Pythons checked before any work, each metric's table said as it ends, then the verdicts;
+    the progress in a bar drawn if `show`."""
     baseline, candidate = resolve_python(baseline), resolve_python(candidate)
     expected = {"baseline": check_python(baseline), "candidate": check_python(candidate)}
     comparison = Comparison(thresholds=dict(thresholds))
     if TIME in thresholds:
-        envs, judged = compare_times(
-            baseline,
-            candidate,
-            cases,
-            thresholds[TIME],
-            seconds,
-            workers or WORKERS,
-            threads,
-            expected=expected,
-        )
+        with Progress(show) as bar:
+            envs, judged = compare_times(
+                baseline,
+                candidate,
+                cases,
+                thresholds[TIME],
+                seconds,
+                workers or WORKERS,
+                threads,
+                expected=expected,
+                bar=bar,
+            )
         comparison.environments[TIME], comparison.judged[TIME] = envs, judged
         say(report.time_report(comparison))
     if INSTRUCTIONS in thresholds:
@@ -298,6 +329,7 @@ def run(
             workers or COUNT_PROCESSES,
             cache_sim,
             expected=expected,
+            show=show,
         )
         comparison.environments[INSTRUCTIONS], comparison.judged[INSTRUCTIONS] = envs, judged
         say(report.count_report(comparison))

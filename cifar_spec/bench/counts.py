@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from cifar_spec.bench import operators, records
+from cifar_spec.bench import callgrind, operators, records
+from cifar_spec.bench._handle import Expected
 from cifar_spec.bench.callgrind import Count, Process
+from cifar_spec.bench.progress import Progress
 from cifar_spec.bench.records import INSTRUCTIONS, Case, Judged
 
 COUNT_THRESHOLD = 0.01  # grounded in benchmarks/RESULTS.md: processes of one environment agree
@@ -27,6 +29,24 @@ def disagreement(values: list[float]) -> float:
     """How far apart one side's processes are: max / min - 1 (not a spread, which is IQR /
     median, a statistic of timings)."""
     return max(values) / min(values) - 1
+
+
+def count_all(
+    pythons: dict[str, str],
+    processes: int,
+    cases: list[Case],
+    cache_sim: bool,
+    expected: dict[str, Expected],
+    show: bool,
+) -> dict[str, list[Process]]:
+    """`callgrind.count_all` under a progress bar, drawn if `show`: each counting process's
+    steps (started, each case built, instrumented, each counted), and the last one done."""
+    total = len(pythons) * processes * callgrind.progress_steps(cases)
+    with Progress(show, total, unit="step") as bar:
+        bar.doing(f"counting: starting {len(pythons) * processes} processes under valgrind")
+        return callgrind.count_all(
+            pythons, processes, cases, cache_sim, expected, progress=bar.advance
+        )
 
 
 def judge(

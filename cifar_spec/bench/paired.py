@@ -106,7 +106,10 @@ def quad_ratios(pairs: list[tuple[float, float]]) -> list[float]:
 
 
 def alternate(
-    rounds: tuple[Callable[[], T], Callable[[], T]], pairs: int, first: int = 0
+    rounds: tuple[Callable[[], T], Callable[[], T]],
+    pairs: int,
+    first: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> list[tuple[T, T]]:
     """`pairs` pairs of rounds of two arms (A's and B's), numbered from `first`: A B, B A, ...
 
@@ -114,7 +117,7 @@ def alternate(
     both alternate through it. A block begins after another worker's round, which
     slows the round that opens it: blocks open with A and with B in turn (A B B A A B
     B A, then B A A B B A A B), so that over two blocks each arm follows the same
-    rounds as often as the other.
+    rounds as often as the other. `tick`, if given, is called after each pair.
     """
     lead = (first // pairs) % 2
     out = []
@@ -123,17 +126,38 @@ def alternate(
         for index in paired_order(pair + lead):
             timed[index] = rounds[index]()
         out.append((timed[0], timed[1]))
+        if tick:
+            tick()
     return out
 
 
-def run_block(a: Arm, b: Arm, pairs: int, first: int, samples: Samples, group: int) -> None:
-    for (a_host, a_gpu), (b_host, b_gpu) in alternate((a.round, b.round), pairs, first):
+def run_block(
+    a: Arm,
+    b: Arm,
+    pairs: int,
+    first: int,
+    samples: Samples,
+    group: int,
+    tick: Callable[[], None] | None = None,
+) -> None:
+    for (a_host, a_gpu), (b_host, b_gpu) in alternate((a.round, b.round), pairs, first, tick):
         samples.groups[group].append((a_host, b_host))
         samples.gpu_groups[group].append((a_gpu, b_gpu))
 
 
+def pairs_to_take(samples: Samples | None, worker_pairs: int, min_pairs: int) -> int:
+    """The pairs `measure_pairs` will take (for a progress bar's total): a block from every
+    worker pair in each pass, until the one with fewest has `min_pairs`."""
+    held = [len(g) for g in samples.groups] if samples else []
+    fewest = min(held + [0] * (worker_pairs - len(held)))
+    return worker_pairs * BLOCK * math.ceil(max(0, min_pairs - fewest) / BLOCK)
+
+
 def measure_pairs(
-    arms: list[tuple[Arm, Arm]], min_pairs: int, samples: Samples | None = None
+    arms: list[tuple[Arm, Arm]],
+    min_pairs: int,
+    samples: Samples | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> Samples:
     """Blocks of pairs from each worker pair in turn until each has `min_pairs`. Given
     `samples`, adds to them (a worker pair new since gets a group of its own)."""
@@ -143,5 +167,5 @@ def measure_pairs(
         samples.gpu_groups.append([])
     while min(len(g) for g in samples.groups) < min_pairs:
         for group, (a, b) in enumerate(arms):
-            run_block(a, b, BLOCK, len(samples.groups[group]), samples, group)
+            run_block(a, b, BLOCK, len(samples.groups[group]), samples, group, tick)
     return samples

@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cifar_spec.bench import callgrind, cases, counts, figures, machine, records, report
+from cifar_spec.bench import cases, counts, figures, machine, records, report
 from cifar_spec.bench._handle import Worker, start_workers, stop_all
-from cifar_spec.bench.paired import Arm, Samples, Unsupported, build_arm, measure_pairs
+from cifar_spec.bench.paired import (
+    Arm,
+    Samples,
+    Unsupported,
+    build_arm,
+    measure_pairs,
+    pairs_to_take,
+)
+from cifar_spec.bench.progress import Progress, hidden
 from cifar_spec.bench.records import COUNT_PROCESSES, WORKERS, Case
 from cifar_spec.errors import WorkerError
 
@@ -39,13 +47,14 @@ class Suite:
     min_pairs: int = PAIRS_PER_WORKER
     threads: int | None = None  # torch threads per worker; None: every core this process has
     python: str = sys.executable  # its workers must import this process's torch and cifar_spec
-    log: Callable[[str], None] | None = None
+    progress: Progress = field(default_factory=hidden)  # a bar that names the case and pair
     _workers: list[Worker] = field(default_factory=list, init=False)
     _references: dict = field(default_factory=dict, init=False)
     _peaks: dict = field(default_factory=dict, init=False)
 
     def start(self) -> Suite:
         if not self._workers:
+            self.progress.doing(f"starting {report.plural(self.workers, 'worker')}")
             self._workers = start_workers(
                 self.python,
                 self.workers,
@@ -74,6 +83,7 @@ class Suite:
         """`case` built in every worker (kept for a reference, which many cases share)."""
         if case in self._references:
             return self._references[case]
+        self.start().progress.doing(f"{case.name}: building and warming up")
         arms = [build_arm(w, case) for w in self.start()._workers]
         if case.variant in ("eager", cases.LOOP_REFERENCE):
             self._references[case] = arms
@@ -97,27 +107,39 @@ class Suite:
             self._references.clear()
             raise
 
+    def pairs_of(self, case: Case) -> int:
+        """The pairs of rounds `case` takes: fewer for a reference, paired with itself."""
+        own = case == self.reference_of(case)
+        return pairs_to_take(None, self.workers, self.min_pairs // 2 if own else self.min_pairs)
+
     def _measure(self, case: Case) -> dict:
         reference = self.arms(self.reference_of(case))
+        planned, done = self.pairs_of(case), 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            self.progress.advance(f"{case.name}: {done}/{planned} pairs")
+
         if case == reference[0].case:
             arms = reference
-            samples = measure_pairs(list(zip(reference, reference)), self.min_pairs // 2)
+            self.progress.doing(f"{case.name}: 0/{planned} pairs")
+            samples = measure_pairs(list(zip(reference, reference)), self.min_pairs // 2, tick=tick)
         else:
             arms = self.arms(case)
+            self.progress.doing(f"{case.name}: 0/{planned} pairs")
             try:
-                samples = measure_pairs(list(zip(reference, arms)), self.min_pairs)
+                samples = measure_pairs(list(zip(reference, arms)), self.min_pairs, tick=tick)
             finally:
                 self.drop(arms)
-        row = self.row(case, samples, arms[0].steps)
-        if self.log:
-            self.log(report.format_table([row]).splitlines()[1])
-        return row
+        return self.row(case, samples, arms[0].steps)
 
     def peak(self, device: str, dtype: torch.dtype) -> figures.Peak:
         """The best peak any worker measured (an upper bound: the best of all tries)."""
         key = (device, str(dtype))
         if key not in self._peaks:
             name = str(dtype).removeprefix("torch.")
+            self.start().progress.doing(f"measuring the peak of {device} {name}")
             replies = [
                 w.call({"op": "peak", "device": device, "dtype": name}, 600)
                 for w in self.start()._workers
@@ -170,6 +192,24 @@ class Suite:
         return row
 
 
+def planned_cases(
+    devices: list[str],
+    variants: list[str] | None = None,
+    batches: list[int] | None = None,
+    loops: bool = True,
+) -> list[Case]:
+    """Every case on `devices`: eager first in each batch, then the others; then the loops
+    where nothing narrower was asked."""
+    planned = []
+    for device in devices:
+        names = sorted(variants or list(cases.VARIANTS), key=lambda n: n != "eager")
+        for batch in batches or records.BATCHES[torch.device(device).type]:
+            planned += [Case(device, name, batch) for name in names]
+        if loops and device == "cpu" and variants is None and batches is None:
+            planned += [Case("cpu", name, 1) for name in cases.LOOPS]
+    return planned
+
+
 def measure_all(
     suite: Suite,
     devices: list[str],
@@ -178,23 +218,22 @@ def measure_all(
     loops: bool = True,
     skipped: Callable[[Case, str], None] | None = None,
 ) -> list[dict]:
-    """Every case on `devices` (eager first in each batch, then the others, then the loops)."""
+    """Every case of `planned_cases` measured; one that cannot run is said to `skipped`. The
+    suite's bar counts the pairs of every case, a skipped case's counted as done."""
+    planned = planned_cases(devices, variants, batches, loops)
+    suite.progress.expect(sum(suite.pairs_of(case) for case in planned))
     rows = []
-    for device in devices:
-        names = variants or list(cases.VARIANTS)
-        for batch in batches or records.BATCHES[torch.device(device).type]:
-            for name in sorted(names, key=lambda n: n != "eager"):
-                case = Case(device, name, batch)
-                reason = cases.skip_reason(cases.VARIANTS[name], device)
-                try:
-                    if reason:
-                        raise Unsupported(reason)
-                    rows.append(suite.measure(case))
-                except Unsupported as why:
-                    if skipped:
-                        skipped(case, str(why))
-        if loops and device == "cpu" and variants is None and batches is None:
-            rows += [suite.measure(Case("cpu", name, 1)) for name in cases.LOOPS]
+    for case in planned:
+        options = cases.VARIANTS.get(case.variant)  # a loop has no step options
+        reason = options and cases.skip_reason(options, case.device)
+        try:
+            if reason:
+                raise Unsupported(reason)
+            rows.append(suite.measure(case))
+        except Unsupported as why:
+            suite.progress.advance(steps=suite.pairs_of(case))
+            if skipped:
+                skipped(case, str(why))
     return rows
 
 
@@ -204,32 +243,34 @@ def measure_rows(
     batches: list[int] | None,
     workers: int | None,
     threads: int | None,
-    log: Callable[[str], None],
+    show: bool,
 ) -> list[dict]:
-    """`measure_all` in a suite of its own, a skipped case said in `log`."""
-    with Suite(workers=workers or WORKERS, threads=threads, log=log) as suite:
-        return measure_all(
-            suite,
-            devices,
-            variants,
-            batches,
-            skipped=lambda case, why: log(f"skipped {case.key}: {why}"),
-        )
+    """`measure_all` in a suite of its own, under a progress bar drawn if `show`; a skipped
+    case is said above it."""
+    with Progress(show) as bar:
+        with Suite(workers=workers or WORKERS, threads=threads, progress=bar) as suite:
+            return measure_all(
+                suite,
+                devices,
+                variants,
+                batches,
+                skipped=lambda case, why: bar.note(f"skipped {case.key}: {why}"),
+            )
 
 
-def count_rows(
-    cases: list[Case], processes: int | None, cache_sim: bool, log: Callable[[str], None]
-) -> list[dict]:
-    """The rows of counts of `cases` in this Python's counting workers; a case that one
-    process could not run is said in `log` and left out, not judged on the others."""
-    counted = callgrind.count_all(
+def count_rows(cases: list[Case], processes: int | None, cache_sim: bool, show: bool) -> list[dict]:
+    """The rows of counts of `cases` in this Python's counting workers, under a progress bar
+    drawn if `show`; a case that one process could not run is said on stderr and left out,
+    not judged on the others."""
+    counted = counts.count_all(
         {"w": sys.executable},
         processes or COUNT_PROCESSES,
         cases,
         cache_sim,
         {"w": machine.own_code()},
+        show,
     )["w"]
     skipped = {case: why for p in counted for case, why in p.unsupported.items()}
     for case, why in skipped.items():
-        log(f"skipped {case.key}: {why}")
+        print(f"skipped {case.key}: {why}", file=sys.stderr, flush=True)
     return counts.as_rows(counted, [c for c in cases if c not in skipped])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from cifar_spec.bench import callgrind, cases, counts, gate, report, suite
+from cifar_spec.bench import callgrind, cases, counts, gate, progress, report, suite
 from cifar_spec.bench.records import (
     BATCHES,
     COUNT_PROCESSES,
@@ -26,16 +26,13 @@ from cifar_spec.cli.options import (
     add_batch_option,
     add_device_option,
     add_metric_options,
+    add_progress_option,
     add_workers_options,
     percent,
     pick_device,
 )
 from cifar_spec.errors import ConfigError
 from cifar_spec.files import names_stdout, prepare_output, write_json
-
-
-def progress(line: str) -> None:
-    print(line, file=sys.stderr)  # stdout keeps the table alone
 
 
 def sayer(*outputs: str | None):
@@ -91,12 +88,13 @@ def check_counting(args: argparse.Namespace, devices: list[str]) -> None:
 
 def measure(args: argparse.Namespace) -> Callable[[], list[dict]]:
     """What bench and gate run once their files are checked: the rows of this run."""
+    show = progress.shown(args.no_progress)
     if args.metric == INSTRUCTIONS:
         counted = judged_cases(args, "cpu")
-        return lambda: suite.count_rows(counted, args.workers, args.cache_sim, progress)
+        return lambda: suite.count_rows(counted, args.workers, args.cache_sim, show)
     devices = bench_devices(args.device)  # each refused here, before any other check
     return lambda: suite.measure_rows(
-        devices, args.variant, args.batch_size, args.workers, args.threads, progress
+        devices, args.variant, args.batch_size, args.workers, args.threads, show
     )
 
 
@@ -149,6 +147,7 @@ def add_measure_options(p: argparse.ArgumentParser) -> None:
         f"{COUNT_PROCESSES} counting processes for instructions)",
     )
     add_metric_options(p, both=False)
+    add_progress_option(p)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:

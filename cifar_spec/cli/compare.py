@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cifar_spec.bench import bench_ddp, cases, compare, counts
+from cifar_spec.bench import bench_ddp, cases, compare, counts, progress
 from cifar_spec.bench.records import (
     COUNT_PROCESSES,
     INSTRUCTIONS,
@@ -21,6 +21,7 @@ from cifar_spec.cli.options import (
     add_batch_option,
     add_device_option,
     add_metric_options,
+    add_progress_option,
     add_workers_options,
     finite_positive,
     percent,
@@ -54,6 +55,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.threads,
         args.cache_sim,
         sayer(args.json, args.markdown),
+        progress.shown(args.no_progress),
     )
     compare.write(comparison, args.json, args.markdown)
     return comparison.exit_code
@@ -70,7 +72,8 @@ def cmd_bench_ddp(args: argparse.Namespace) -> int:
     variants = args.variant or cases.default_variants("cpu", data_parallel=True)
     batches = args.batch_size or JUDGED_BATCHES["cpu"]
     say = sayer(args.json)
-    rows = bench_ddp.scale_all(variants, batches, args.ranks, args.groups, args.pairs, say)
+    show = progress.shown(args.no_progress)
+    rows = bench_ddp.scale_all(variants, batches, args.ranks, args.groups, args.pairs, say, show)
     if args.json:
         write_json(args.json, rows)
     return 0
@@ -137,6 +140,7 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="also write the verdicts as a markdown table (a pull-request comment)",
     )
+    add_progress_option(c)
     c.set_defaults(func=cmd_compare)
 
 
@@ -162,4 +166,5 @@ def add_bench_ddp_parser(commands: argparse._SubParsersAction) -> None:
         "--pairs", type=positive_int, default=bench_ddp.PAIRS, help="paired rounds per group"
     )
     d.add_argument("--json", default=None, help="also write the rows here" + STREAM)
+    add_progress_option(d)
     d.set_defaults(func=cmd_bench_ddp)

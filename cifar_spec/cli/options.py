@@ -119,6 +119,16 @@ def add_workers_options(p: argparse.ArgumentParser, workers: str) -> None:
     )
 
 
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """--no-progress, one meaning for every long command: no bar on stderr (none is drawn
+    where stderr is not a terminal either)."""
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar on stderr (none is drawn when stderr is not a terminal)",
+    )
+
+
 def add_metric_options(p: argparse.ArgumentParser, both: bool = True) -> None:
     p.add_argument(
         "--metric",
