@@ -156,9 +156,13 @@ def compare_case(
     arms: list = []
     samples = Samples()
 
+    taken = 0  # pairs so far (the samples hold a block's only once it ends)
+
     def tick() -> None:
+        nonlocal taken
+        taken += 1
         left = max(0.0, deadline - time.perf_counter())
-        bar.advance(f"{case.name}: {samples.pairs + 1} pairs, {left:.0f} s of its budget left")
+        bar.advance(f"{case.name}: {taken} pairs, {left:.0f} s of its budget left")
 
     try:
         while True:
