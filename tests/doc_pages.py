@@ -22,7 +22,8 @@ OPERATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 
 
 def name(page: Path) -> str:
-    return page.relative_to(ROOT).as_posix()
+    """The page as the checkout names it (a page elsewhere, a test's own, by its file name)."""
+    return page.relative_to(ROOT).as_posix() if page.is_relative_to(ROOT) else page.name
 
 
 def shell_commands(page: Path) -> list[tuple[int, str]]:
