@@ -95,6 +95,53 @@ def test_processes_of_one_side_that_disagree_are_named_and_never_vouch_for_no_ch
     assert "the baseline's processes disagree by 0.200%" in judged.note
 
 
+# Two fresh counting processes of one environment, eager batch 1 (Zen 4, torch 2.14.1, 2026-12-04,
+# docs/instruction-counts.md): instructions per step in all, and in the allocators.
+SAME_CODE = ((31_082_105.875, 1_529_736.5), (31_064_694.125, 1_512_675.7))
+
+
+def test_the_allocators_own_functions_are_told_apart_by_name_in_libc_and_python():
+    functions = {
+        "_int_malloc [libc.so.6]": 10.0,
+        "unlink_chunk.constprop.0 [libc.so.6]": 1.0,
+        "malloc": 2.0,
+        "_int_free'2 [libc.so.6]": 3.0,
+        "_PyObject_Free [libpython3.11.so.1.0]": 4.0,
+        "allocate_from_new_pool [libpython3.11.so.1.0]": 5.0,
+        "c10::alloc_cpu(unsigned long) [libc10.so]": 100.0,  # torch's: the step's own code
+        "PyObject_Vectorcall [libpython3.11.so.1.0]": 100.0,
+        "at::native::free_buffers() [libtorch_cpu.so]": 100.0,
+    }
+    assert callgrind.allocator_instructions(functions) == 25.0
+
+
+def test_one_environment_counted_in_two_processes_is_no_change_to_the_hundredth_of_a_percent():
+    """The allocators' share moves with a process's history (0.056% of the step here); set
+    apart, the rest agree to 0.0012%, and a 0.01% threshold holds."""
+    (total_a, alloc_a), (total_b, alloc_b) = SAME_CODE
+    base = [callgrind.Count(total_a, None, {}, {}, alloc_a)] * 2
+    cand = [callgrind.Count(total_b, None, {}, {}, alloc_b)] * 2
+    judged = counts.judge(EAGER, base, cand, 0.0001)
+    assert judged.verdict == records.NO_CHANGE and judged.ratio == pytest.approx(1, abs=2e-5)
+    assert judged.figures["allocator_per_step"]["candidate"] == [alloc_b] * 2
+
+
+def test_a_baseline_saved_before_the_allocators_were_set_apart_is_judged_on_all_instructions():
+    """Otherwise a saved total against a new figure without the allocators reads as a 5% gain."""
+    (total, alloc), _ = SAME_CODE
+    old = counts.from_row({"instructions_per_step": [total, total], "functions": {}})
+    judged = counts.judge(EAGER, old, [callgrind.Count(total, None, {}, {}, alloc)] * 2, 0.01)
+    assert judged.verdict == records.NO_CHANGE and judged.ratio == 1
+
+
+def test_a_saved_row_keeps_each_processs_allocator_figure_and_a_bad_one_is_refused():
+    (total, alloc), _ = SAME_CODE
+    row = {"instructions_per_step": [total], "functions": {"f": 1.0}, "allocator_per_step": [alloc]}
+    assert baselines.counts_fit(row) and counts.from_row(row)[0].allocator == alloc
+    for bad in ([alloc, alloc], [total * 2], ["x"], [-1.0]):
+        assert not baselines.counts_fit({**row, "allocator_per_step": bad})
+
+
 def test_a_moved_case_lists_the_functions_that_moved_most_first():
     base = counted(100e6, 100e6, functions={"conv": 40e6, "pool": 10e6, "relu": 1e6})
     cand = counted(103e6, 103e6, functions={"conv": 43.5e6, "pool": 9.5e6, "relu": 1e6})

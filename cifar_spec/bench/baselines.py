@@ -75,10 +75,17 @@ def step_times_fit(row: dict) -> bool:
 
 def counts_fit(row: dict) -> bool:
     values, functions = row.get("instructions_per_step"), row.get("functions")
+    allocator = row.get("allocator_per_step")
     return (
         isinstance(values, list)
         and bool(values)
         and all(_positive(v) for v in values)
+        and (
+            allocator is None  # a row saved before the allocators were set apart
+            or isinstance(allocator, list)
+            and len(allocator) == len(values)
+            and all(_finite(a) and 0 <= a < v for a, v in zip(allocator, values))
+        )
         and isinstance(functions, dict)
         and all(isinstance(k, str) and _positive(v) for k, v in functions.items())
         and operators_fit(row.get("operators", {}))

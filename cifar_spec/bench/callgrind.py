@@ -116,15 +116,42 @@ def callgrind_command(out_file: Path, cache_sim: bool) -> list[str]:
     ]
 
 
+# The C and Python allocators' own functions (glibc's malloc, CPython's pymalloc). What a step
+# spends in them depends on the state its process's history left their free lists in, not on
+# the step alone: fresh processes of one environment differ there by up to 0.06% of a batch-1
+# step, and nowhere else by more than 0.003% (docs/instruction-counts.md). A verdict sets them
+# apart (`counts.judged_values`); the calls into them are still counted in their callers.
+ALLOCATOR = re.compile(
+    r"_int_\w+|malloc\w*|c?free|calloc|realloc|posix_memalign|memalign|aligned_alloc"
+    r"|_mid_memalign|__libc_\w+|unlink_chunk[.\w]*|alloc_perturb|sysmalloc|systrim|tcache_\w+"
+    r"|_PyObject_(?:Malloc|Calloc|Realloc|Free)|pymalloc_\w+|allocate_from_new_pool"
+    r"|insert_to_\w+pool|_PyMem_\w+"
+)
+
+
 @dataclass(frozen=True)
 class Count:
     """One case in one process: per step, instructions, the estimated cycles (with the cache
-    simulation), instructions by function, and by ATen operator (`operators.py`)."""
+    simulation), instructions by function, by ATen operator (`operators.py`), and those the
+    allocators spent (`ALLOCATOR`; None for a row saved before they were set apart)."""
 
     instructions: float
     cycles: float | None
     functions: dict[str, float] = field(repr=False)
     operators: dict[str, operators.Operator] = field(default_factory=dict, repr=False)
+    allocator: float | None = None
+
+
+def allocator_instructions(functions: dict[str, float]) -> float:
+    """The instructions per step of `functions` ({'function [object]': n}) in the allocators."""
+    return sum(n for name, n in functions.items() if ALLOCATOR.fullmatch(bare_name(name)))
+
+
+def bare_name(name: str) -> str:
+    """'_int_free [libc.so.6]' and callgrind's recursion mark ("'2") as '_int_free'."""
+    if name.endswith("]") and " [" in name:
+        name = name.rsplit(" [", 1)[0]
+    return name.split("'", 1)[0]
 
 
 @dataclass
@@ -297,11 +324,13 @@ def read_dump(path: Path, steps: int) -> Count:
         raise CountError(
             f"{path} counted no instructions: callgrind's collection was never switched on"
         )
+    by_function = functions(path, steps)
     return Count(
         values["Ir"] / steps,
         estimated_cycles(values, steps),
-        functions(path, steps),
+        by_function,
         operators.read_operators(path, steps),
+        allocator_instructions(by_function),
     )
 
 

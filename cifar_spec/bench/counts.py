@@ -59,8 +59,7 @@ def judge(
     """The case's verdict from both sides' counts: the range of the ratio over every process,
     a side whose processes disagree named; its attribution: the operators whose own
     instructions moved most, each with its kernels (`operators.diff`), and the functions."""
-    b = [c.instructions for c in base]
-    c = [c.instructions for c in cand]
+    b, c = judged_values(base, cand)
     ratio = (sum(c) / len(c)) / (sum(b) / len(b))
     low, high = min(c) / max(b), max(c) / min(b)
     verdict = records.verdict(low, high, threshold)
@@ -93,6 +92,10 @@ def judge(
         top=tuple(moved_operators),
         figures={
             "instructions_per_step": {"baseline": b, "candidate": c},
+            "allocator_per_step": {
+                "baseline": [x.allocator for x in base],
+                "candidate": [x.allocator for x in cand],
+            },
             "disagreement": {"baseline": disagreement(b), "candidate": disagreement(c)},
             "estimated_cycles_per_step": list(cycles) if cycles else None,
             "top_operators": [d.as_dict() for d in moved_operators],
@@ -102,6 +105,18 @@ def judge(
             ],
         },
     )
+
+
+def judged_values(base: list[Count], cand: list[Count]) -> tuple[list[float], list[float]]:
+    """Each side's instructions per step as judged: outside the allocators (`callgrind.ALLOCATOR`,
+    whose share moves with a process's history) where every count has them apart, else all of
+    them (a baseline saved before they were), so that both sides count alike."""
+    apart = all(x.allocator is not None for x in base + cand)
+
+    def judged(x: Count) -> float:
+        return x.instructions - x.allocator if apart else x.instructions
+
+    return [judged(x) for x in base], [judged(x) for x in cand]
 
 
 def attribution(base: list[Count], cand: list[Count], top: int) -> list[tuple[str, float, float]]:
@@ -130,6 +145,7 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
         if not counts:
             continue
         values = [c.instructions for c in counts]
+        allocator = [c.allocator for c in counts]
         names = {name for c in counts for name in c.functions}
         functions = {n: fmean([c.functions.get(n, 0.0) for c in counts]) for n in names}
         keep = KEEP_FUNCTIONS * fmean(values)
@@ -141,7 +157,8 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
                 "batch": case.batch,
                 "metric": "instructions",
                 "instructions_per_step": values,
-                "disagreement": disagreement(values),
+                "allocator_per_step": None if None in allocator else allocator,
+                "disagreement": disagreement(judged_values(counts, [])[0]),
                 "estimated_cycles_per_step": fmean(cycles) if cycles else None,
                 "functions": {n: v for n, v in functions.items() if v >= keep},
                 "operators": {
@@ -156,4 +173,8 @@ def as_rows(processes: list[Process], cases: list[Case]) -> list[dict]:
 def from_row(row: dict) -> list[Count]:
     """A saved row as Counts, one per process (each holding the row's mean functions)."""
     saved = {n: operators.Operator.from_dict(d) for n, d in row.get("operators", {}).items()}
-    return [Count(v, None, row["functions"], saved) for v in row["instructions_per_step"]]
+    allocator = row.get("allocator_per_step") or [None] * len(row["instructions_per_step"])
+    return [
+        Count(v, None, row["functions"], saved, a)
+        for v, a in zip(row["instructions_per_step"], allocator)
+    ]

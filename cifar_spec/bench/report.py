@@ -93,8 +93,8 @@ RUNS = (
     "of their workers' medians"
 )
 COUNTED = (
-    "instructions per step (callgrind, one thread, oneDNN at AVX and oneMKL at SSE4.2, "
-    "mean over processes)"
+    "instructions per step outside the C and Python allocators (callgrind, one thread, oneDNN "
+    "at AVX and oneMKL at SSE4.2, mean over processes; docs/instruction-counts.md says why)"
 )
 
 
@@ -337,6 +337,11 @@ def format_rows(rows: list[dict]) -> str:
             f"{name:<{WIDTH}} {mean(r['instructions_per_step']):>17,.0f} {r['disagreement']:>8.3%} "
             f"{format_count(cycles) if cycles else '-':>16}  {len(r['instructions_per_step'])}"
         )
+    lines.append(
+        "instructions/step: all a step runs, mean over processes; disagree: how far the "
+        "processes are apart (max / min - 1) outside the C and Python allocators, whose share "
+        "moves with a process's history (docs/instruction-counts.md)"
+    )
     return "\n".join(lines)
 
 
