@@ -30,7 +30,7 @@ from cifar_spec.checkpoint import load_checkpoint
 from cifar_spec.cli import main
 from cifar_spec.data import DeviceData
 from cifar_spec.distributed.agreement import difference
-from cifar_spec.distributed.launch import World, world_from_env
+from cifar_spec.distributed.launch import World, join, world_from_env
 from cifar_spec.distributed.sharding import Shard, split
 from cifar_spec.errors import DistributedError
 from cifar_spec.loop import TrainConfig, fit, shared_settings
@@ -97,9 +97,11 @@ def run_ranks(
     port: int,
     size: int | None = None,
     waited: int | None = None,
+    first: int = 0,
 ) -> list[int]:
-    """Start rank i of `size` (default: one per command) as `commands[i]`, in `out`; wait for the
-    first `waited` (default: all) to exit; their exit codes, stderr in out/stderr-RANK.txt.
+    """Start rank first + i of `size` (default: one per command) as `commands[i]`, in `out`; wait
+    for the first `waited` (default: all) to exit; their exit codes, stderr in
+    out/stderr-RANK.txt.
 
     Each rank leads a process group of its own, killed whatever happens, so no
     rank outlives the test (asserted).
@@ -108,7 +110,7 @@ def run_ranks(
     processes = []
     deadline = time.monotonic() + LAUNCH_SECONDS
     try:
-        for rank, command in enumerate(commands):
+        for rank, command in enumerate(commands, start=first):
             with open(out / f"stderr-{rank}.txt", "wb") as stderr:
                 processes.append(
                     subprocess.Popen(
@@ -336,6 +338,44 @@ def test_a_rank_whose_peers_never_come_stops_after_the_timeout_in_one_line(
     assert "only 1 of 2 processes came to 127.0.0.1:" in the_error(tmp_path, 0)
     assert took < 60  # bounded: not --dist-timeout's default 300 s, nor for ever
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_rank_0_never_comes_stops_after_the_timeout_in_one_line(
+    tmp_path, synthetic_root
+):
+    port = free_port()
+    # The same start, refused before joining: what starting Python and torch costs here.
+    refused = train_command(synthetic_root, tmp_path / "run", "--batch-size", "3")
+    start = time.monotonic()
+    assert run_ranks([refused], tmp_path, port, size=2, first=1) == [2]
+    starting = time.monotonic() - start
+    command = train_command(synthetic_root, tmp_path / "run", "--dist-timeout", "10")
+    start = time.monotonic()
+    assert run_ranks([command], tmp_path, port, size=2, first=1) == [2]
+    took = time.monotonic() - start
+    assert the_error(tmp_path, 1).startswith(  # one line: no C++ frames of torch's retries
+        f"cifar-spec: error: rank 1: rank 0 never came: nothing answered at 127.0.0.1:{port} "
+        "within --dist-timeout 10 s; start every rank with torchrun"
+    )
+    # torch alone waited twice the timeout (20 s, then the line, after 40 lines of frames).
+    assert took > 10 and took - starting < 15
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_waits_for_rank_0s_store_no_longer_than_the_timeout_and_torch_says_nothing(
+    monkeypatch, capfd
+):
+    port = free_port()
+    for name, value in rank_environment(1, 2, port).items():
+        monkeypatch.setenv(name, value)  # torch joins by the environment (env://)
+    world = World(rank=1, size=2, local_rank=1, backend="gloo", timeout=3.0, port=port)
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match=r"^rank 0 never came: nothing answered at "):
+        join(world)
+    took = time.monotonic() - start
+    assert 3 <= took < 4.5  # torch's own connection is tried twice: 6 s
+    assert capfd.readouterr().err == ""  # torch's retries log C++ frames on the descriptor
 
 
 def test_a_setting_that_differs_is_named_with_its_value_on_each_rank():
