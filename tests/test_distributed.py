@@ -378,6 +378,15 @@ def test_a_rank_waits_for_rank_0s_store_no_longer_than_the_timeout_and_torch_say
     assert capfd.readouterr().err == ""  # torch's retries log C++ frames on the descriptor
 
 
+def test_every_process_of_a_machine_with_too_few_gpus_refuses_alike(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # torchrun --nproc-per-node 4 on 2 GPUs: local rank 0 would have one, but not rank 3.
+    here = dict(TORCHRUN_ENV, LOCAL_RANK="0", LOCAL_WORLD_SIZE="4", WORLD_SIZE="4")
+    with pytest.raises(DistributedError, match="4 processes on this machine .* has 2 CUDA"):
+        world_from_env(here, "cuda", backend="gloo")
+    assert world_from_env(dict(here, LOCAL_WORLD_SIZE="2"), "cuda", backend="gloo").size == 4
+
+
 def test_a_setting_that_differs_is_named_with_its_value_on_each_rank():
     assert difference("lr", [0.01, 0.02, 0.01, 0.03, 0.02]) == (
         "lr is 0.01 on rank 0 but 0.02 on ranks 1 and 4, 0.03 on rank 3"

@@ -130,12 +130,15 @@ def world_from_env(
         environ["MASTER_ADDR"],
         port,
     )
-    check_device(world, device)
+    # torchrun says how many processes it starts here: then all refuse alike, not only those
+    # past the last GPU (which would leave the others waiting for them to join).
+    here = read_int(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else 0
+    check_device(world, device, max(here, local_rank + 1))
     return world
 
 
-def check_device(world: World, device: str) -> None:
-    """Refuse a device that the ranks cannot each have one of."""
+def check_device(world: World, device: str, here: int) -> None:
+    """Refuse a device that the `here` processes on this machine cannot each have one of."""
     parsed = torch.device(device)
     if parsed.type != "cuda":
         return
@@ -144,10 +147,11 @@ def check_device(world: World, device: str) -> None:
             f"--device {device} puts every process on one GPU; pass --device cuda, and each "
             "process takes the GPU of its LOCAL_RANK"
         )
-    if world.local_rank >= torch.cuda.device_count():
+    if here > torch.cuda.device_count():
         raise DistributedError(
-            f"LOCAL_RANK={world.local_rank} but this machine has {torch.cuda.device_count()} "
-            "CUDA devices; start at most that many processes per machine (--nproc-per-node)"
+            f"{here} processes on this machine (LOCAL_WORLD_SIZE, or LOCAL_RANK + 1) but it "
+            f"has {torch.cuda.device_count()} CUDA devices; start at most that many processes "
+            "per machine (--nproc-per-node)"
         )
 
 
