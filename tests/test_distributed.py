@@ -30,7 +30,7 @@ from cifar_spec.checkpoint import load_checkpoint
 from cifar_spec.cli import main
 from cifar_spec.data import DeviceData
 from cifar_spec.distributed.agreement import difference
-from cifar_spec.distributed.launch import World, join, world_from_env
+from cifar_spec.distributed.launch import ERROR_FILE, World, join, tell_torchrun, world_from_env
 from cifar_spec.distributed.sharding import Shard, split
 from cifar_spec.errors import DistributedError
 from cifar_spec.loop import TrainConfig, fit, shared_settings
@@ -378,6 +378,42 @@ def test_a_rank_waits_for_rank_0s_store_no_longer_than_the_timeout_and_torch_say
     assert capfd.readouterr().err == ""  # torch's retries log C++ frames on the descriptor
 
 
+def a_refused_rank(tmp_path: Path, monkeypatch, local_rank: str) -> int:
+    """`train --batch-size 3` as local rank `local_rank` of two that torchrun started."""
+    for name, value in dict(TORCHRUN_ENV, RANK=local_rank, LOCAL_RANK=local_rank).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(ERROR_FILE, str(tmp_path / "error.json"))
+    argv = ["train", "--data-root", str(tmp_path / "data"), "--batch-size", "3"]
+    return main([*argv, "--dist-timeout", "0.5"])  # rank 1 waits this for torchrun to stop it
+
+
+BATCH_REFUSED = "--batch-size 3 (images per step over all processes) does not divide among 2"
+
+
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_under_torchrun_a_refusal_before_joining_is_said_once_a_machine_and_in_its_report(
+    tmp_path, monkeypatch, capsys, local_rank
+):
+    assert a_refused_rank(tmp_path, monkeypatch, local_rank) == 2
+    reason = json.loads((tmp_path / "error.json").read_text())["message"]["message"]
+    assert reason.startswith(f"cifar-spec: error: {BATCH_REFUSED}")
+    said = capsys.readouterr().err.splitlines()
+    assert said == ([reason] if local_rank == "0" else [])
+
+
+def test_torchruns_report_of_a_refused_rank_shows_its_line_where_a_traceback_would_be(tmp_path):
+    from torch.distributed.elastic.multiprocessing.errors import (
+        ChildFailedError,
+        ProcessFailure,
+    )
+
+    line = f"cifar-spec: error: {BATCH_REFUSED} processes; pass a multiple of 2"
+    tell_torchrun({ERROR_FILE: str(tmp_path / "error.json")}, line)
+    failure = ProcessFailure(0, 1234, 2, str(tmp_path / "error.json"))  # as torchrun reads it
+    report = ChildFailedError("cifar_spec", {0: failure}).format_msg()
+    assert f"  traceback : {line}\n" in report
+
+
 def test_every_process_of_a_machine_with_too_few_gpus_refuses_alike(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     # torchrun --nproc-per-node 4 on 2 GPUs: local rank 0 would have one, but not rank 3.
@@ -584,6 +620,31 @@ def test_under_torchrun_a_run_folder_in_use_is_refused_once_by_rank_0(tmp_path, 
     errors = [line for line in run.stderr.splitlines() if line.startswith("cifar-spec: error:")]
     assert len(errors) == 1 and "holds an earlier run" in errors[0], run.stderr
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == b"an earlier run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--batch-size", "3"], BATCH_REFUSED),
+        (["--batch-size", "4", "--backend", "nccl"], "--backend nccl exchanges CUDA tensors only"),
+    ],
+    ids=["batch", "backend"],
+)
+def test_under_torchrun_a_bad_launch_is_one_line_then_torchruns_report_of_it(
+    tmp_path, synthetic_root, flags, said
+):
+    argv = ["train", "--data-root", str(synthetic_root), "--device", "cpu", "--limit", "8"]
+    run = torchrun([*argv, *flags, "--out", str(tmp_path / "run")], tmp_path)
+    assert run.returncode == 1  # torchrun's own, for any failed process; the rank's is below
+    lines = run.stderr.splitlines()
+    ours = [i for i, line in enumerate(lines) if line.startswith("cifar-spec: error: ")]
+    assert len(ours) == 1 and lines[ours[0]].startswith(f"cifar-spec: error: {said}"), lines
+    assert ours[0] < lines.index("Traceback (most recent call last):")  # first, then torchrun's
+    root = lines[lines.index("Root Cause (first observed failure):") :]
+    assert "  rank      : 0 (local_rank: 0)" in root and "  exitcode  : 2 " in "\n".join(root)
+    assert f"  traceback : {lines[ours[0]]}" in root
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.cuda

@@ -21,7 +21,7 @@ from cifar_spec.cli.options import (
 )
 from cifar_spec.data import to_device
 from cifar_spec.distributed import agreement, launch, sharding
-from cifar_spec.errors import ConfigError, DataError
+from cifar_spec.errors import CifarSpecError, ConfigError, DataError
 from cifar_spec.files import cannot_write
 from cifar_spec.loop import SettingNames, TrainConfig, check_memory, check_resume, fit
 from cifar_spec.model import CifarNet, format_summary
@@ -166,18 +166,30 @@ def train_config(args: argparse.Namespace, device: str, world: launch.World | No
     )
 
 
+def settings_before_joining(
+    args: argparse.Namespace,
+) -> tuple[launch.World | None, TrainConfig]:
+    """The world and the run's settings from the flags and environment alone, so refused alike
+    on every rank before any joins; under torchrun, said once a machine."""
+    try:
+        device = pick_device(args.device)
+        world = launch.world_from_env(os.environ, device, args.backend, args.dist_timeout)
+        return world, train_config(args, device, world)
+    except CifarSpecError as error:
+        raise launch.said_once_per_machine(error, os.environ, args.dist_timeout) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train in this process, or as one rank of those torchrun started (its environment says)."""
-    device = pick_device(args.device)
-    world = launch.world_from_env(os.environ, device, args.backend, args.dist_timeout)
-    config = train_config(args, device, world)
-    if world is None:
-        check_before_work(args, config)
-        return train_and_report(args, config, None, print)
-    say = print if world.leader else lambda line: None
-    with launch.process_group(world):
-        agreement.together(world, lambda: check_before_work(args, config), here=world.leader)
-        return train_and_report(args, config, world, say)
+    with launch.reported_to_torchrun(os.environ):
+        world, config = settings_before_joining(args)
+        if world is None:
+            check_before_work(args, config)
+            return train_and_report(args, config, None, print)
+        say = print if world.leader else lambda line: None
+        with launch.process_group(world):
+            agreement.together(world, lambda: check_before_work(args, config), here=world.leader)
+            return train_and_report(args, config, world, say)
 
 
 def train_and_report(

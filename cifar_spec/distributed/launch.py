@@ -6,7 +6,8 @@ others meet (``MASTER_ADDR``, ``MASTER_PORT``). ``world_from_env`` reads that
 once, before any work, and refuses a half-set environment; ``process_group``
 joins the group (or says in one line why it cannot: a port another program
 holds, an address that names no machine, ranks that never came) and leaves it
-on every exit path.
+on every exit path. A rank that torchrun started and that stops for a user's
+mistake writes its line where torchrun's report of the failure reads it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from cifar_spec.errors import DistributedError
+from cifar_spec.errors import CifarSpecError, DistributedError, StoppedElsewhere
+from cifar_spec.files import write_json
 
 # What torchrun sets; a process with RANK or WORLD_SIZE set is one of several and needs all four.
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -170,6 +172,59 @@ def end_rank(code: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+# Set by torchrun for each process it starts: the file its report of a failed process reads
+# (torch.distributed.elastic's error file). Its presence is how a rank knows torchrun reports it.
+ERROR_FILE = "TORCHELASTIC_ERROR_FILE"
+
+
+def tell_torchrun(environ: Mapping[str, str], line: str) -> None:
+    """Write `line` where torchrun's report of this failed process reads its reason.
+
+    torchrun answers any exit but 0 with its own report (ChildFailedError); without
+    this file, that report's `traceback :` row of the rank reads "To enable traceback
+    see: <torch's docs>", sending a user after a traceback that a refusal does not have.
+    """
+    path = environ.get(ERROR_FILE)
+    if not path:
+        return
+    # torch's own layout (ErrorHandler.record_exception) less its py_callstack, which the
+    # report would show in place of the message.
+    reason = {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}
+    try:
+        write_json(path, {"message": reason})
+    except (OSError, CifarSpecError):  # the line is printed all the same; only torchrun's
+        pass  # report goes without it, and a failure here must not hide the user's mistake
+
+
+@contextmanager
+def reported_to_torchrun(environ: Mapping[str, str]) -> Iterator[None]:
+    """A user's mistake that ends this rank, written for torchrun's report (`tell_torchrun`)."""
+    try:
+        yield
+    except CifarSpecError as error:
+        tell_torchrun(environ, f"cifar-spec: error: {error}")
+        raise
+
+
+def said_once_per_machine(
+    error: CifarSpecError, environ: Mapping[str, str], wait: float
+) -> CifarSpecError:
+    """`error`, decided before joining from the flags and environment alone, as this rank is
+    to raise it, after up to `wait` seconds.
+
+    The ranks torchrun starts on a machine share both, so all refuse alike, and the one
+    of LOCAL_RANK 0 says it. The others wait without a word: torchrun stops them once
+    that rank has exited. Had they exited first, torchrun would have stopped rank 0
+    before it printed (seen: the line then stood only in torchrun's report). Past
+    `wait` a rank that still runs stops, its line in torchrun's report all the same.
+    A process started by hand has a terminal of its own and says its own at once.
+    """
+    if ERROR_FILE not in environ or environ.get("LOCAL_RANK", "0") == "0":
+        return error
+    time.sleep(wait)
+    return StoppedElsewhere(str(error))
 
 
 def check_address(world: World) -> None:
