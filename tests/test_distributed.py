@@ -647,6 +647,24 @@ def test_under_torchrun_a_bad_launch_is_one_line_then_torchruns_report_of_it(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(
+    not (HERE.parent / "docs").is_dir(), reason="the docs live in a checkout, not in the package"
+)
+def test_the_docs_start_torchrun_from_the_venv_as_they_start_cifar_spec():
+    import test_docs  # how the docs' spec reads their commands
+
+    started = [
+        (test_docs.name(page), words[0])
+        for page in test_docs.PAGES
+        for _, command in test_docs.shell_commands(page)
+        for words in test_docs.simple_commands(command)
+        if words[0].rsplit("/", 1)[-1] == "torchrun"
+    ]
+    assert started  # the docs do show torchrun
+    # `make test` puts torchrun in .venv/bin, not on the PATH.
+    assert all(word == ".venv/bin/torchrun" for _, word in started), started
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_torchrun_on_one_gpu_trains_with_nccl_and_the_loss_sums_of_one_process(
