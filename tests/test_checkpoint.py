@@ -125,6 +125,21 @@ def test_the_published_run_is_a_second_line_on_the_chart(tmp_path):
     assert beside.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and beside.read_bytes() != plain
 
 
+@pytest.mark.skipif(not plot.have_matplotlib(), reason="loss.png needs matplotlib")
+@pytest.mark.parametrize("epochs", [1, 2, 3, 20], ids=lambda n: f"{n}-epochs")
+def test_loss_png_ticks_whole_epochs_only(epochs):
+    from matplotlib import pyplot as plt
+
+    history = [{"epoch": e, "loss_sum": 100.0 / e} for e in range(1, epochs + 1)]
+    fig = plot.loss_figure(history)
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    shown = [tick for tick in ax.get_xticks() if low <= tick <= high]
+    plt.close(fig)
+    assert shown and all(tick == round(tick) for tick in shown), shown
+    assert low < 1 and high > epochs  # every epoch's point inside the axis
+
+
 def test_a_checkpoint_missing_a_part_is_refused_by_name(tmp_path, test_split):
     fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), test_split, log=None)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
