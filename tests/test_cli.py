@@ -406,6 +406,15 @@ def test_a_batch_too_large_for_memory_is_refused_before_it_is_allocated(
     one_line_error(capsys, train(stand_in, "--batch-size", "4096"), "use a smaller --batch-size")
 
 
+def test_a_run_without_out_says_once_that_it_saved_nothing(tmp_path, stand_in, capsys):
+    assert main(train(stand_in, "--epochs", "1")) == 0
+    out = capsys.readouterr().out
+    assert out.count("nothing saved (no --out)") == 1
+    assert out.splitlines()[-1].startswith("done: 1 epoch,")
+    assert main(train(stand_in, "--epochs", "1", "--out", str(tmp_path / "run"))) == 0
+    assert "nothing saved" not in capsys.readouterr().out
+
+
 def test_resume_without_out_is_refused_naming_the_flag(stand_in, capsys):
     one_line_error(capsys, train(stand_in, "--resume"), "resuming needs the run folder: set --out")
 

@@ -226,7 +226,7 @@ def train_and_report(
     )
     say(
         f"done: {len(sums)} epoch{'' if len(sums) == 1 else 's'}, loss sums {trend}"
-        + (f"; run folder {args.out}" if args.out else "")
+        + (f"; run folder {args.out}" if args.out else f"; nothing saved (no {FLAGS.out})")
     )
     return 0
 
