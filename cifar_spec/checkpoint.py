@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from cifar_spec.errors import CheckpointError, UnsafeFile
 from cifar_spec.files import (
     cannot_write,
+    check_not_in_use,
     check_writable,
     read_untrusted,
     target_problem,
@@ -49,9 +50,13 @@ PARTS = {
 RESUME_MUST_MATCH = ("batch_size", "lr", "seed", "shuffle", "limit")
 
 
-def check_run_folder(out: Path, resume: bool) -> None:
-    """Before any work: `out` is (or can be made) a folder we can write, holding no earlier run's
-    files unless resuming, and a checkpoint if resuming."""
+RUN_LOCK = "a training run"  # what a run folder's lock is held for, as a refusal names it
+
+
+def check_run_folder(out: Path, resume: bool, locked: bool = False) -> None:
+    """Before any work: `out` is (or can be made) a folder we can write, in use by no other run
+    (unless this one has `locked` it), holding no earlier run's files unless resuming, and a
+    checkpoint if resuming."""
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file, not a folder; choose another --out")
     try:
@@ -59,6 +64,8 @@ def check_run_folder(out: Path, resume: bool) -> None:
         check_writable(out)
     except OSError as error:
         raise CheckpointError(cannot_write(f"to --out {out}", error)) from None
+    if not locked:  # a live run's folder: what it holds is not yet what it will hold
+        check_not_in_use(out, RUN_LOCK)
     # A FIFO or device where a file goes that is written, not read, would stop the run later.
     for name in (HISTORY, LOSS_PLOT):
         problem = target_problem(out / name)

@@ -286,6 +286,41 @@ def parse_json(raw: bytes, path: str | Path, what: str) -> object:
         ) from None
 
 
+def holder_pid(fd: int) -> str:
+    """The pid the lock file open at `fd` names: its holder's, written as it took the lock."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
+def in_use(folder: Path, what: str, holder: str) -> FolderBusy:
+    return FolderBusy(
+        f"cannot write {what} in {folder}: it is in use by another cifar-spec process "
+        f"(pid {holder}); wait for it to end, or choose another folder"
+    )
+
+
+def check_not_in_use(folder: str | Path, what: str) -> None:
+    """Refuse `folder` if another process holds its lock now (FolderBusy names its pid); take
+    nothing. For a check before any work, where what is in the folder would otherwise be
+    judged while another run is still writing it.
+
+    The probe holds a shared lock for an instant: a third process taking the lock in that
+    instant is refused as busy, and says so, rather than writing beside another.
+    """
+    path = Path(folder) / LOCK_FILE
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return  # a link or device planted there: `folder_lock` refuses it, unopened here
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # no lock file: no one has locked the folder
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise in_use(Path(folder), what, holder_pid(fd)) from None
+    finally:
+        os.close(fd)  # closing releases the probe's own lock
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (created if missing) until the block ends.
@@ -316,11 +351,7 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusy(
-                f"cannot write {what} in {folder}: it is in use by another cifar-spec process "
-                f"(pid {holder}); wait for it to end, or choose another folder"
-            ) from None
+            raise in_use(folder, what, holder_pid(fd)) from None
         # Written in place, not renamed: the lock belongs to this file's inode.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -406,8 +406,9 @@ def fit(
 
         def claim() -> None:
             checkpoint.check_run_folder(out, resume)
-            held.enter_context(folder_lock(out, "a training run"))
-            checkpoint.check_run_folder(out, resume)  # again: no one else can write there now
+            held.enter_context(folder_lock(out, checkpoint.RUN_LOCK))
+            # Again: no one else can write there now.
+            checkpoint.check_run_folder(out, resume, locked=True)
 
         if world is None:
             claim()

@@ -331,14 +331,29 @@ def test_a_full_disk_while_saving_ends_in_one_line_and_loses_nothing(
     assert snapshot(out) == before
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path, stand_in, capsys):
+@pytest.mark.parametrize(
+    "saved, flags",
+    [(False, []), (False, ["--resume"]), (True, []), (True, ["--resume", "--epochs", "2"])],
+    ids=["new-run-empty-folder", "resume-before-its-first-checkpoint", "new-run", "resume"],
+)
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(
+    tmp_path, stand_in, capsys, saved, flags
+):
     from cifar_spec.files import folder_lock
 
-    with folder_lock(tmp_path / "run", "a training run"):
+    out = tmp_path / "run"
+    if saved:  # the holder has finished an epoch: its checkpoint is there
+        assert main(train(stand_in, "--out", str(out), "--epochs", "1")) == 0
+        capsys.readouterr()
+    before = snapshot(out) if saved else {}
+    with folder_lock(out, "a training run"):
         one_line_error(
-            capsys, train(stand_in, "--out", str(tmp_path / "run")), f"(pid {os.getpid()})"
+            capsys,
+            train(stand_in, "--out", str(out), *flags),
+            f"it is in use by another cifar-spec process (pid {os.getpid()})",
         )
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    after = {p: b for p, b in snapshot(out).items() if p.name != ".cifar-spec.lock"}
+    assert after == {p: b for p, b in before.items() if p.name != ".cifar-spec.lock"}
 
 
 def test_train_uses_the_set_data_synth_wrote_in_its_data_root(tmp_path, capsys):

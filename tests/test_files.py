@@ -87,6 +87,27 @@ def test_a_folder_locked_by_another_process_is_refused_naming_its_pid_until_it_e
         assert (tmp_path / ".cifar-spec.lock").read_text() == f"{os.getpid()}\n"
 
 
+def test_a_folder_in_use_is_named_by_a_look_that_takes_no_lock(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    files.check_not_in_use(tmp_path, "a look")  # never locked: no lock file at all
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FolderBusy, match=f"in use by .* process \\(pid {holder.pid}\\)"):
+            files.check_not_in_use(tmp_path, "a look")
+    finally:
+        holder.communicate("")
+    files.check_not_in_use(tmp_path, "a look")  # its holder ended: free again
+    with folder_lock(tmp_path, "a run after the look"):  # and the look kept no lock
+        pass
+
+
 def test_a_link_planted_at_the_lock_file_is_refused(tmp_path, victim):
     (tmp_path / ".cifar-spec.lock").symlink_to(victim)
     with pytest.raises(files.UnsafeFile, match="cannot lock"):
