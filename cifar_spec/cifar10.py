@@ -17,7 +17,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 from cifar_spec.cifar10_format import BASE_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES, check_files
 from cifar_spec.errors import DataError
 from cifar_spec.files import folder_lock
-from cifar_spec.synthetic import is_synthetic, synthetic_settings, why_unusable
+from cifar_spec.synthetic import is_synthetic, rewrite_hint, synthetic_settings, why_unusable
 
 
 class CheckedCIFAR10(CIFAR10):
@@ -55,13 +55,11 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False) -> CIFAR
     folder = root / BASE_FOLDER
     synthetic = is_synthetic(root)
     if synthetic and synthetic_settings(root) is None:
-        raise DataError(
-            f"the synthetic set in {folder} {why_unusable(root)}; "
-            f"write it again with `cifar-spec data synth --root {root}`"
-        )
+        raise DataError(f"the synthetic set in {folder} {why_unusable(root)}; {rewrite_hint(root)}")
     if download and not synthetic and not (folder / META_FILE).exists():
         download_cifar10(root)
-    checksums = check_files(folder, train, synthetic)
+    # Ours (its marker says so): written again as it was written, never downloaded over.
+    checksums = check_files(folder, train, synthetic, rewrite_hint(root) if synthetic else None)
     try:
         dataset = CheckedCIFAR10(root, train, checksums)
     except RuntimeError:  # torchvision's "corrupted": a file changed since it was checked

@@ -96,8 +96,16 @@ def meta_problem(entry: object) -> str | None:
     return None
 
 
-def check_file(path: Path, raw: bytes, parse: bool, published_md5: str | None) -> str:
-    """The md5 of `raw` (the bytes of `path`), after checking them; DataError names the file."""
+# The way out of a damaged folder of real CIFAR-10: torchvision downloads only into a folder
+# that lacks it, so the damaged one goes first.
+DAMAGED_FIX = f"delete the folder, then {FIXES}"
+
+
+def check_file(
+    path: Path, raw: bytes, parse: bool, published_md5: str | None, fix: str = DAMAGED_FIX
+) -> str:
+    """The md5 of `raw` (the bytes of `path`), after checking them; DataError names the file
+    and `fix`, the way out."""
     digest = hashlib.md5(raw).hexdigest()
     if published_md5 is not None and digest != published_md5:
         raise DataError(
@@ -120,19 +128,21 @@ def check_file(path: Path, raw: bytes, parse: bool, published_md5: str | None) -
     ) as error:
         raise DataError(
             f"{path} is truncated or not in CIFAR-10's format "
-            f"({type(error).__name__}: {error}); delete the folder, then "
-            f"{FIXES}"
+            f"({type(error).__name__}: {error}); {fix}"
         ) from None
     problem = (meta_problem if path.name == META_FILE else batch_problem)(entry)
     if problem:
-        raise DataError(
-            f"{path} is not in CIFAR-10's format: {problem}; delete the folder, then {FIXES}"
-        )
+        raise DataError(f"{path} is not in CIFAR-10's format: {problem}; {fix}")
     return digest
 
 
-def check_files(folder: Path, train: bool, synthetic: bool) -> dict[str, str]:
+def check_files(
+    folder: Path, train: bool, synthetic: bool, rewrite: str | None = None
+) -> dict[str, str]:
     """Read every file torchvision will open, unpickling the split's and the meta safely.
+
+    A damaged or missing file's error says how to get it again: for a synthetic folder
+    `rewrite` (how it was written), for real CIFAR-10 the download.
 
     Returns their md5s, which torchvision then checks again right before its
     own reads, so the bytes it parses are the bytes checked here.
@@ -146,8 +156,9 @@ def check_files(folder: Path, train: bool, synthetic: bool) -> dict[str, str]:
         except OSError as error:
             raise DataError(
                 f"no readable CIFAR-10 under {folder.parent.resolve()} "
-                f"({name}: {error.strerror}): {FIXES}"
+                f"({name}: {error.strerror}): {rewrite or FIXES}"
             ) from None
         published = None if synthetic else PUBLISHED_MD5[name]
-        checksums[name] = check_file(path, raw, name in split or name == META_FILE, published)
+        parse = name in split or name == META_FILE
+        checksums[name] = check_file(path, raw, parse, published, rewrite or DAMAGED_FIX)
     return checksums

@@ -300,3 +300,15 @@ def synthetic_settings(root: str | Path) -> dict | None:
     if settings is None or settings.get("complete") is not True:
         return None
     return settings if settings.get("generator") == GENERATOR else None
+
+
+def rewrite_hint(root: str | Path) -> str:
+    """How to write the synthetic set under `root` again, as `data synth` wrote it: the exact
+    command, with the settings its marker keeps (the defaults where it keeps none)."""
+    settings = marker(Path(root) / BASE_FOLDER / MARKER) or {}
+    flags = "".join(
+        f" --{name.replace('_', '-')} {settings[name]}"
+        for name in ("n_train", "n_test", "seed", "signal")
+        if name in settings
+    )
+    return f"write it again with `cifar-spec data synth --root {root}{flags}`"

@@ -402,6 +402,20 @@ def test_a_planted_pickle_in_the_data_folder_runs_nothing(tmp_path, stand_in, ca
     assert not marker.exists()
 
 
+def test_a_truncated_batch_in_a_data_synth_folder_says_to_write_it_again(tmp_path, capsys):
+    argv = ["data", "synth", "--root", str(tmp_path), "--n-train", "5", "--n-test", "8"]
+    assert main([*argv, "--seed", "3"]) == 0
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    err = one_line_error(
+        capsys,
+        ["train", "--data-root", str(tmp_path), "--no-progress"],
+        "test_batch is truncated or not in CIFAR-10's format (UnpicklingError",
+    )
+    assert f"`cifar-spec {' '.join(argv)} --seed 3 --signal 1.0`" in err
+    assert "--download" not in err
+
+
 def test_resuming_on_the_other_split_is_refused_naming_both(tmp_path, stand_in, capsys):
     out = str(tmp_path / "run")
     assert main(train(stand_in, "--out", out, "--epochs", "1", "--limit", "4")) == 0

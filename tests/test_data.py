@@ -158,7 +158,7 @@ def relabel(labels):
 
 
 DAMAGE = {
-    "missing-file": (lambda f: (f / "test_batch").unlink(), "--synthetic"),
+    "missing-file": (lambda f: (f / "test_batch").unlink(), "test_batch: No such file"),
     "truncated-file": (truncate, "test_batch is truncated or not in CIFAR-10's format"),
     "wrong-format": (
         wrong_format,
@@ -178,6 +178,15 @@ def test_a_damaged_data_set_gives_one_clear_error(tmp_path, root, damage, messag
     with pytest.raises(DataError, match=message) as info:
         load_cifar10(copy, train=False)
     assert str(copy) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", [d for d, _ in DAMAGE.values()], ids=DAMAGE.keys())
+def test_a_damaged_synthetic_set_names_the_data_synth_command_that_wrote_it(tmp_path, root, damage):
+    copy = broken_copy(tmp_path, root, damage)
+    with pytest.raises(DataError) as info:
+        load_cifar10(copy, train=False)
+    command = f"`cifar-spec data synth --root {copy} --n-train 300 --n-test 300 --seed 0 --signal"
+    assert command in str(info.value) and "--download" not in str(info.value)
 
 
 def test_real_cifar10_is_never_overwritten_by_the_synthetic_writer(tmp_path, root):

@@ -80,8 +80,8 @@ def pick_data_root(args: argparse.Namespace, say: Callable[[str], None] = print)
         return root
     if synthetic.is_synthetic(root):  # ours, but cut short or an older generator's
         raise DataError(
-            f"the synthetic set in {root / BASE_FOLDER} {synthetic.why_unusable(root)}; write "
-            f"it again with `cifar-spec data synth --root {root}`"
+            f"the synthetic set in {root / BASE_FOLDER} {synthetic.why_unusable(root)}; "
+            + synthetic.rewrite_hint(root)
         )
     real = (root / BASE_FOLDER).exists() and not synthetic.is_synthetic(root)
     if not args.synthetic and (real or args.download):
