@@ -2,16 +2,25 @@
 
 Each message names what is wrong and the way out. The command line prints a
 `CifarSpecError` (and a failed read or write that names its file) in one line and
-exits 2; anything else that escapes is a bug in cifar_spec, and stays a traceback, so
-that it is never dressed as the user's mistake. Each class also keeps the built-in base
-a library caller would catch (a setting that cannot be is a ValueError, and so on).
+exits with the error's `exit_code`, 2 unless the class says otherwise; anything else that
+escapes is a bug in cifar_spec, and stays a traceback, so that it is never dressed as the
+user's mistake. Each class also keeps the built-in base a library caller would catch (a
+setting that cannot be is a ValueError, and so on).
 """
 
 from __future__ import annotations
 
+# The exit codes these errors end a command with (README.md's table holds every command's;
+# 1 and 3 are the verdicts of compare and gate, bench/records.py).
+MISTAKE = 2  # a user's mistake, as argparse's own errors exit
+NON_FINITE = 4  # a training run stopped by a NaN or infinite loss
+INTERRUPTED = 130  # Ctrl-C: the shell's code for a command ended by SIGINT (128 + 2)
+
 
 class CifarSpecError(Exception):
     """A problem the user can fix; its message says how."""
+
+    exit_code = MISTAKE
 
 
 class ConfigError(CifarSpecError, ValueError):
@@ -36,7 +45,12 @@ class CheckpointError(CifarSpecError, RuntimeError):
 
 class NonFiniteLoss(CifarSpecError, RuntimeError):
     """The loss became NaN or infinite: caught before its backward where the step reads
-    the loss (the CPU), else at the end of the epoch; never saved in a checkpoint."""
+    the loss (the CPU), else at the end of the epoch; never saved in a checkpoint.
+
+    Not the user's mistake as the others are (every setting was valid; the run diverged),
+    so a command it ends has its own exit code."""
+
+    exit_code = NON_FINITE
 
 
 class NotEnoughMemory(CifarSpecError, MemoryError):
@@ -48,6 +62,8 @@ class Interrupted(KeyboardInterrupt):
 
     A KeyboardInterrupt, not a CifarSpecError: no `except Exception` may swallow it.
     """
+
+    exit_code = INTERRUPTED
 
 
 class DistributedError(ConfigError):

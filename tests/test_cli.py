@@ -212,11 +212,12 @@ def test_a_negative_benchmark_batch_size_is_an_argparse_error(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
-def one_line_error(capsys, argv, message):
-    """Runs the command; it must end in rc 2 and one stderr line holding `message`, no traceback."""
-    code = main(argv)
+def one_line_error(capsys, argv, message, code=2):
+    """Runs the command; it must end in rc `code` (2: a user's mistake) and one stderr line
+    holding `message`, no traceback."""
+    rc = main(argv)
     err = capsys.readouterr().err
-    assert code == 2
+    assert rc == code
     assert err.count("\n") == 1 and "Traceback" not in err
     assert message in err
     return err
@@ -286,7 +287,7 @@ def test_a_learning_rate_no_float32_holds_is_refused_before_work(stand_in, capsy
     one_line_error(capsys, train(stand_in, "--lr", "1e308"), "a float32 can hold")
 
 
-def test_ctrl_c_keeps_the_last_epoch_and_the_line_says_how_to_resume(
+def test_ctrl_c_exits_130_keeps_the_last_epoch_and_the_line_says_how_to_resume(
     tmp_path, stand_in, capsys, monkeypatch
 ):
     import cifar_spec.loop as loop
@@ -306,8 +307,22 @@ def test_ctrl_c_keeps_the_last_epoch_and_the_line_says_how_to_resume(
         capsys,
         train(stand_in, "--out", str(out), "--epochs", "3"),
         f"holds epoch 1: continue with `cifar-spec train --out {out} --resume`",
+        code=130,  # the shell's code for Ctrl-C, not a user's mistake
     )
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_ctrl_c_before_the_first_epoch_exits_130_saying_nothing_was_saved(
+    stand_in, capsys, monkeypatch
+):
+    import cifar_spec.cli.train as cli_train
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "load_split", interrupted)
+    assert main(train(stand_in)) == 130
+    assert capsys.readouterr().err == "cifar-spec: interrupted; nothing was saved\n"
 
 
 def test_a_full_disk_while_saving_ends_in_one_line_and_loses_nothing(
@@ -448,9 +463,11 @@ def test_resume_without_out_is_refused_naming_the_flag(stand_in, capsys):
     one_line_error(capsys, train(stand_in, "--resume"), "resuming needs the run folder: set --out")
 
 
-def test_a_loss_that_turns_nan_stops_the_run_and_names_the_flag_to_lower(stand_in, capsys):
+def test_a_loss_that_turns_nan_stops_the_run_with_exit_4_and_names_the_flag_to_lower(
+    stand_in, capsys
+):
     # The first update at this rate overflows the weights; the next loss is not a number.
-    err = one_line_error(capsys, train(stand_in, "--lr", "1e30"), "a smaller --lr may help")
+    err = one_line_error(capsys, train(stand_in, "--lr", "1e30"), "a smaller --lr may help", code=4)
     assert "the loss is nan at epoch 1, step 1" in err
 
 

@@ -14,7 +14,13 @@ import sys
 
 from cifar_spec.cli import bench, compare, train
 from cifar_spec.cli.options import Parser
-from cifar_spec.errors import CifarSpecError, Interrupted, StoppedElsewhere
+from cifar_spec.errors import (
+    INTERRUPTED,
+    MISTAKE,
+    CifarSpecError,
+    Interrupted,
+    StoppedElsewhere,
+)
 from cifar_spec.files import cannot_write
 
 
@@ -43,29 +49,31 @@ def readable_output() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
-def refuse(said: object) -> int:
-    """A user's mistake, in one line; under torchrun each rank says its own."""
+def refuse(said: object, code: int = MISTAKE) -> int:
+    """A user's mistake (or a run's stop), in one line, and its exit code; under torchrun each
+    rank says its own."""
     rank = os.environ.get("RANK", "0")
     where = "" if rank == "0" else f"rank {rank}: "
     print(f"cifar-spec: error: {where}{said}", file=sys.stderr)
-    return 2
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user's mistake ends in one line and exit 2, a bug in a traceback.
 
-    A user's mistake is a `CifarSpecError`, Ctrl-C, or a failed read or write that names
-    its file (a full disk, a folder made read-only). Anything else, a TypeError inside
-    `fit` say, is cifar_spec's own bug and is not worded as the user's.
+    A user's mistake is a `CifarSpecError` or a failed read or write that names its file
+    (a full disk, a folder made read-only). A NaN stop (4) and Ctrl-C (130) end in one line
+    too, with their own codes (README.md's table). Anything else, a TypeError inside `fit`
+    say, is cifar_spec's own bug and is not worded as the user's.
     """
     readable_output()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except StoppedElsewhere:  # the rank that stopped the run says why
-        return 2
+        return MISTAKE
     except (CifarSpecError, Interrupted) as error:
-        return refuse(error)
+        return refuse(error, error.exit_code)
     except BrokenPipeError:  # a reader that stopped reading (`| head`): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -75,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(describe_os_error(error))
     except KeyboardInterrupt:  # outside a run's epochs: nothing was being saved
         print("cifar-spec: interrupted; nothing was saved", file=sys.stderr)
-        return 2
+        return INTERRUPTED
