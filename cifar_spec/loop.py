@@ -80,6 +80,8 @@ class SettingNames:
     batch_size: str = "TrainConfig.batch_size"
     limit: str = "TrainConfig.limit"
     resume: str = "fit(..., resume=True) and the same TrainConfig"  # {out}: the run folder
+    # A new run with another rate and run folder: {lr} and {out} (the repr of a str, or None).
+    retry: str = "fit(...) with the same TrainConfig but lr={lr}, out={out!r}"
 
 
 @dataclass
@@ -270,10 +272,50 @@ def saved_note(config: TrainConfig, epochs: int, names: SettingNames) -> str:
     )
 
 
+def epochs_kept(config: TrainConfig, epochs: int, drawn: Path | None, names: SettingNames) -> str:
+    """What a run stopped after `epochs` complete epochs has on disk, as a NaN stop says it."""
+    if not config.out:
+        return f"nothing was saved (no {names.out})"
+    if epochs == 0:
+        return f"no epoch was saved in {config.out}"
+    held = "epoch 1" if epochs == 1 else f"epochs 1-{epochs}"
+    return f"{config.out} holds {held}" + (f", drawn in {drawn}" if drawn else "")
+
+
+def fresh_folder(out: str) -> str:
+    """A run folder beside `out` that does not exist yet, for a run with a new rate."""
+    base = str(Path(out))
+    name, n = base, 1
+    while Path(name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def retry_note(config: TrainConfig, names: SettingNames) -> str:
+    """The run to try after a NaN: half the rate, as the tutorial's own lower rate is. A resume
+    keeps the rate that diverged (and one with another rate is refused, `check_resumable`),
+    so the new run gets a run folder of its own."""
+    lr = config.lr / 2
+    if not config.out:
+        return f"try half the {names.lr}: " + names.retry.format(lr=f"{lr:g}", out=None)
+    out = fresh_folder(f"{config.out}-lr{lr:g}")
+    return (
+        f"a resumed run keeps {names.lr} {config.lr:g}, so try half of it in a new run "
+        "folder: " + names.retry.format(lr=f"{lr:g}", out=out)
+    )
+
+
 def published_curve(config: TrainConfig, data: DeviceData) -> tuple[float, ...] | None:
     """The published CIFAR-10 sums to draw beside a run with the tutorial's own settings."""
     tutorial = published.is_tutorial_run(len(data), config.lr, config.batch_size, config.shuffle)
     return published.TWENTY_EPOCHS if tutorial else None
+
+
+def draw_loss(run: Run, config: TrainConfig, data: DeviceData) -> Path | None:
+    """loss.png in the run folder, of the epochs so far; None without matplotlib."""
+    path = Path(config.out) / checkpoint.LOSS_PLOT
+    return plot.loss_curve(run.history, path, published_curve(config, data))
 
 
 def train(
@@ -335,9 +377,11 @@ def train(
             f"interrupted in epoch {saved + 1}; {saved_note(config, saved, names)}"
         ) from None
     except NonFiniteLoss as error:
+        # The epochs that ran are drawn still: the curve is what shows how the loss got there.
+        drawn = draw_loss(run, config, data) if config.out and leader and run.history else None
         raise NonFiniteLoss(
-            f"{error}; the run stopped and the last checkpoint is intact (a smaller {names.lr} "
-            "may help)"
+            f"{error}; the run stopped: {epochs_kept(config, saved, drawn, names)}; "
+            + retry_note(config, names)
         ) from None
     except RuntimeError as error:
         if world is None or not is_lost_peer(error):
@@ -347,9 +391,7 @@ def train(
             f"({str(error).splitlines()[0][:200]}); {saved_note(config, saved, names)}"
         ) from None
     if config.out and leader:
-        drawn = plot.loss_curve(
-            run.history, Path(config.out) / checkpoint.LOSS_PLOT, published_curve(config, data)
-        )
+        drawn = draw_loss(run, config, data)
         if log is not None:
             log(f"loss curve: {drawn}" if drawn else f"no loss.png: {plot.INSTALL_HINT} draws it")
     return [row["loss_sum"] for row in run.history]

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 from dataclasses import asdict, replace
 
 import pytest
@@ -48,13 +49,29 @@ def test_a_nan_mid_run_stops_it_and_leaves_the_last_checkpoint_loadable(tmp_path
     images = test_split.images.clone()
     images[7] = float("nan")  # a poisoned image, met at step 7 of epoch 2
     poisoned = replace(test_split, images=images)
+    retry = f"lr=0.005, out='{tmp_path}-lr0.005'"  # a resume keeps lr=0.01: a new folder
     with pytest.raises(
-        NonFiniteLoss, match=r"nan at epoch 2, step 7; .*a smaller TrainConfig.lr may help"
+        NonFiniteLoss,
+        match=rf"nan at epoch 2, step 7; the run stopped: {tmp_path} holds epoch 1.*TrainConfig"
+        rf".* but {re.escape(retry)}$",
     ):
         fit(config, poisoned, resume=True, log=None)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.skipif(not plot.have_matplotlib(), reason="loss.png needs matplotlib")
+def test_a_nan_stop_draws_loss_png_for_the_epochs_that_ran(tmp_path, test_split):
+    fit(TrainConfig(epochs=1, limit=20, out=str(tmp_path)), test_split, log=None)
+    (tmp_path / "loss.png").unlink()  # what the stopped run draws, not the first one
+    images = test_split.images.clone()
+    images[7] = float("nan")  # met at step 7 of epoch 2
+    poisoned = replace(test_split, images=images)
+    config = TrainConfig(epochs=3, limit=20, out=str(tmp_path))
+    with pytest.raises(NonFiniteLoss, match=f"holds epoch 1, drawn in {tmp_path / 'loss.png'};"):
+        fit(config, poisoned, resume=True, log=None)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

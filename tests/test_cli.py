@@ -1,18 +1,22 @@
 """The cifar-spec command, end to end, as a user types it."""
 
 import errno
+import json
 import os
 import pickle
 import re
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from cifar_spec import plot
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.cli import build_parser, main
 from cifar_spec.cli.train import train_config
+from cifar_spec.errors import NonFiniteLoss
 from cifar_spec.loop import TrainConfig
 from cifar_spec.synthetic import write_synthetic_cifar10
 
@@ -467,8 +471,48 @@ def test_a_loss_that_turns_nan_stops_the_run_with_exit_4_and_names_the_flag_to_l
     stand_in, capsys
 ):
     # The first update at this rate overflows the weights; the next loss is not a number.
-    err = one_line_error(capsys, train(stand_in, "--lr", "1e30"), "a smaller --lr may help", code=4)
+    err = one_line_error(capsys, train(stand_in, "--lr", "1e30"), "nothing was saved", code=4)
     assert "the loss is nan at epoch 1, step 1" in err
+    assert err.endswith(
+        f"try half the --lr: `cifar-spec train --data-root {stand_in} --limit 8 --no-progress "
+        "--lr 5e+29`\n"
+    )
+
+
+def test_a_nan_stop_draws_its_epochs_and_gives_a_command_that_runs(
+    tmp_path, stand_in, capsys, monkeypatch
+):
+    import cifar_spec.loop as loop
+
+    real = loop.train_epoch
+
+    def diverges_in_epoch_2(step, data, batch_size, epoch, *args):
+        if epoch == 2:
+            raise NonFiniteLoss("the loss is nan")
+        return real(step, data, batch_size, epoch, *args)
+
+    monkeypatch.setattr(loop, "train_epoch", diverges_in_epoch_2)
+    out = tmp_path / "run"
+    err = one_line_error(
+        capsys,
+        train(stand_in, "--out", str(out), "--epochs", "3", "--shuffle", "--eager"),
+        f"the loss is nan; the run stopped: {out} holds epoch 1",
+        code=4,
+    )
+    if plot.have_matplotlib():
+        assert f"drawn in {out / 'loss.png'};" in err and (out / "loss.png").exists()
+    command = err.split("`")[-2]
+    # This run's flags in the parser's order, but a new run folder and half the rate.
+    assert command == (
+        f"cifar-spec train --epochs 3 --data-root {stand_in} --shuffle --limit 8 --no-progress "
+        f"--eager --out {out}-lr0.005 --lr 0.005"
+    )
+    monkeypatch.undo()
+    assert main(shlex.split(command)[1:]) == 0  # neither refused nor a resume
+    assert (
+        json.loads((out.parent / "run-lr0.005" / "history.json").read_text())["config"]["lr"]
+        == 0.005
+    )
 
 
 def test_a_step_that_cannot_run_is_refused_with_the_rules_reason(stand_in, capsys, monkeypatch):

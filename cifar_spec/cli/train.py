@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,32 @@ FLAGS = SettingNames(
     limit="--limit",
     resume="`cifar-spec train --out {out} --resume` and the same settings",
 )
+
+
+# Flags of the run itself that a retry after a NaN sets anew, or drops: it is a new run.
+RETRY_SETS = ("resume", "out", "lr")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    commands = argparse.ArgumentParser().add_subparsers()
+    add_train_parser(commands)
+    return commands.choices["train"]
+
+
+def retry_command(args: argparse.Namespace) -> str:
+    """`cifar-spec train` with this run's flags as given (those left at their defaults left
+    out), but a new run: {out} and {lr} to fill in (`SettingNames.retry`)."""
+    words = ["cifar-spec", "train"]
+    for action in train_parser()._actions:
+        value = getattr(args, action.dest, action.default)  # absent: --batch-size not given
+        if not action.option_strings or action.dest in RETRY_SETS or value == action.default:
+            continue
+        words += (
+            [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+        )
+    command = shlex.join(words).replace("{", "{{").replace("}", "}}")  # format()'s braces
+    out = " --out {out}" if args.out else ""
+    return f"`{command}{out} --lr {{lr}}`"
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -218,7 +246,7 @@ def train_and_report(
         log=say,
         progress=not args.no_progress,
         world=world,
-        names=FLAGS,
+        names=replace(FLAGS, retry=retry_command(args)),
     )
     trend = " -> ".join(
         f"{value:.1f}"
