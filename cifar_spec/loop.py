@@ -10,9 +10,10 @@ resume.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from cifar_spec.labels import check_labels
 from cifar_spec.memory import memory_shortfall
 from cifar_spec.model import CifarNet, check_images
 from cifar_spec.step import Step, StepOptions, default_step, make_step, prepare_model
+
+now = time.perf_counter  # the clock every epoch and warm-up is timed by
 
 # float32 holds nothing larger; a bigger rate turns the first update into inf.
 MAX_LR = float(torch.finfo(torch.float32).max)
@@ -179,6 +182,97 @@ def start_run(config: TrainConfig, data: dict, resume: bool, world: World | None
     return run
 
 
+class WarmUpClock:
+    """The time of the steps that prepare the step, kept apart from the epoch's figure.
+
+    torch.compile compiles, and a CUDA graph is captured, at the first batch of each
+    shape a process meets: seconds, once. Counted in, they made the first epoch's
+    images/s a figure of the compiler (25 images/s on a CPU). The device is synchronized
+    around those steps only, so the other steps run as they would without the clock.
+    """
+
+    def __init__(self, device: str, options: StepOptions) -> None:
+        self.device = torch.device(device)
+        self.what = "compile" if options.compile else "graph capture"
+        self.warms_up = options.compile or options.cuda_graph
+        self.shapes: set[tuple[int, ...]] = set()
+        self.seconds = 0.0  # this epoch's warm-up steps
+        self.images = 0  # the images those steps trained on (of every process)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def step(self, images: torch.Tensor, batch_images: int) -> Iterator[None]:
+        """Times the step around it if it is the first of its shape; `batch_images` is the
+        whole batch, of which `images` may be this process's part."""
+        shape = tuple(images.shape)
+        if not self.warms_up or shape in self.shapes:
+            yield
+            return
+        self.shapes.add(shape)
+        self.sync()
+        start = now()
+        yield
+        self.sync()
+        self.seconds += now() - start
+        self.images += batch_images
+
+    def take(self) -> tuple[float, int]:
+        """This epoch's warm-up seconds and images, and a clean count for the next epoch."""
+        taken = self.seconds, self.images
+        self.seconds, self.images = 0.0, 0
+        return taken
+
+
+def epoch_row(epoch: int, loss_sum: float, seconds: float, images: int, clock: WarmUpClock) -> dict:
+    """An epoch's history row: its images/s over the steps that did not warm up, if any did
+    not; the warm-up's seconds beside it."""
+    warm_up, warm_images = clock.take()
+    timed = images - warm_images
+    per_s = timed / (seconds - warm_up) if timed > 0 else images / seconds
+    return {
+        "epoch": epoch,
+        "loss_sum": loss_sum,
+        "seconds": seconds,
+        "images_per_s": per_s,
+        "warm_up_seconds": warm_up,
+    }
+
+
+def describe_speed(row: dict, clock: WarmUpClock) -> str:
+    figure = f"{row['images_per_s']:8.0f} images/s"
+    if not row["warm_up_seconds"]:
+        return figure
+    return f"{figure} ({clock.what} {row['warm_up_seconds']:.1f} s apart)"
+
+
+# torch.compile on a CPU imports torch.utils.cpp_extension, which warns "No CUDA runtime is
+# found, using CUDA_HOME=..." wherever a CUDA toolkit is installed and no GPU is seen.
+CPP_EXTENSION_LOGGER = "torch.utils.cpp_extension"
+NO_CUDA_RUNTIME = "No CUDA runtime is found"
+
+
+def not_no_cuda_runtime(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(NO_CUDA_RUNTIME)
+
+
+@contextlib.contextmanager
+def quiet_cuda_home(config: TrainConfig) -> Iterator[None]:
+    """Drop that one warning while a CPU run compiles: a CPU run needs no CUDA runtime, so
+    on a CPU it is noise. A run on a GPU, or without compile, hears every warning."""
+    if torch.device(config.device).type != "cpu" or not config.step.compile:
+        yield
+        return
+    logger = logging.getLogger(CPP_EXTENSION_LOGGER)
+    logger.addFilter(not_no_cuda_runtime)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_no_cuda_runtime)
+
+
 def non_finite(error: NonFiniteLoss, epoch: int, step: int) -> NonFiniteLoss:
     return NonFiniteLoss(f"{error} at epoch {epoch}, step {step}")
 
@@ -191,13 +285,15 @@ def train_epoch(
     generator: torch.Generator | None = None,
     progress: Any = None,
     shard: Shard | None = None,
+    clock: WarmUpClock | None = None,
 ) -> float:
     """One pass over `data`; returns the sum of the per-batch losses, as the tutorial prints it.
 
     The losses stay on the device until the epoch ends (one host sync per
     epoch); a non-finite one is then reported with its step, in case the step
     did not check it itself. Of several processes, each takes its `shard` of
-    every batch, and the losses summed over all of them are returned.
+    every batch, and the losses summed over all of them are returned. `clock` times
+    the steps that warm up apart.
     """
     losses = []
     if shard is None:
@@ -206,8 +302,10 @@ def train_epoch(
         batches = shard.batches(data, batch_size, generator)
     # Of several processes, each batch is this rank's part and carries its weight (sharding.Part).
     for index, (images, labels, *weight) in enumerate(batches):
+        batch_images = min(batch_size, len(data) - index * batch_size)
         try:
-            losses.append(step(images, labels, *weight))
+            with clock.step(images, batch_images) if clock else contextlib.nullcontext():
+                losses.append(step(images, labels, *weight))
         except NonFiniteLoss as error:
             raise non_finite(error, epoch, index) from None
         if progress is not None:
@@ -341,32 +439,36 @@ def train(
     log, progress = (log, progress) if leader else (None, False)
     mine = len(data) if run.shard is None else run.shard.images(len(data), config.batch_size)
     saved = len(run.history)
+    clock = WarmUpClock(config.device, config.step)
     try:
         for epoch in range(len(run.history), config.epochs):
-            start = time.perf_counter()
-            with tqdm(
-                total=mine,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="img",
-                disable=not progress,
-                leave=False,
-            ) as bar:
+            start = now()
+            with (
+                tqdm(
+                    total=mine,
+                    desc=f"epoch {epoch + 1}/{config.epochs}",
+                    unit="img",
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+                quiet_cuda_home(config),
+            ):
                 loss_sum = train_epoch(
-                    run.step, data, config.batch_size, epoch + 1, run.generator, bar, run.shard
+                    run.step,
+                    data,
+                    config.batch_size,
+                    epoch + 1,
+                    run.generator,
+                    bar,
+                    run.shard,
+                    clock,
                 )
-            seconds = time.perf_counter() - start
-            run.history.append(
-                {
-                    "epoch": epoch + 1,
-                    "loss_sum": loss_sum,
-                    "seconds": seconds,
-                    "images_per_s": len(data) / seconds,
-                }
-            )
+            seconds = now() - start
+            run.history.append(epoch_row(epoch + 1, loss_sum, seconds, len(data), clock))
             if log is not None:
                 log(
                     f"epoch {epoch + 1:>3}/{config.epochs}  loss sum {loss_sum:12.4f}  "
-                    f"{len(data) / seconds:8.0f} images/s"
+                    + describe_speed(run.history[-1], clock)
                 )
             if config.out:
                 if leader:

@@ -1,16 +1,24 @@
 """The tutorial's training run: the same sums as its own loop, its loss curve, its three causes."""
 
+import inspect
+import logging
+import os
+import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 from precision import FLOAT32_LONG_RUN, FLOAT64, float64_sums  # how runs compare
 
+from cifar_spec import loop
 from cifar_spec.cifar10 import load_cifar10
 from cifar_spec.data import to_device
 from cifar_spec.errors import NonFiniteLoss
 from cifar_spec.loop import TrainConfig, evaluate, fit, new_run, train_epoch
-from cifar_spec.step import StepOptions, default_step, make_step
+from cifar_spec.step import StepOptions, default_step, make_step, unsupported
+from cifar_spec.synthetic import write_synthetic_cifar10
 from cifar_spec.tutorial import tutorial_epoch, tutorial_setup
 
 TUTORIAL = TrainConfig(epochs=3, limit=200)  # the tutorial's settings, on 200 images
@@ -134,3 +142,82 @@ def test_fit_refuses_data_it_cannot_train_on_before_any_step(tmp_path, test_spli
     with pytest.raises(ValueError, match=message):
         fit(TrainConfig(epochs=1, limit=8, out=str(tmp_path)), make(test_split.head(8)), log=None)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_the_steps_that_compile_are_timed_apart_from_the_epochs_images_per_second(
+    test_split, monkeypatch, capsys
+):
+
+    # A clock that moves only in steps: 10 s for a step of a shape not met before (a
+    # compile), 1 s for every other. 10 images in batches of 4: shapes 4, 4 and 2.
+    clock = {"now": 0.0}
+    real = loop.make_step
+
+    def timed_step(model, optimizer, options, **kwargs):
+        step = real(model, optimizer, replace(options, compile=False), **kwargs)
+        seen = set()
+
+        def run(images, labels):
+            clock["now"] += 1.0 if images.shape in seen else 10.0
+            seen.add(images.shape)
+            return step(images, labels)
+
+        return run
+
+    monkeypatch.setattr(loop, "make_step", timed_step)
+    monkeypatch.setattr(loop, "now", lambda: clock["now"])
+    config = TrainConfig(epochs=2, limit=10, batch_size=4, step=StepOptions(compile=True))
+    fit(config, test_split)
+    first, second = (line for line in capsys.readouterr().out.splitlines() if "images/s" in line)
+    assert first.endswith(" 4 images/s (compile 20.0 s apart)")  # 4 images in 1 s
+    assert second.endswith(" 3 images/s")  # 10 images in 3 s, nothing apart
+
+
+class Kept(logging.Handler):
+    """The messages a logger passed on (torch's loggers need not reach the root's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_torchs_no_cuda_runtime_warning_is_dropped_only_while_a_cpu_run_compiles():
+    from torch.utils import cpp_extension
+
+    # The message as torch words it: were it reworded, this test would say so.
+    assert loop.NO_CUDA_RUNTIME in inspect.getsource(cpp_extension._find_cuda_home)
+    logger, kept = logging.getLogger(loop.CPP_EXTENSION_LOGGER), Kept()
+    note = "No CUDA runtime is found, using CUDA_HOME='/usr/local'"
+    logger.addHandler(kept)
+    try:
+        with loop.quiet_cuda_home(TrainConfig(step=StepOptions(compile=True))):
+            logger.warning(note)
+            logger.warning("another warning")
+        logger.warning(note)  # after the run
+        with loop.quiet_cuda_home(TrainConfig(step=StepOptions())):  # a run that compiles nothing
+            logger.warning(note)
+    finally:
+        logger.removeHandler(kept)
+    assert kept.messages == ["another warning", note, note]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    unsupported(StepOptions(compile=True), "cpu"), reason="torch.compile cannot run here"
+)
+def test_train_compile_on_a_cpu_times_its_compile_apart_and_says_nothing_of_cuda(tmp_path):
+    write_synthetic_cifar10(tmp_path / "synthetic", n_train=5, n_test=8)
+    argv = ["train", "--compile", "--dry-run", "--device", "cpu", "--no-progress"]
+    run = subprocess.run(
+        [sys.executable, "-m", "cifar_spec", *argv, "--data-root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"epoch   1/1 .* images/s \(compile \d+\.\d s apart\)\n", run.stdout)
+    assert "CUDA" not in run.stderr
