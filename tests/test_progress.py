@@ -148,3 +148,17 @@ def test_bench_on_a_terminal_shows_a_bar_of_the_pairs_then_the_table_alone(tmp_p
         [*argv, "--workers", "1", "--threads", "1", "--no-progress"], tmp_path
     )
     assert quiet == "" and "channels_last" in quiet_out
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "not-a-terminal"])
+def test_train_draws_its_bar_by_the_same_rule_only_where_stderr_is_a_terminal(
+    terminal, tmp_path, monkeypatch, capsys
+):
+    from cifar_spec.synthetic import write_synthetic_cifar10
+
+    write_synthetic_cifar10(tmp_path, 64, 64)
+    screen = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert main(["train", "--dry-run", "--data-root", str(tmp_path), "--device", "cpu"]) == 0
+    assert ("img/s]" in screen.getvalue()) == terminal  # the bar's rate
+    assert "done: 1 epoch" in capsys.readouterr().out

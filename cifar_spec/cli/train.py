@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cifar_spec import losses, synthetic
+from cifar_spec.bench import progress
 from cifar_spec.checkpoint import check_run_folder
 from cifar_spec.cifar10_format import BASE_FOLDER
 from cifar_spec.cli.options import (
     HelpFormatter,
     add_device_option,
+    add_progress_option,
     finite_positive,
     pick_device,
 )
@@ -244,7 +246,7 @@ def train_and_report(
         to_device(split, config.device, config.limit),
         resume=args.resume,
         log=say,
-        progress=not args.no_progress,
+        progress=progress.shown(args.no_progress),
         world=world,
         names=replace(FLAGS, retry=retry_command(args)),
     )
@@ -321,7 +323,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", default=TrainConfig.out, help="run folder: checkpoint, history.json, loss.png"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(p)
     p.add_argument(
         "--backend",
         choices=launch.BACKENDS,
