@@ -544,13 +544,28 @@ TOP = 5  # operators in a case's diff
 KERNELS = 3  # leaf functions under each
 
 
+APPEARED, VANISHED = "appeared", "vanished"  # a row run by the candidate only, the baseline only
+
+
+def interval_fields(row: KernelDelta | OperatorDelta) -> dict:
+    """A time row's interval and presence, as JSON holds them; nothing for a count's row."""
+    if row.low is None:
+        return {}
+    return {"delta_low": row.low, "delta_high": row.high, "presence": row.presence or None}
+
+
 @dataclass(frozen=True)
 class KernelDelta:
-    """A leaf function under an operator, its own instructions per step on both sides."""
+    """A leaf function under an operator, its own instructions per step on both sides; or,
+    attributing time (`attribution.py`), a kernel's device seconds per step, with an interval."""
 
     function: str
     baseline: float
     candidate: float
+    low: float | None = None  # the delta's 95% interval, where the metric has one (time)
+    high: float | None = None
+    presence: str = ""  # APPEARED or VANISHED: run on one side only
+    detail: str = ""  # what the name leaves out (a kernel's template arguments), if known
 
     @property
     def delta(self) -> float:
@@ -562,13 +577,16 @@ class KernelDelta:
             "baseline": self.baseline,
             "candidate": self.candidate,
             "delta": self.delta,
+            **interval_fields(self),
+            **({"detail": self.detail} if self.detail else {}),
         }
 
 
 @dataclass(frozen=True)
 class OperatorDelta:
     """An operator's own instructions per step on both sides (means over processes), its
-    share of the case's change, the operator it ran under, and its kernels that moved most."""
+    share of the case's change, the operator it ran under, and its kernels that moved most.
+    Attributing time (`attribution.py`), its own seconds per step, with the delta's interval."""
 
     operator: str
     parent: str | None
@@ -577,6 +595,9 @@ class OperatorDelta:
     share: float  # of the change in the whole step's instructions per step
     inclusive: tuple[float, float]  # baseline, candidate
     kernels: list[KernelDelta] = field(default_factory=list)
+    low: float | None = None  # the delta's 95% interval, where the metric has one (time)
+    high: float | None = None
+    presence: str = ""  # APPEARED or VANISHED: run on one side only
 
     @property
     def delta(self) -> float:
@@ -589,6 +610,7 @@ class OperatorDelta:
             "baseline": self.baseline,
             "candidate": self.candidate,
             "delta": self.delta,
+            **interval_fields(self),
             "share": self.share,
             "inclusive": list(self.inclusive),
             "kernels": [k.as_dict() for k in self.kernels],
