@@ -76,6 +76,7 @@ REPLIES: dict[str, list[tuple[dict, dict]]] = {
     ],
     "build": [({"seconds_per_step": float}, {}), ({"unsupported": str}, {})],
     "round": [({"host": float, "gpu": (float, NONE)}, {})],
+    "profile": [({"profile": dict}, {})],  # its inside is checked by profiled.Profile.from_dict
     "peak": [({"best": float, "median": float, "shape": str, "tries": int, "precision": str}, {})],
     "instrument": [({}, {})],
     "count": [({"dump": int}, {})],

@@ -17,7 +17,9 @@ Requests: {"op": "hello"} -> what this environment is and what it imported (torc
 version, git hash and file, cifar_spec's folder, PYTHONPATH); {"op": "build", "key",
 "device", "variant", "batch"} -> {"seconds_per_step"} after warm-up, or {"unsupported":
 why}; {"op": "round", "key", "steps"} -> {"host", "gpu"} seconds per step, the steps run
-from the state the case was built in; {"op": "peak", "device", "dtype"} -> the peak FLOP/s
+from the state the case was built in; {"op": "profile", "key", "steps", "trace"?} ->
+{"profile"}: those steps under torch.profiler, read into per-step aggregates (`profiled.py`),
+the trace written where "trace" says; {"op": "peak", "device", "dtype"} -> the peak FLOP/s
 in that precision; {"op": "drop", "key"}; {"op": "exit"}. Under callgrind (`callgrind.py`):
 {"op": "instrument"} switches instrumentation on; {"op": "count", "key", "steps"} ->
 {"dump"}, the number of the callgrind dump that holds exactly those steps. A request that
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cifar_spec.bench import cases, measure
+from cifar_spec.bench import cases, measure, profiled
 from cifar_spec.bench.figures import measure_peak
 from cifar_spec.bench.machine import describe
 
@@ -88,6 +90,17 @@ def timed_round(request: dict, held: Held) -> dict:
     r = measure.time_round(case.step, case.device, request["steps"], untimed=1)
     case.check()
     return {"host": r.host, "gpu": r.gpu}
+
+
+def profiled_round(request: dict, held: Held) -> dict:
+    """A case's steps under torch.profiler (`profiled.py`), from the state it was built in, its
+    loss checked after; asked for after its timed rounds, never between them. With "trace", the
+    steps' chrome trace is written to that path too."""
+    case = held.cases[request["key"]]
+    case.restore()
+    profile = profiled.profile_steps(case.step, case.device, request["steps"], request.get("trace"))
+    case.check()
+    return {"profile": profile.as_dict()}
 
 
 def peak(request: dict) -> dict:
@@ -154,6 +167,8 @@ def handle(request: dict, held: Held) -> dict:
         return build(request, held)
     if op == "round":
         return timed_round(request, held)
+    if op == "profile":
+        return profiled_round(request, held)
     if op == "peak":
         return peak(request)
     if op == "instrument":
