@@ -39,9 +39,10 @@ F.conv2d = conv2d
 
 
 def python_wrapper(folder: Path, name: str, pythonpath: Path | None) -> Path:
-    """An executable that runs this Python, with `pythonpath` first on its path."""
+    """An executable that runs this Python, with `pythonpath` first on its path (then the
+    caller's: a checkout run from another folder stays the code its workers import)."""
     script = folder / name
-    env = f"PYTHONPATH={pythonpath} " if pythonpath else ""
+    env = f"PYTHONPATH={pythonpath}${{PYTHONPATH:+:$PYTHONPATH}} " if pythonpath else ""
     script.write_text(f'#!/bin/sh\n{env}exec "{sys.executable}" "$@"\n')
     script.chmod(0o755)
     return script
@@ -77,6 +78,40 @@ def planted_python(tmp_path: Path):
 def slow_python(tmp_path: Path, slow_site):
     """make(factor) -> a python whose convolutions are each `factor` times slower."""
     return lambda factor: python_wrapper(tmp_path, f"python-slow{factor}", slow_site(factor))
+
+
+# Loaded at start-up: every max_pool2d pools FACTOR times, the extra ones without autograd,
+# so that the forward's pooling, and it alone, does FACTOR times its work. Registered as
+# aten's own kernel of max_pool2d: the time lands in aten::max_pool2d_with_indices under
+# aten::max_pool2d, on the CPU as on CUDA (its kernel launched FACTOR times), as a slower
+# pooling in a torch build would.
+SLOW_POOLING_SITE = """
+import torch
+
+_library = torch.library.Library("aten", "IMPL")
+
+
+def max_pool2d(input, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    with torch.no_grad():
+        for _ in range({factor} - 1):
+            torch._C._nn.max_pool2d_with_indices(
+                input, kernel_size, stride, padding, dilation, ceil_mode
+            )
+    return torch._C._nn.max_pool2d_with_indices(
+        input, kernel_size, stride, padding, dilation, ceil_mode
+    )[0]
+
+
+_library.impl("max_pool2d", max_pool2d, "CompositeImplicitAutograd")
+"""
+
+
+@pytest.fixture
+def slow_pooling_python(planted_python):
+    """make(factor) -> a python whose every max_pool2d pools `factor` times."""
+    return lambda factor: planted_python(
+        f"slow-pooling{factor}", SLOW_POOLING_SITE.format(factor=factor)
+    )
 
 
 def hello_reply(**changed) -> str:
