@@ -8,6 +8,12 @@ pair gives one ratio candidate / baseline of seconds per step; the median over
 all pairs, its 95% interval (`stats.estimate`, clustered by worker pair) and
 the threshold give the verdict. An inconclusive case gets more pairs until the
 time budget is spent.
+
+A case that moved (a regression or an improvement), and with `attribute` every case, is then
+profiled (`Arm.profile`): each worker of each arm runs `profiled.PROFILED_STEPS` steps under
+torch.profiler, after the case's timed rounds and outside its budget, and the case's change
+is attributed to operators and kernels (`attribution.attributed`). The verdict stays on the
+unprofiled rounds.
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from cifar_spec.bench import counts, find_modules, records, report, stats
+from cifar_spec.bench import attribution, counts, find_modules, records, report, stats
 from cifar_spec.bench._handle import Expected, Worker, start_workers, stop_all
 from cifar_spec.bench.paired import (
+    Arm,
     Samples,
     Unsupported,
     build_arm,
     measure_pairs,
     pairs_to_take,
 )
+from cifar_spec.bench.profiled import PROFILED_STEPS, Profile
 from cifar_spec.bench.progress import Progress, hidden
 from cifar_spec.bench.records import (
     COUNT_PROCESSES,
@@ -147,10 +155,14 @@ def compare_case(
     grow: Callable[[], None] | None = None,
     min_pairs: int = PAIRS_BEFORE_VERDICT,
     bar: Progress | None = None,
+    attribute: bool = False,
+    traces: str | None = None,
 ) -> Judged:
     """One case's verdict. While it is inconclusive and time is left, more pairs are taken,
     and `grow` adds a fresh pair of workers (more processes, not only more rounds, is what
-    narrows an interval that the processes' disagreement widens). `bar` counts the pairs."""
+    narrows an interval that the processes' disagreement widens). `bar` counts the pairs.
+    Then, where it moved or `attribute` asks, its attribution from profiled rounds, their
+    traces written into the folder `traces` if given."""
     deadline = time.perf_counter() + seconds
     bar = bar or hidden()
     arms: list = []
@@ -178,20 +190,46 @@ def compare_case(
                 break
             if grow and len(base) < MAX_WORKERS:
                 grow()
+        judged = judged_time(case, judge(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
+        if not (judged.moved or attribute):
+            return judged
+        bar.doing(
+            f"{case.name}: {PROFILED_STEPS} profiled steps in each of {2 * len(arms)} workers"
+        )
+        return attribution.attributed(judged, *profile_arms(arms, traces))
     except Unsupported as why:
         return records.skipped(case, TIME, str(why))
     finally:
         for pair in arms:
             for arm in pair:
                 arm.worker.call({"op": "drop", "key": case.key}, 60)
-    return judged_time(case, judge(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
+
+
+def trace_path(folder: str | None, case: Case, side: str, number: int) -> str | None:
+    """Where one worker's profiler trace goes (absolute: a worker runs in another folder)."""
+    if folder is None:
+        return None
+    return os.path.abspath(os.path.join(folder, f"{case.key}-{side}{number}.json"))
+
+
+def profile_arms(
+    arms: list[tuple[Arm, Arm]], traces: str | None = None
+) -> tuple[list[Profile], list[Profile]]:
+    """(the baseline's profiles, the candidate's): each worker's profiled steps, after every
+    timed round of the case, the two sides in turn as their rounds were."""
+    base, cand = [], []
+    for number, (a, b) in enumerate(arms, 1):
+        base.append(a.profile(trace=trace_path(traces, a.case, "baseline", number)))
+        cand.append(b.profile(trace=trace_path(traces, b.case, "candidate", number)))
+    return base, cand
 
 
 def judged_time(
     case: Case, verdict: str, ratio: stats.Estimate, base: stats.Estimate, cand: stats.Estimate
 ) -> Judged:
     """A case judged on paired rounds: the median ratio and its interval, each side's median
-    seconds per step; every estimate in full for the JSON."""
+    seconds per step; every estimate in full for the JSON. Moved: a regression or an
+    improvement, whose attribution the table prints."""
     estimates = {"ratio": ratio, "baseline": base, "candidate": cand}
     return Judged(
         case,
@@ -202,6 +240,7 @@ def judged_time(
         ratio.high,
         base.median,
         cand.median,
+        moved=verdict in (records.REGRESSION, records.IMPROVEMENT),
         figures={"estimates": {k: e.as_dict() for k, e in estimates.items()}},
     )
 
@@ -224,9 +263,12 @@ def compare_times(
     log: Callable[[Judged], None] | None = None,
     expected: dict[str, Expected] | None = None,
     bar: Progress | None = None,
+    attribute: bool = False,
+    traces: str | None = None,
 ) -> tuple[dict, list[Judged]]:
-    """({'baseline': info, 'candidate': info}, a result per case) within about `seconds`;
-    `expected`: {side: the code its workers must import}; `bar` shows the progress."""
+    """({'baseline': info, 'candidate': info}, a result per case) within about `seconds` (the
+    profiled rounds of `compare_case` after it); `expected`: {side: the code its workers
+    must import}; `bar` shows the progress."""
     start = time.perf_counter()
     bar = bar or hidden()
     bar.doing(f"starting {workers} + {workers} workers")
@@ -244,7 +286,17 @@ def compare_times(
         for i, case in enumerate(cases):
             left = seconds - (time.perf_counter() - start)
             share = max(0.0, left / (len(cases) - i))
-            result = compare_case(base, cand, case, threshold, share, grow, bar=bar)
+            result = compare_case(
+                base,
+                cand,
+                case,
+                threshold,
+                share,
+                grow,
+                bar=bar,
+                attribute=attribute,
+                traces=traces,
+            )
             results.append(result)
             if log:
                 log(result)
@@ -302,10 +354,13 @@ def run(
     cache_sim: bool,
     say: Callable[[str], None],
     show: bool = False,
+    attribute: bool = False,
+    traces: str | None = None,
 ) -> Comparison:
     """Compare two environments on the metrics of `thresholds` ({metric: threshold}): both
     Pythons checked before any work, each metric's table said as it ends, then the verdicts;
-    the progress in a bar drawn if `show`."""
+    the progress in a bar drawn if `show`. On time, `attribute` profiles every case, not
+    only those that moved; `traces` is a folder for their profiler traces."""
     baseline, candidate = resolve_python(baseline), resolve_python(candidate)
     expected = {"baseline": check_python(baseline), "candidate": check_python(candidate)}
     comparison = Comparison(thresholds=dict(thresholds))
@@ -321,6 +376,8 @@ def run(
                 threads,
                 expected=expected,
                 bar=bar,
+                attribute=attribute,
+                traces=traces,
             )
         comparison.environments[TIME], comparison.judged[TIME] = envs, judged
         say(report.time_report(comparison))

@@ -22,7 +22,9 @@ from typing import TypeVar
 from cifar_spec.bench import stats
 from cifar_spec.bench._handle import BUILD_TIMEOUT, Worker
 from cifar_spec.bench.measure import ROUND_SECONDS, paired_order, steps_per_round
+from cifar_spec.bench.profiled import PROFILED_STEPS, Profile
 from cifar_spec.bench.records import Case
+from cifar_spec.errors import WorkerError
 
 T = TypeVar("T")
 
@@ -36,6 +38,11 @@ ROUND_TIMEOUT_MIN = 120.0
 
 
 BLOCK = 4  # pairs taken from one worker pair before moving to the next
+
+
+# A profiled step's length over a timed one's, for a hung worker's timeout: the profiler
+# adds its own cost to every operator it records.
+PROFILER_COST = 10
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,18 @@ class Arm:
             {"op": "round", "key": self.case.key, "steps": self.steps}, timeout
         )
         return reply["host"], reply["gpu"]
+
+    def profile(self, steps: int = PROFILED_STEPS, trace: str | None = None) -> Profile:
+        """`steps` steps of this arm under torch.profiler (`profiled.py`), asked for after its
+        timed rounds and never between them; with `trace`, its chrome trace written there."""
+        planned = PROFILER_COST * steps * self.seconds_per_step
+        timeout = max(ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_FACTOR * planned)
+        request = {"op": "profile", "key": self.case.key, "steps": steps}
+        reply = self.worker.call(request | ({"trace": trace} if trace else {}), timeout)
+        try:
+            return Profile.from_dict(reply["profile"])
+        except ValueError as error:  # a reply is not trusted: one line, as any other refusal
+            raise WorkerError(f"{self.worker.name} answered 'profile' with {error}") from None
 
 
 class Unsupported(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from cifar_spec.bench.attribution import REMAINDER
 from cifar_spec.bench.records import INSTRUCTIONS, TIME, Comparison, Judged
 from cifar_spec.bench.stats import NOISY_SPREAD
 
@@ -171,6 +172,64 @@ def operator_lines(moved) -> list[str]:
     return [head] + [f"    {k.delta:+,.0f}  {k.function}" for k in moved.kernels]
 
 
+def milliseconds(seconds: float, sign: str = "") -> str:
+    return f"{seconds * 1e3:{sign}.3f}"
+
+
+def time_delta(delta: float, low: float, high: float) -> str:
+    """A change in seconds per step with its 95% interval: '+3.214 ms [+3.101, +3.330]'."""
+    return f"{milliseconds(delta, '+')} ms [{milliseconds(low, '+')}, {milliseconds(high, '+')}]"
+
+
+def row_delta(row) -> str:
+    """`time_delta` of an attributed row (`operators.OperatorDelta` or `KernelDelta`)."""
+    return time_delta(row.delta, row.low, row.high)
+
+
+def presence_mark(row) -> str:
+    return f"  {row.presence}" if row.presence else ""
+
+
+def attribution_lines(j: Judged) -> list[str]:
+    """Under a case attributed from its profiled rounds (`attribution.attributed`): the
+    profiled step's change, the operators that moved most, each with the kernels under it,
+    and the remainder with how much of the change the operators explain."""
+    figures = j.figures.get("attribution")
+    if not figures:
+        return []
+    step, steps = figures["step"], figures["profiled_steps"]
+    lines = [
+        f"    profiled steps ({sum(steps['baseline'])} + {sum(steps['candidate'])}, "
+        f"{figures['device']}): {milliseconds(step['baseline'])} -> "
+        f"{milliseconds(step['candidate'])} ms per step, "
+        f"{time_delta(step['delta'], step['delta_low'], step['delta_high'])}"
+    ]
+    for row in j.top:
+        lines += [f"    {line}" for line in time_operator_lines(row, figures["explained"])]
+    return lines
+
+
+def time_operator_lines(row, explained: float) -> list[str]:
+    """An operator whose own time per step moved (`operators.OperatorDelta` with an interval),
+    where it ran, its share of the change, then the kernels under it; the remainder's row
+    says how much of the change the operators explain."""
+    if row.operator == REMAINDER:
+        return [
+            f"{row.operator}  {row_delta(row)} ({row.share:.1%} of the change); "
+            f"the operators explain {explained:.1%}"
+        ]
+    where = f" under {row.parent}" if row.parent else ""
+    head = (
+        f"{row.operator}{where}  {row_delta(row)} ({row.share:.1%} of the change)  "
+        f"own {milliseconds(row.baseline)} -> {milliseconds(row.candidate)} ms"
+        f"{presence_mark(row)}"
+    )
+    return [head] + [
+        f"    {row_delta(k)}  {k.function}{' ' + k.detail if k.detail else ''}{presence_mark(k)}"
+        for k in row.kernels
+    ]
+
+
 def judged_table(
     judged: list[Judged], metric: str, threshold: float, sides: tuple[str, str], legend: str = RUNS
 ) -> list[str]:
@@ -184,7 +243,8 @@ def judged_table(
             "  verdict",
         ]
         notes = [ratio_estimate(j).get("ci_note", "") for j in judged]
-        return lines + [time_line(j) for j in judged] + short_legend(notes)
+        rows = [line for j in judged for line in [time_line(j), *attribution_lines(j)]]
+        return lines + rows + short_legend(notes)
     lines = [
         f"verdicts at +-{threshold:.1%} on {COUNTED}; {count_ratio(cand)}",
         f"{'case':<{WIDTH}} {base:>9} {cand:>9} {'ratio [range over processes]':>27} "
@@ -260,10 +320,41 @@ def markdown(c: Comparison) -> str:
         )
     legend = short_legend([ratio_estimate(j).get("ci_note", "") for j in c.judged.get(TIME, [])])
     lines += ["", *(line.replace(SHORT, "\\" + SHORT, 1) for line in legend)] if legend else []
+    for j in c.judged.get(TIME, []):
+        if "attribution" in j.figures:
+            lines += markdown_time_attribution(j)
     for j in c.judged.get(INSTRUCTIONS, []):
         if j.moved:
             lines += markdown_attribution(j)
     return "\n".join(lines) + "\n"
+
+
+def markdown_time_attribution(j: Judged) -> list[str]:
+    """A case attributed from its profiled rounds, in a collapsed table: its operators that
+    moved most, the kernels under each, and the remainder with what the operators explain."""
+    figures = j.figures["attribution"]
+    step = figures["step"]
+    lines = [
+        "",
+        f"<details><summary>{j.case.name}: where the time went (profiled steps, "
+        f"{milliseconds(step['baseline'])} -> {milliseconds(step['candidate'])} ms per step; "
+        f"the operators explain {figures['explained']:.1%})</summary>",
+        "",
+        "| delta [95% CI] | baseline ms | candidate ms | share | operator, or kernel under it |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for row in j.top:
+        where = f" (under `{row.parent}`)" if row.parent else ""
+        lines.append(
+            f"| {row_delta(row)} | {milliseconds(row.baseline)} | {milliseconds(row.candidate)} "
+            f"| {row.share:.1%} | `{row.operator}`{where}{presence_mark(row)} |"
+        )
+        lines += [
+            f"| {row_delta(k)} | {milliseconds(k.baseline)} | {milliseconds(k.candidate)} | | "
+            f"&nbsp;&nbsp;`{truncate(k.function, 120)}`{presence_mark(k)} |"
+            for k in row.kernels
+        ]
+    return lines + ["</details>"]
 
 
 def markdown_attribution(j: Judged) -> list[str]:

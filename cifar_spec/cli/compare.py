@@ -4,6 +4,7 @@ one process) parse here and call the harness, nothing more."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from cifar_spec.bench import bench_ddp, cases, compare, counts, progress
 from cifar_spec.bench.records import (
@@ -32,9 +33,24 @@ from cifar_spec.errors import ConfigError
 from cifar_spec.files import prepare_output, write_json
 
 
+def check_attribute(args: argparse.Namespace, metrics: list[str]) -> None:
+    """--attribute and --attribute-trace profile the timed rounds' cases: without time they
+    would change nothing (counts attribute every moved case already). The trace folder is
+    made, or refused, before any work."""
+    flag = "--attribute" if args.attribute else "--attribute-trace" if args.attribute_trace else ""
+    if flag and TIME not in metrics:
+        raise ConfigError(
+            f"{flag} profiles the cases timed with --metric time (or both); counts attribute "
+            "every moved case already: drop it, or add --metric both"
+        )
+    if args.attribute_trace:
+        prepare_output(os.path.join(args.attribute_trace, "trace.json"))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     check_cache_sim(args)
     metrics = [TIME, INSTRUCTIONS] if args.metric == "both" else [args.metric]
+    check_attribute(args, metrics)
     if INSTRUCTIONS in metrics:
         # auto is the CPU for counts; a GPU is refused before asking whether there is one
         device = "cpu" if args.device == "auto" else args.device
@@ -56,6 +72,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.cache_sim,
         sayer(args.json, args.markdown),
         progress.shown(args.no_progress),
+        args.attribute,
+        args.attribute_trace,
     )
     compare.write(comparison, args.json, args.markdown)
     return comparison.exit_code
@@ -133,6 +151,19 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
         default=counts.COUNT_THRESHOLD,
         help="for counts: no change within +-this; regression wholly above 1 + this (a "
         f"percentage, %% optional) (default: {counts.COUNT_THRESHOLD * 100:.0f}%%)",
+    )
+    c.add_argument(
+        "--attribute",
+        action="store_true",
+        help="on time, profile every case after its timed rounds and attribute its change to "
+        "operators and kernels (a case that moved is always attributed)",
+    )
+    c.add_argument(
+        "--attribute-trace",
+        metavar="DIR",
+        default=None,
+        help="write the profiler trace of each worker of both sides into DIR, for Perfetto or "
+        "TensorBoard (CASE-baseline1.json, ...; only cases that are profiled)",
     )
     c.add_argument("--json", default=None, help="write the verdicts here" + STREAM)
     c.add_argument(
