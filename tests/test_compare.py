@@ -367,8 +367,11 @@ def test_compare_attribute_names_a_pooling_planted_slower_first_with_most_of_the
     machine's load, the profiled rounds name the pooling first, its interval above 0, its
     share most of the step's change; an operator the plant leaves alone moves little."""
     out = tmp_path / "verdicts.json"
-    flags = ["--device", "cpu", "--variant", "eager", "--batch-size", "16", "--workers", "2"]
-    flags += ["--threads", "1", "--seconds", "20", "--metric", "time", "--attribute"]
+    # Three workers a side (the default): with two, the interval is a t-interval of two
+    # workers' means (t at 1 degree of freedom, 12.7), wide enough on a loaded machine to
+    # take in 0 whatever the effect.
+    flags = ["--device", "cpu", "--variant", "eager", "--batch-size", "16", "--threads", "1"]
+    flags += ["--seconds", "30", "--metric", "time", "--attribute"]
     main(["compare", sys.executable, str(slow_pooling_python(8)), *flags, "--json", str(out)])
     printed = capsys.readouterr().out
     figures = json.loads(out.read_text())["results"][0]["attribution"]

@@ -6,8 +6,10 @@ import math
 import shutil
 
 import pytest
+from profiles import sides  # made-up workers' profiled steps
 
 from cifar_spec.bench import baselines, gate, machine, records, report, stats
+from cifar_spec.bench.profiled import Profile
 from cifar_spec.bench.suite import worker_threads
 from cifar_spec.cli import main
 
@@ -267,6 +269,8 @@ def test_the_gate_end_to_end_saves_a_baseline_then_fails_a_speed_up_below_its_fl
     ]
     assert main(["gate", "--save-baseline", *flags]) == 0
     assert "gate: baseline saved to" in capsys.readouterr().out
+    saved = baselines.load_baseline(next((tmp_path / "store").glob("*/baseline.json")))
+    assert [len(r["profiles"]) for r in saved["rows"]] == [1, 1]  # one worker's profiled steps
     assert main(["gate", *flags, "--json", str(tmp_path / "run.json")]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("baseline: torch ") and "cpu channels_last batch 1  " in "\n".join(out)
@@ -348,3 +352,66 @@ def test_a_floor_straddled_by_a_short_interval_says_what_the_interval_is():
     short = {**sped("a", 1.0, 1.2), "speedup_ci_note": "the range of 2 samples of one process"}
     _, unsure = gate.check_floors([short], {"a": {"1": {"speedup": 1.1}}})
     assert "[1.00, 1.20] (the range of 2 samples of one process) against" in unsure[0]
+
+
+def profiled_row(times, profiles):
+    return {**row(times), "profiles": [p.as_dict() for p in profiles]}
+
+
+def test_a_baseline_keeps_each_cases_profiled_rounds_and_reads_them_back(tmp_path):
+    base, _ = sides(1.0, 1.0)
+    rows = gate.with_profiles([row([[0.01] * 4])], {records.Case("cpu", "eager", 1): base})
+    path = baselines.baseline_path(tmp_path, INFO)
+    baselines.save_baseline(path, INFO, rows)
+    [saved] = baselines.load_baseline(path)["rows"]
+    assert [Profile.from_dict(p) for p in saved["profiles"]] == base
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: {**p, "step": [-0.001] * len(p["step"])},
+        lambda p: {**p, "trace": "/tmp/elsewhere.json"},
+        lambda p: {**p, "device": "cuda"},
+        lambda p: {**p, "operators": {"aten::addmm": [0.001]}},
+        lambda p: "a profile",
+    ],
+    ids=["negative-seconds", "a-trace", "another-device", "too-few-steps", "not-an-object"],
+)
+def test_a_baseline_with_damaged_profiled_rounds_is_refused_naming_the_file_and_the_fix(
+    tmp_path, damage
+):
+    base, _ = sides(1.0, 1.0)
+    bad = {**row([[0.01] * 4]), "profiles": [damage(base[0].as_dict())]}
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"rows": [bad]}))
+    with pytest.raises(baselines.GateError, match="row 0 is not a measured case.*--save-baseline"):
+        baselines.load_baseline(path)
+
+
+def test_a_regression_in_the_gate_is_attributed_against_the_baselines_own_profiled_rounds(
+    tmp_path,
+):
+    base, cand = sides(1.0, 3.0)
+    asked = []
+
+    def profile(planned):
+        asked.extend(planned)
+        return {case: cand for case in planned}
+
+    metric = gate.Metric(records.TIME, INFO, tmp_path, ["cpu"], list, 0.3, profile=profile)
+    slower = {**row([[0.02] * 8] * 3), "batch": 16}
+    baseline = {
+        "rows": [profiled_row([[0.01] * 8] * 3, base), {**row([[0.01] * 8] * 3), "batch": 16}]
+    }
+    lines = []
+    now = [row([[0.02] * 8] * 3), slower]
+    assert gate.judge_run(metric, baseline, now, 0.3, lines.append) == 1
+    assert asked == [records.Case("cpu", "eager", 1)]  # the regression the baseline has rounds of
+    at = next(i for i, line in enumerate(lines) if line.startswith("cpu eager batch 1 "))
+    assert lines[at + 1].startswith("    profiled steps (24 + 24, cpu)")
+    assert lines[at + 2].startswith("    aten::max_pool2d_with_indices under aten::max_pool2d  +")
+    assert any(
+        line.startswith("note: cpu eager batch 16 is not attributed: the baseline holds no")
+        for line in lines
+    )

@@ -13,6 +13,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from cifar_spec.bench.profiled import profile_problem
 from cifar_spec.errors import GateError
 from cifar_spec.files import parse_json, read_untrusted, write_json
 
@@ -73,6 +74,26 @@ def step_times_fit(row: dict) -> bool:
     )
 
 
+def profiles_fit(row: dict) -> bool:
+    """A row's profiled rounds (`profiled.Profile.as_dict`, one per worker, no trace), or none
+    (a row saved before they were, or a loop's): each a profile of the row's device kind."""
+    saved = row.get("profiles")
+    if saved is None:
+        return True
+    kind = str(row["device"]).split(":")[0]
+    return (
+        isinstance(saved, list)
+        and bool(saved)
+        and all(
+            profile_problem(p) is None and p["device"] == kind and p["trace"] is None for p in saved
+        )
+    )
+
+
+def time_row_fits(row: dict) -> bool:
+    return step_times_fit(row) and profiles_fit(row)
+
+
 def counts_fit(row: dict) -> bool:
     values, functions = row.get("instructions_per_step"), row.get("functions")
     allocator = row.get("allocator_per_step")
@@ -113,8 +134,9 @@ def operators_fit(saved: object) -> bool:
 # that save a new baseline of that metric.
 ROWS = {
     "time": (
-        step_times_fit,
-        "a measured case (device, variant, batch and positive step_times per worker)",
+        time_row_fits,
+        "a measured case (device, variant, batch, positive step_times per worker, and its "
+        "profiled steps where saved)",
         "",
     ),
     "instructions": (

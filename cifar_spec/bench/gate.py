@@ -16,18 +16,35 @@ traceback (on instructions, the first alone, on counts: `counts.py`):
 2. Floors on each speed-up over the reference (eager) of the same run, a figure
    that holds across machines of a class: fail when the whole 95% interval lies
    below the floor, inconclusive when it straddles.
+
+A baseline of time holds each step case's profiled rounds too (`profiled.PROFILED_STEPS`
+steps under torch.profiler in each worker, after the timed rounds, read into per-step
+aggregates: small, no trace). A case that regresses is profiled again in this run, and its
+change attributed to operators and kernels against those (`attribution.attributed`).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from cifar_spec.bench import baselines, counts, machine, records, report, stats, suite
+from cifar_spec.bench import (
+    attribution,
+    baselines,
+    cases,
+    counts,
+    machine,
+    records,
+    report,
+    stats,
+    suite,
+)
+from cifar_spec.bench.profiled import Profile
+from cifar_spec.bench.progress import Progress
 from cifar_spec.bench.records import INSTRUCTIONS, TIME, Case, Judged
 from cifar_spec.files import prepare_output, write_json
 
@@ -54,6 +71,8 @@ class Metric:
     floors: dict = field(default_factory=dict)  # {device: floors}, time only
     flags: str = ""  # the flags that select this metric, for the fixes the gate suggests
     what: str = "for this hardware"  # the baseline, as a refusal names it
+    # time only: each case's profiled rounds, one profile per worker (`profile_cases`)
+    profile: Callable[[list[Case]], dict[Case, list[Profile]]] | None = None
 
 
 def time_metric(
@@ -62,10 +81,11 @@ def time_metric(
     floors_folder: str | None,
     measure: Callable[[], list[dict]],
     threads: int | None,
+    profile: Callable[[list[Case]], dict[Case, list[Profile]]] | None = None,
 ) -> Metric:
     """The gate on step times: a baseline per hardware and torch threads per worker, and the
     floors of each device's kind (those shipped with the package unless a folder is given),
-    loaded and checked here, before any work."""
+    loaded and checked here, before any work; `profile` gives the profiled rounds."""
     info = machine.describe(suite.worker_threads(threads))  # the workers', not this process's
     floors = {}
     for device in devices:
@@ -81,7 +101,64 @@ def time_metric(
         GATE_THRESHOLD,
         floors,
         what=f"for this hardware ({baselines.fingerprint(info)})",
+        profile=profile,
     )
+
+
+def profile_cases(
+    planned: list[Case], workers: int | None, threads: int | None, show: bool
+) -> dict[Case, list[Profile]]:
+    """Each step case's profiled rounds in fresh workers of this Python, after this run's
+    timed rounds (never between them), one profile per worker. A loop's round is a whole
+    epoch, too long to profile ten times: loops are left out."""
+    steps = [case for case in planned if case.variant not in cases.LOOPS]
+    out = {}
+    with Progress(show) as bar:
+        bar.expect(len(steps))
+        with suite.Suite(workers=workers or records.WORKERS, threads=threads, progress=bar) as s:
+            for case in steps:
+                arms = s.arms(case)
+                bar.doing(f"{case.name}: profiled steps in {report.plural(len(arms), 'worker')}")
+                out[case] = [arm.profile() for arm in arms]
+                s.drop(arms)
+                bar.advance(case.name)
+    return out
+
+
+def with_profiles(rows: list[dict], profiles: dict[Case, list[Profile]]) -> list[dict]:
+    """The rows to save as a baseline: each with its case's profiled rounds where it has them
+    (per-step aggregates, small; never a trace)."""
+    out = []
+    for row in rows:
+        held = profiles.get(Case.of(row))
+        extra = {"profiles": [replace(p, trace=None).as_dict() for p in held]} if held else {}
+        out.append({**row, **extra})
+    return out
+
+
+def attribute_regressions(
+    judged: list[Judged], baseline_rows: list[dict], metric: Metric, say
+) -> list[Judged]:
+    """Each regression, attributed against the baseline's own profiled rounds from this run's
+    (profiled now, after every timed round); one the baseline has none of is said so."""
+    saved = {Case.of(r): r.get("profiles") for r in baseline_rows}
+    regressed = [j.case for j in judged if j.verdict == records.REGRESSION]
+    held = [c for c in regressed if saved.get(c)]
+    for case in regressed:
+        if not saved.get(case):
+            say(
+                f"note: {case.name} is not attributed: the baseline holds no profiled rounds of "
+                "it (saved before they were, or a loop); save a new one with --save-baseline"
+            )
+    if not held or metric.profile is None:
+        return judged
+    now = metric.profile(held)
+    return [
+        attribution.attributed(j, [Profile.from_dict(p) for p in saved[j.case]], now[j.case])
+        if j.case in now
+        else j
+        for j in judged
+    ]
 
 
 def count_metric(storage: str, measure: Callable[[], list[dict]]) -> Metric:
@@ -109,17 +186,19 @@ def time_judge(baseline_rows: list[dict], rows: list[dict], threshold: float) ->
         if before is None:
             continue
         ratio = stats.ratio_of_medians(before["step_times"], row["step_times"])
+        verdict = records.verdict(ratio.low, ratio.high, threshold)
         base_median = statistics.median(v for g in before["step_times"] for v in g)
         judged.append(
             Judged(
                 Case.of(row),
                 TIME,
-                records.verdict(ratio.low, ratio.high, threshold),
+                verdict,
                 ratio.median,
                 ratio.low,
                 ratio.high,
                 base_median,
                 row["seconds_per_step"],
+                moved=verdict in (records.REGRESSION, records.IMPROVEMENT),
                 figures={"estimates": {"ratio": ratio.as_dict()}},  # as compare's
             )
         )
@@ -212,6 +291,8 @@ def run(metric: Metric, save: bool, json_path: str | None, threshold: float | No
         data = {"machine_info": metric.info, "rows": rows}
         write_json(json_path, data)
     if save:
+        if metric.profile:
+            rows = with_profiles(rows, metric.profile([Case.of(r) for r in rows]))
         baselines.save_baseline(metric.path, metric.info, rows)
         of = " of counts" if metric.name == INSTRUCTIONS else ""
         say(
@@ -239,6 +320,8 @@ def judge_run(metric: Metric, baseline: dict, rows: list[dict], threshold: float
     for case in sorted(new - old, key=lambda c: c.key):
         say(f"note: {case.name} is not in the baseline: not judged")
     judged = JUDGES[metric.name](baseline["rows"], rows, threshold)
+    if metric.name == TIME:
+        judged = attribute_regressions(judged, baseline["rows"], metric, say)
     for line in report.judged_table(judged, metric.name, threshold, ("baseline", "now")):
         say(line)
     failed, unsure = [], []

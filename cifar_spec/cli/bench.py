@@ -123,7 +123,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
     else:
         run = measure(args)
         devices = bench_devices(args.device)
-        metric = gate.time_metric(args.storage, devices, args.floors, run, args.threads)
+        show = progress.shown(args.no_progress)
+
+        def profile(planned: list[Case]) -> dict:
+            return gate.profile_cases(planned, args.workers, args.threads, show)
+
+        metric = gate.time_metric(args.storage, devices, args.floors, run, args.threads, profile)
     return gate.run(metric, args.save_baseline, args.json, args.threshold, sayer(args.json))
 
 
