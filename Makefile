@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-docs test-dispatch gpu-check clean
+.PHONY: run test test-docs test-dispatch gpu-check gpu-attribute clean
 
 # The install runs again when pyproject.toml is newer than the last one, so a new
 # dependency reaches an existing .venv; `make clean` starts from nothing.
@@ -41,6 +41,11 @@ test-dispatch: $(VENV)/.installed
 # often has torch already and no network to install it).
 gpu-check:
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) .ci/gpu-check
+
+# On a GPU machine: a convolution planted to run twice, compared with --attribute; the table
+# must name its kernels first (issue 29).
+gpu-attribute:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) .ci/gpu-attribute
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

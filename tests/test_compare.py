@@ -384,3 +384,19 @@ def test_compare_attribute_names_a_pooling_planted_slower_first_with_most_of_the
         unmoved = row["delta_low"] <= 0 <= row["delta_high"] or abs(row["delta"]) < 0.1 * change
         assert unmoved, (row["operator"], printed)
     assert "    aten::max_pool2d_with_indices under aten::max_pool2d  +" in printed
+
+
+def test_an_attributed_case_whose_profiled_change_may_be_nothing_says_no_shares():
+    """--attribute on an unmoved case: shares of a change whose interval holds 0 are noise."""
+    base, cand = sides(1.0, 1.0)
+    case = Case("cpu", "eager", 16)
+    ratio = stats.Estimate(1.0, 0.98, 1.02, 0.01, 24, processes=3)
+    side = stats.Estimate(0.0075, 0.0074, 0.0076, 0.01, 24, processes=3)
+    judged = attribution.attributed(
+        compare.judged_time(case, records.NO_CHANGE, ratio, side, side), base, cand
+    )
+    step = judged.figures["attribution"]["step"]
+    assert step["delta_low"] < 0 < step["delta_high"]
+    lines = report.attribution_lines(judged)
+    assert "of the change" not in "\n".join(lines)
+    assert lines[-1].endswith("no shares: the profiled step's change is within its interval of 0")

@@ -204,23 +204,29 @@ def attribution_lines(j: Judged) -> list[str]:
         f"{milliseconds(step['candidate'])} ms per step, "
         f"{time_delta(step['delta'], step['delta_low'], step['delta_high'])}"
     ]
+    # A share of a change that may be nothing is noise divided by noise (-1635% was seen).
+    shares = step["delta_low"] > 0 or step["delta_high"] < 0
     for row in j.top:
-        lines += [f"    {line}" for line in time_operator_lines(row, figures["explained"])]
+        lines += [f"    {line}" for line in time_operator_lines(row, figures["explained"], shares)]
     return lines
 
 
-def time_operator_lines(row, explained: float) -> list[str]:
+def time_operator_lines(row, explained: float, shares: bool = True) -> list[str]:
     """An operator whose own time per step moved (`operators.OperatorDelta` with an interval),
     where it ran, its share of the change, then the kernels under it; the remainder's row
-    says how much of the change the operators explain."""
+    says how much of the change the operators explain. Without `shares` (the step's own
+    change is within its interval of 0), no share is said."""
+    share = f" ({row.share:.1%} of the change)" if shares else ""
     if row.operator == REMAINDER:
-        return [
-            f"{row.operator}  {row_delta(row)} ({row.share:.1%} of the change); "
+        explains = (
             f"the operators explain {explained:.1%}"
-        ]
+            if shares
+            else "no shares: the profiled step's change is within its interval of 0"
+        )
+        return [f"{row.operator}  {row_delta(row)}{share}; {explains}"]
     where = f" under {row.parent}" if row.parent else ""
     head = (
-        f"{row.operator}{where}  {row_delta(row)} ({row.share:.1%} of the change)  "
+        f"{row.operator}{where}  {row_delta(row)}{share}  "
         f"own {milliseconds(row.baseline)} -> {milliseconds(row.candidate)} ms"
         f"{presence_mark(row)}"
     )
