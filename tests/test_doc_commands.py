@@ -26,18 +26,15 @@ import pytest
 import torch
 from doc_pages import (
     DOCS,
-    IN_A_CHECKOUT,
     README,
     cifar_spec_argv,
     name,
     shell_commands,
     simple_commands,
+    skip_outside_a_checkout,
 )
 
-if not IN_A_CHECKOUT:
-    pytest.skip(
-        "the docs live in a checkout, not in the installed package", allow_module_level=True
-    )
+skip_outside_a_checkout()
 
 IMAGES = 64  # per split of the stand-in data, and the --limit of a training run
 PROCESSES = 2  # torchrun's processes, bench-ddp's ranks

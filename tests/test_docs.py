@@ -16,7 +16,6 @@ import pytest
 from doc_pages import (
     DOCS,
     FENCE,
-    IN_A_CHECKOUT,
     MAKEFILE,
     PAGES,
     README,
@@ -26,12 +25,10 @@ from doc_pages import (
     name,
     shell_commands,
     simple_commands,
+    skip_outside_a_checkout,
 )
 
-if not IN_A_CHECKOUT:
-    pytest.skip(
-        "the docs live in a checkout, not in the installed package", allow_module_level=True
-    )
+skip_outside_a_checkout()
 README_LINES = 120
 
 INLINE_CODE = re.compile(r"`([^`]+)`")

@@ -64,10 +64,12 @@ with folder_lock(sys.argv[1], "a test"):
 """
 
 
-def test_a_folder_locked_by_another_process_is_refused_naming_its_pid_until_it_ends(tmp_path):
+@contextlib.contextmanager
+def held(folder):
+    """Another process holding `folder`'s lock until the block ends."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        [sys.executable, "-c", HOLDER, str(folder)],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -75,34 +77,28 @@ def test_a_folder_locked_by_another_process_is_refused_naming_its_pid_until_it_e
     )
     try:
         assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.communicate("")  # closing its stdin ends it, and its lock with it
+
+
+def test_a_folder_locked_by_another_process_is_refused_naming_its_pid_until_it_ends(tmp_path):
+    with held(tmp_path) as holder:
         with pytest.raises(
             FolderBusy,
             match=f"cannot write another in .*: it is in use by .* process \\(pid {holder.pid}\\)",
         ):
             with folder_lock(tmp_path, "another"):
                 pass
-    finally:
-        holder.communicate("")  # closing its stdin ends it, and its lock with it
     with folder_lock(tmp_path, "another"):
         assert (tmp_path / ".cifar-spec.lock").read_text() == f"{os.getpid()}\n"
 
 
 def test_a_folder_in_use_is_named_by_a_look_that_takes_no_lock(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     files.check_not_in_use(tmp_path, "a look")  # never locked: no lock file at all
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path)],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held(tmp_path) as holder:
         with pytest.raises(FolderBusy, match=f"in use by .* process \\(pid {holder.pid}\\)"):
             files.check_not_in_use(tmp_path, "a look")
-    finally:
-        holder.communicate("")
     files.check_not_in_use(tmp_path, "a look")  # its holder ended: free again
     with folder_lock(tmp_path, "a run after the look"):  # and the look kept no lock
         pass
