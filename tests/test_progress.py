@@ -73,8 +73,8 @@ def shown_by(monkeypatch, argv: list[str]) -> bool:
         seen["show"] = args[-1]
         return []
 
-    def run(*args):
-        seen["show"] = args[-1]
+    def run(*args, show, **options):  # compare.run: its options by name
+        seen["show"] = show
         raise SystemExit(0)
 
     monkeypatch.setattr(suite, "measure_rows", measure_rows)

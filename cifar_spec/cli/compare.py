@@ -71,9 +71,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.threads,
         args.cache_sim,
         sayer(args.json, args.markdown),
-        progress.shown(args.no_progress),
-        args.attribute,
-        args.attribute_trace,
+        show=progress.shown(args.no_progress),
+        attribute=args.attribute,
+        traces=args.attribute_trace,
     )
     compare.write(comparison, args.json, args.markdown)
     return comparison.exit_code
