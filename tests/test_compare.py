@@ -248,6 +248,32 @@ def scripted_sides(candidate_seconds: float, log: list):
     )
 
 
+class SwayingWorker(ScriptedWorker):
+    """Its rounds sway 10% either side of `seconds`, a quad's two (A B B A) alike and the
+    next quad's the other way: against a steady side, a ratio whose interval straddles the
+    threshold, so the case stays inconclusive."""
+
+    def call(self, request: dict, timeout: float) -> dict:
+        reply = super().call(request, timeout)
+        if request["op"] == "round":
+            rounds = sum(1 for name, op, _ in self.log if name == self.name and op == "round")
+            reply = {**reply, "host": self.seconds * (1.1 if (rounds - 1) // 2 % 2 else 0.9)}
+        return reply
+
+
+def test_an_inconclusive_case_with_no_worker_to_add_takes_more_pairs_until_its_budget_ends():
+    """It spun without a round once it could not grow (no `grow`, or MAX_WORKERS reached)."""
+    log: list = []
+    base, cand = sides(1.0, 1.0, workers=2)
+    base = [ScriptedWorker(f"b{i}", 0.010, log, p) for i, p in enumerate(base)]
+    cand = [SwayingWorker(f"c{i}", 0.0105, log, p) for i, p in enumerate(cand)]
+    judged = compare.compare_case(base, cand, Case("cpu", "eager", 16), 0.05, 0.5)
+    assert judged.verdict == records.INCONCLUSIVE
+    rounds = [op for _, op, _ in log].count("round")
+    first_pass = 2 * 2 * compare.PAIRS_BEFORE_VERDICT  # both sides, both worker pairs
+    assert rounds > 2 * first_pass
+
+
 def test_a_case_that_moved_is_profiled_in_every_worker_after_all_its_timed_rounds():
     log: list = []
     base, cand = scripted_sides(0.013, log)

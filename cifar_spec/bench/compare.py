@@ -27,6 +27,7 @@ from collections.abc import Callable
 from cifar_spec.bench import attribution, counts, find_modules, records, report, stats
 from cifar_spec.bench._handle import Expected, Worker, start_workers, stop_all
 from cifar_spec.bench.paired import (
+    BLOCK,
     Arm,
     Samples,
     Unsupported,
@@ -190,6 +191,8 @@ def compare_case(
                 break
             if grow and len(base) < MAX_WORKERS:
                 grow()
+            else:  # no worker to add: more pairs from those there are (it spun on none)
+                min_pairs += BLOCK
         judged = judged_time(case, judge(ratio, threshold), ratio, samples.arm(0), samples.arm(1))
         if not (judged.moved or attribute):
             return judged
