@@ -461,7 +461,7 @@ def train(
                     run.generator,
                     bar,
                     run.shard,
-                    clock,
+                    clock if clock.warms_up else None,  # no step of the hot path pays for it
                 )
             seconds = now() - start
             run.history.append(epoch_row(epoch + 1, loss_sum, seconds, len(data), clock))
