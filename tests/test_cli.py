@@ -515,6 +515,47 @@ def test_a_nan_stop_draws_its_epochs_and_gives_a_command_that_runs(
     )
 
 
+TORCHRUN = {"TORCHELASTIC_ERROR_FILE": "/tmp/error.json", "RANK": "0", "LOCAL_RANK": "0"}
+
+
+@pytest.mark.parametrize(
+    ("world", "launcher"),
+    [
+        ({"LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"}, "torchrun --standalone --nproc-per-node 2"),
+        ({"LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "4"}, "torchrun --nproc-per-node 2 ..."),
+    ],
+)
+def test_under_torchrun_the_nan_retry_and_the_resume_hint_start_torchrun_as_it_was_started(
+    world, launcher
+):
+    from torch.distributed import run as torchrun
+
+    from cifar_spec.cli.train import setting_names
+
+    args = build_parser().parse_args(["train", "--device", "cpu", "--out", "runs/a", "--eager"])
+    names = setting_names(args, {**TORCHRUN, **world})
+    retry = names.retry.format(lr="0.005", out="runs/a-lr0.005")
+    assert retry == (
+        f"`{launcher} -m cifar_spec train --device cpu --eager --out runs/a-lr0.005 --lr 0.005`"
+    )
+    assert names.resume.format(out="runs/a").startswith(
+        f"`{launcher} -m cifar_spec train --out runs/a --resume`"
+    )
+    if "..." not in launcher:  # a command torchrun itself takes, and runs as `-m cifar_spec`
+        parsed = torchrun.get_args_parser().parse_args(shlex.split(retry.strip("`"))[1:])
+        assert (parsed.standalone, parsed.nproc_per_node, parsed.module) == (True, "2", True)
+        assert parsed.training_script == "cifar_spec"
+
+
+def test_ranks_started_by_hand_are_told_the_command_each_was_started_with():
+    from cifar_spec.cli.train import setting_names
+
+    args = build_parser().parse_args(["train", "--out", "runs/a"])
+    names = setting_names(args, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+    assert names.retry.startswith("`cifar-spec train --out {out}")
+    assert names.resume.startswith("`cifar-spec train --out {out} --resume`")
+
+
 def test_a_step_that_cannot_run_is_refused_with_the_rules_reason(stand_in, capsys, monkeypatch):
     import cifar_spec.step as step
 

@@ -378,12 +378,12 @@ def test_a_rank_waits_for_rank_0s_store_no_longer_than_the_timeout_and_torch_say
     assert capfd.readouterr().err == ""  # torch's retries log C++ frames on the descriptor
 
 
-def a_refused_rank(tmp_path: Path, monkeypatch, local_rank: str) -> int:
-    """`train --batch-size 3` as local rank `local_rank` of two that torchrun started."""
-    for name, value in dict(TORCHRUN_ENV, RANK=local_rank, LOCAL_RANK=local_rank).items():
+def a_refused_rank(tmp_path: Path, monkeypatch, local_rank: str, env: dict, flags: list) -> int:
+    """`train FLAGS` as local rank `local_rank` of two that torchrun started, in `env`."""
+    for name, value in dict(TORCHRUN_ENV, RANK=local_rank, LOCAL_RANK=local_rank, **env).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(ERROR_FILE, str(tmp_path / "error.json"))
-    argv = ["train", "--data-root", str(tmp_path / "data"), "--batch-size", "3"]
+    argv = ["train", "--data-root", str(tmp_path / "data"), *flags]
     return main([*argv, "--dist-timeout", "0.5"])  # rank 1 waits this for torchrun to stop it
 
 
@@ -391,12 +391,20 @@ BATCH_REFUSED = "--batch-size 3 (images per step over all processes) does not di
 
 
 @pytest.mark.parametrize("local_rank", ["0", "1"])
+@pytest.mark.parametrize(
+    ("env", "flags", "refused"),
+    [
+        ({}, ["--batch-size", "3"], BATCH_REFUSED),
+        ({"MASTER_ADDR": "no-such-host.invalid"}, [], "MASTER_ADDR=no-such-host.invalid names no"),
+    ],
+    ids=["batch", "address"],
+)
 def test_under_torchrun_a_refusal_before_joining_is_said_once_a_machine_and_in_its_report(
-    tmp_path, monkeypatch, capsys, local_rank
+    tmp_path, monkeypatch, capsys, local_rank, env, flags, refused
 ):
-    assert a_refused_rank(tmp_path, monkeypatch, local_rank) == 2
+    assert a_refused_rank(tmp_path, monkeypatch, local_rank, env, flags) == 2
     reason = json.loads((tmp_path / "error.json").read_text())["message"]["message"]
-    assert reason.startswith(f"cifar-spec: error: {BATCH_REFUSED}")
+    assert reason.startswith(f"cifar-spec: error: {refused}")
     said = capsys.readouterr().err.splitlines()
     assert said == ([reason] if local_rank == "0" else [])
 

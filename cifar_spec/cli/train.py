@@ -7,7 +7,7 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,13 +34,17 @@ from cifar_spec.step import StepOptions, default_step, unsupported
 if TYPE_CHECKING:  # torchvision takes seconds to import; only reading data needs it
     from torchvision.datasets import CIFAR10
 
+# How to go on with a run: {command}, the command that started it (`launched_as`).
+RESUME = "`{command} --out {{out}} --resume` and the same settings"
+
+
 # How the library's messages name the settings to change, as this command's flags.
 FLAGS = SettingNames(
     out="--out",
     lr="--lr",
     batch_size="--batch-size",
     limit="--limit",
-    resume="`cifar-spec train --out {out} --resume` and the same settings",
+    resume=RESUME.format(command="cifar-spec train"),
 )
 
 
@@ -54,10 +58,28 @@ def train_parser() -> argparse.ArgumentParser:
     return commands.choices["train"]
 
 
-def retry_command(args: argparse.Namespace) -> str:
-    """`cifar-spec train` with this run's flags as given (those left at their defaults left
-    out), but a new run: {out} and {lr} to fill in (`SettingNames.retry`)."""
-    words = ["cifar-spec", "train"]
+def launched_as(environ: Mapping[str, str]) -> list[str]:
+    """The words that start a run like this one: `cifar-spec train`, or under torchrun the
+    torchrun that started it, as far as its environment says (one machine: `--standalone`
+    and its processes; several: `...` for the rendezvous flags each machine was given)."""
+    if launch.ERROR_FILE not in environ or "LOCAL_WORLD_SIZE" not in environ:
+        return ["cifar-spec", "train"]  # one process, or ranks started by hand
+    here, size = environ["LOCAL_WORLD_SIZE"], environ.get("WORLD_SIZE", "")
+    if here == size:
+        return ["torchrun", "--standalone", "--nproc-per-node", here, "-m", "cifar_spec", "train"]
+    return ["torchrun", "--nproc-per-node", here, "...", "-m", "cifar_spec", "train"]
+
+
+def setting_names(args: argparse.Namespace, environ: Mapping[str, str]) -> SettingNames:
+    """`FLAGS` with the commands to resume this run and retry it, started as it was."""
+    command = shlex.join(launched_as(environ))
+    return replace(FLAGS, resume=RESUME.format(command=command), retry=retry_command(args, environ))
+
+
+def retry_command(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """This run's command (`launched_as`) with its flags as given (those left at their
+    defaults left out), but a new run: {out} and {lr} to fill in (`SettingNames.retry`)."""
+    words = launched_as(environ)
     for action in train_parser()._actions:
         value = getattr(args, action.dest, action.default)  # absent: --batch-size not given
         if not action.option_strings or action.dest in RETRY_SETS or value == action.default:
@@ -248,7 +270,7 @@ def train_and_report(
         log=say,
         progress=progress.shown(args.no_progress),
         world=world,
-        names=replace(FLAGS, retry=retry_command(args)),
+        names=setting_names(args, os.environ),
     )
     trend = " -> ".join(
         f"{value:.1f}"

@@ -136,6 +136,7 @@ def world_from_env(
     # past the last GPU (which would leave the others waiting for them to join).
     here = read_int(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else 0
     check_device(world, device, max(here, local_rank + 1))
+    check_address(world)
     return world
 
 
@@ -308,7 +309,6 @@ def join(world: World) -> None:
     thread of its own, and this one stops waiting once torch's own waits (twice the
     timeout) and `JOIN_MARGIN` have passed.
     """
-    check_address(world)
     if not world.leader:  # rank 0 keeps the store, or finds torchrun's already up
         wait_for_store(world)
     failed: list[BaseException] = []
