@@ -1,6 +1,7 @@
 """compare: two Python environments side by side, a verdict per case, one line per failure."""
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 from profiles import sides  # made-up workers' profiled steps
 
-from cifar_spec.bench import attribution, compare, records, report, stats
+from cifar_spec.bench import attribution, compare, records, report, spawn, stats
 from cifar_spec.bench.profiled import Profile
 from cifar_spec.bench.records import Case
 from cifar_spec.cli import main
@@ -113,10 +114,13 @@ def test_a_candidate_with_slower_convolutions_is_a_regression_and_exits_1(
     data = json.loads(out.read_text())
     [result] = data["results"]
     assert result["verdict"] == "regression" and result["ratio_low"] > 1.05
-    # Each side's imports, as its workers said them: the candidate's wrapper sets PYTHONPATH.
+    # Each side's imports, as its workers said them: the candidate's wrapper puts its folder
+    # first on the PYTHONPATH that both sides' workers are given (the caller's, if any).
     base, cand = data["environments"]["baseline"], data["environments"]["candidate"]
     assert base["torch_file"] == cand["torch_file"] == torch.__file__
-    assert cand["pythonpath"] == str(tmp_path / "slow10")
+    given = spawn.clean_environment().get("PYTHONPATH")
+    assert base.get("pythonpath") == given
+    assert cand["pythonpath"] == os.pathsep.join(filter(None, [str(tmp_path / "slow10"), given]))
 
 
 def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothing(
