@@ -114,17 +114,18 @@ def test_cutlass_kernels_launched_through_one_shim_do_not_all_match_each_other()
     assert kernel_name(CUTLASS).name != kernel_name(other).name
 
 
-def cpu_event(ident, name, start, end, parent=None, thread=1):
-    """A CPU event as the profiler builds it (torch's own class), its parent linked."""
-    event = FunctionEvent(ident, name, thread, start, end)
+def cpu_event(ident, name, start, end, parent=None, thread=1, annotation=False):
+    """A CPU event as the profiler builds it (torch's own class), its parent linked;
+    `annotation`: a record_function's span, as a step's mark is."""
+    event = FunctionEvent(ident, name, thread, start, end, is_user_annotation=annotation)
     if parent is not None:
         event.set_cpu_parent(parent)
         parent.append_cpu_child(event)
     return event
 
 
-def kernel(ident, name, start, duration, launched_by=None):
-    """A device event, linked to the operator that launched it by its correlation id."""
+def device_event(ident, name, start, duration, annotation=False):
+    """A device event: a kernel, or (`annotation`) a record_function's span on the device."""
     return FunctionEvent(
         ident,
         name,
@@ -132,15 +133,20 @@ def kernel(ident, name, start, duration, launched_by=None):
         start,
         start + duration,
         device_type=DeviceType.CUDA,
-        linked_correlation_id=launched_by.id if launched_by is not None else 0,
+        is_user_annotation=annotation,
     )
 
 
-def cuda_step(index: int, t0: float, conv_us: float) -> list:
+Links = dict[int, int]  # a device event's id -> its operator's, as `profiled.device_links`
+
+
+def cuda_step(index: int, t0: float, conv_us: float) -> tuple[list, Links]:
     """One step of a convolution and a pooling, the pooling's backward on the autograd
-    engine's own thread (as on a GPU), and a kernel no operator launched (a graph replay)."""
+    engine's own thread (as on a GPU), and a kernel no operator launched (a graph replay).
+    Around them, what is no work: the mark's and the optimizer's spans on the device, and a
+    call into the runtime whose id (the device API's) is that of the pooling's operator."""
     n = 100 * (index + 1)
-    mark = cpu_event(n, f"{STEP_MARK}#{index}", t0, t0 + 1000)
+    mark = cpu_event(n, f"{STEP_MARK}#{index}", t0, t0 + 1000, annotation=True)
     conv2d = cpu_event(n + 1, "aten::conv2d", t0 + 10, t0 + 200, mark)
     conv = cpu_event(n + 2, "aten::_convolution", t0 + 20, t0 + 190, conv2d)
     cudnn = cpu_event(n + 3, "aten::cudnn_convolution", t0 + 30, t0 + 180, conv)
@@ -151,23 +157,37 @@ def cuda_step(index: int, t0: float, conv_us: float) -> list:
     pool_b = cpu_event(
         n + 7, "aten::max_pool2d_with_indices_backward", t0 + 410, t0 + 490, backward
     )
-    return [mark, conv2d, conv, cudnn, pool, pool_i, backward, pool_b] + [
-        kernel(n + 50, NCHW_TO_NHWC, t0 + 300, 5, cudnn),
-        kernel(n + 51, XMMA, t0 + 305, conv_us, cudnn),
-        kernel(n + 52, MAX_POOL, t0 + 400, 20, pool_i),
-        kernel(n + 53, MAX_POOL.replace("forward", "backward"), t0 + 600, 30, pool_b),
-        kernel(n + 54, ADD_4, t0 + 700, 10),
+    sgd = cpu_event(n + 8, "Optimizer.step#SGD.step", t0 + 650, t0 + 750, mark, annotation=True)
+    record = cpu_event(n + 5, "cudaEventRecord", t0 + 1, t0 + 3, mark)
+    launched = [
+        (device_event(n + 50, NCHW_TO_NHWC, t0 + 300, 5), cudnn),
+        (device_event(n + 51, XMMA, t0 + 305, conv_us), cudnn),
+        (device_event(n + 52, MAX_POOL, t0 + 400, 20), pool_i),
+        (device_event(n + 53, MAX_POOL.replace("forward", "backward"), t0 + 600, 30), pool_b),
+        (device_event(n + 54, ADD_4, t0 + 700, 10), None),
+        (device_event(n + 60, mark.name, t0 + 5, 990, annotation=True), None),
+        (device_event(n + 61, sgd.name, t0 + 690, 30, annotation=True), sgd),
     ]
+    events = [mark, conv2d, conv, cudnn, pool, pool_i, backward, pool_b, sgd, record]
+    links = {e.id: op.id if op else 0 for e, op in launched}
+    return events + [e for e, _ in launched], links
 
 
-def cuda_events() -> list:
+def cuda_events() -> tuple[list, Links]:
     """Two steps; before them, a warm-up step in no mark, whose kernel is in no step."""
     warm = cpu_event(1, "aten::add_", -500, -400)
-    return [warm, kernel(2, ADD_4, -450, 99, warm), *cuda_step(0, 0, 60), *cuda_step(1, 2000, 80)]
+    add = device_event(2, ADD_4, -450, 99)
+    (first, first_links), (second, second_links) = cuda_step(0, 0, 60), cuda_step(1, 2000, 80)
+    return [warm, add, *first, *second], {add.id: warm.id, **first_links, **second_links}
+
+
+def cuda_profile(steps: list[float]) -> Profile:
+    events, links = cuda_events()
+    return profiled.aggregate(events, steps, "cuda", links)
 
 
 def test_on_cuda_each_kernels_device_time_is_under_the_operator_that_launched_it_per_step():
-    p = profiled.aggregate(cuda_events(), [0.9e-3, 1.0e-3], "cuda")
+    p = cuda_profile([0.9e-3, 1.0e-3])
     conv = p.kernels["aten::cudnn_convolution"]
     assert conv[XMMA] == pytest.approx([60e-6, 80e-6])
     assert conv["cudnn::engines_precompiled::nchwToNhwcKernel"] == pytest.approx([5e-6, 5e-6])
@@ -178,25 +198,41 @@ def test_on_cuda_each_kernels_device_time_is_under_the_operator_that_launched_it
 
 
 def test_on_cuda_an_operators_inclusive_time_adds_the_kernels_of_the_operators_nested_in_it():
-    p = profiled.aggregate(cuda_events(), [1e-3, 1e-3], "cuda")
+    p = cuda_profile([1e-3, 1e-3])
     assert p.inclusive["aten::conv2d"] == pytest.approx([65e-6, 85e-6])
     assert "aten::conv2d" not in p.operators  # it launched nothing itself
     assert p.inclusive["aten::max_pool2d"] == pytest.approx([20e-6, 20e-6])
 
 
 def test_a_backward_on_the_autograd_engines_own_thread_is_in_the_step_it_ran_in():
-    p = profiled.aggregate(cuda_events(), [1e-3, 1e-3], "cuda")
+    p = cuda_profile([1e-3, 1e-3])
     backward = "aten::max_pool2d_with_indices_backward"
     assert p.operators[backward] == pytest.approx([30e-6, 30e-6])
     assert p.parents[backward].endswith("MaxPool2DWithIndicesBackward0")
 
 
 def test_device_work_no_operator_launched_is_outside_them_and_outside_the_steps_is_left_out():
-    p = profiled.aggregate(cuda_events(), [1e-3, 1e-3], "cuda")
+    p = cuda_profile([1e-3, 1e-3])
     assert p.operators[OUTSIDE] == pytest.approx([10e-6, 10e-6])  # not the warm-up's 99 us
     assert "aten::add_" not in p.operators
     total = sum(sum(v) for v in p.operators.values())
     assert total == pytest.approx(2 * (5 + 20 + 30 + 10) * 1e-6 + (60 + 80) * 1e-6)
+
+
+def test_on_cuda_record_function_spans_on_the_device_and_runtime_calls_are_no_operators_work():
+    p = cuda_profile([1e-3, 1e-3])
+    # The runtime call shares its id with aten::max_pool2d_with_indices, which keeps its kernel.
+    assert p.operators["aten::max_pool2d_with_indices"] == pytest.approx([20e-6, 20e-6])
+    assert not any(profiled.RUNTIME_CALL.match(op) for op in p.operators)
+    kernels = {k for per_op in p.kernels.values() for k in per_op}
+    assert not any(k.startswith((STEP_MARK, "Optimizer.step")) for k in kernels), kernels
+    assert "Optimizer.step#SGD.step" not in p.operators
+
+
+def test_the_profilers_own_results_give_the_device_links_on_this_torch():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        torch.ones(4).add_(1)
+    assert profiled.device_links(profiler) == {}  # no device event here; the call must work
 
 
 def test_on_the_cpu_an_operators_self_time_leaves_out_its_children_and_counts_nesting_once():
@@ -215,7 +251,7 @@ def test_on_the_cpu_an_operators_self_time_leaves_out_its_children_and_counts_ne
 
 def test_events_are_refused_when_their_step_marks_do_not_match_the_steps_timed():
     with pytest.raises(RuntimeError, match="2 step marks among the events, for 3 steps"):
-        profiled.aggregate(cuda_events(), [1e-3] * 3, "cuda")
+        cuda_profile([1e-3] * 3)
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +357,9 @@ def test_a_profiled_cuda_step_has_the_convolution_and_pooling_kernels_under_thei
     assert all(v > 0 for steps in pooling.values() for v in steps)
     convolution = [op for op in p.kernels if "convolution" in op]
     assert convolution, sorted(p.kernels)
+    kernels = {k for per_op in p.kernels.values() for k in per_op}
+    assert not any(k.startswith((STEP_MARK, "Optimizer.")) for k in kernels), sorted(kernels)
+    assert not any(profiled.RUNTIME_CALL.match(op) for op in p.operators), sorted(p.operators)
     for i, seconds in enumerate(p.step):
         kernels = sum(steps[i] for steps in p.operators.values())
         # One stream: the kernels run one after another inside the step's CUDA events.

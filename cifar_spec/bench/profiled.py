@@ -13,10 +13,11 @@ its own):
 - on the CPU, the self time of each operator (its time minus that of the events nested in
   it), the inclusive time of each, and the operator it ran under;
 - on CUDA, the device time of each kernel (or copy), under the operator that launched it
-  (the innermost profiled event around the launch, linked by the profiler's correlation
-  id); a device event that no operator launched (a CUDA graph's replay) is under OUTSIDE.
-  An operator's own time is that of the kernels it launched; its inclusive time adds the
-  kernels of the operators nested in it.
+  (the innermost operator around the launch, linked by the profiler's correlation id); a
+  device event that no operator launched (a CUDA graph's replay) is under OUTSIDE. An
+  operator's own time is that of the kernels it launched; its inclusive time adds the
+  kernels of the operators nested in it. A `record_function`'s span on the device's
+  timeline (the step's mark, the optimizer's) is not work of its own, and is left out.
 
 Each step's time is measured around it as the timed rounds measure (`time_round`, one step,
 the device synchronized): by the host clock on the CPU, by CUDA events on a GPU. What the
@@ -53,6 +54,13 @@ PROFILED_STEPS = 10  # per worker: enough steps to see each worker's own spread
 
 
 OUTSIDE = "(no operator)"  # device work that no profiled operator launched
+
+
+# Calls into the CUDA (or HIP) runtime and driver, recorded as CPU events beside the
+# operators. None is an operator: kernels are linked to the operator around their launch,
+# not to the launch call. Their ids are the device API's correlation ids, counted apart
+# from the operators' ids, so one may equal an operator's (pytorch/pytorch#124388).
+RUNTIME_CALL = re.compile(r"^(cuda|cu|hip|hsa)[A-Z]")
 
 
 @dataclass(frozen=True)
@@ -227,9 +235,24 @@ def most_often(seen: dict[str, Counter]) -> dict[str, str | None]:
     return {name: counts.most_common(1)[0][0] for name, counts in seen.items()}
 
 
-def aggregate(events: Iterable, step: Steps, device: str) -> Profile:
+def device_links(profiler: torch.profiler.profile) -> dict[int, int]:
+    """Each device event's correlation id -> the id of the operator that launched it (0:
+    none), as the profiler's raw results link them: torch's own events carry the link only
+    in releases after 2.11, the profiler's results in each."""
+    results = profiler.profiler.kineto_results
+    return {
+        e.correlation_id(): e.linked_correlation_id()
+        for e in results.events()
+        if e.device_type() != DeviceType.CPU
+    }
+
+
+def aggregate(
+    events: Iterable, step: Steps, device: str, links: dict[int, int] | None = None
+) -> Profile:
     """A profile from the profiler's events (`profile.events()`, the tree of CPU events
-    built) of steps each in a STEP_MARK, and the steps' own seconds, in order."""
+    built) of steps each in a STEP_MARK, and the steps' own seconds, in order; on CUDA,
+    `links` (`device_links`) names the operator that launched each device event."""
     events = list(events)
     cpu = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
     marks = [e for e in cpu if is_mark(e)]
@@ -239,7 +262,7 @@ def aggregate(events: Iterable, step: Steps, device: str) -> Profile:
     if device == "cpu":
         return cpu_profile(cpu, step_of, step)
     device_events = [e for e in events if e.device_type != DeviceType.CPU]
-    return device_profile(device_events, cpu, step_of, step)
+    return device_profile(device_events, cpu, step_of, step, links or {})
 
 
 def cpu_profile(cpu: list, step_of: StepOf, step: Steps) -> Profile:
@@ -258,17 +281,28 @@ def cpu_profile(cpu: list, step_of: StepOf, step: Steps) -> Profile:
     return Profile("cpu", list(step), dict(own), dict(inclusive), most_often(parents))
 
 
-def device_profile(device_events: list, cpu: list, step_of: StepOf, step: Steps) -> Profile:
-    """Each kernel's device time per step under the operator that launched it (linked by the
-    profiler's correlation id: a device event's `linked_correlation_id` is its operator's
-    `id`); an operator's own time is its kernels', its inclusive adds its nested operators'."""
+def is_operator(event) -> bool:
+    """Whether a CPU event may have launched device work: not a `record_function` span (a
+    step's mark among them) and not a call into the runtime (RUNTIME_CALL)."""
+    return not (event.is_user_annotation or RUNTIME_CALL.match(event.name))
+
+
+def device_profile(
+    device_events: list, cpu: list, step_of: StepOf, step: Steps, links: dict[int, int]
+) -> Profile:
+    """Each kernel's device time per step under the operator that launched it (`links`: a
+    device event's id -> its operator's `id`); an operator's own time is its kernels', its
+    inclusive adds its nested operators'."""
     n = len(step)
-    launched_by = {e.id: e for e in cpu if e.linked_correlation_id == 0 and not is_mark(e)}
+    launched_by = {e.id: e for e in cpu if is_operator(e)}
     own, inclusive, parents = per_step(n), per_step(n), defaultdict(Counter)
     kernels: dict = defaultdict(lambda: per_step(n))
     details: dict[str, str] = {}
     for event in device_events:
-        op = launched_by.get(event.linked_correlation_id)
+        if event.is_user_annotation:  # a record_function's span on the device: no work
+            continue
+        link = links.get(event.id, 0)
+        op = launched_by.get(link) if link else None  # 0: launched by no operator
         i = step_of((op or event).time_range.start)
         if i is None:
             continue
@@ -322,5 +356,6 @@ def profile_steps(
             with torch.profiler.record_function(f"{STEP_MARK}#{i}"):
                 timed = measure.time_round(step, device, 1)
             seconds.append(timed.gpu if timed.gpu is not None else timed.host)
-    profile = aggregate(profiler.events(), seconds, device.type)
+    links = device_links(profiler) if device.type == "cuda" else None
+    profile = aggregate(profiler.events(), seconds, device.type, links)
     return replace(profile, trace=export_trace(profiler, trace)) if trace else profile
