@@ -156,6 +156,14 @@ def test_profiles_of_two_devices_are_refused():
         attribution.diff(base, cand)
 
 
+@pytest.mark.parametrize("empty", ["baseline", "both"])
+def test_a_side_without_profiles_is_refused_by_name(empty):
+    base, cand = sides(1.0, 1.0)
+    base, cand = [], ([] if empty == "both" else cand)
+    with pytest.raises(ValueError, match="one device on both sides"):
+        attribution.diff(base, cand)
+
+
 def judged() -> Judged:
     case = Case("cpu", "eager", 16)
     return Judged(

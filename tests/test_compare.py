@@ -430,3 +430,7 @@ def test_an_attributed_case_whose_profiled_change_may_be_nothing_says_no_shares(
     lines = report.attribution_lines(judged)
     assert "of the change" not in "\n".join(lines)
     assert lines[-1].endswith("no shares: the profiled step's change is within its interval of 0")
+    # The pull request's table says the same: no share column filled, no "explain".
+    markdown = report.markdown_time_attribution(judged)
+    assert "no shares: the profiled step's change is within its interval of 0" in markdown[1]
+    assert not any("%" in line for line in markdown[5:]), markdown  # the rows, no header

@@ -166,7 +166,7 @@ def diff(
     """(the whole step's row, the rows): every operator above KEEP of the step on either
     side, the one that moved most first, then SMALLER (the rest of them, pooled), then
     REMAINDER. Each side: a list of its workers' profiles of one case, on one device."""
-    if {p.device for p in base + cand} != {(base + cand)[0].device} or not base or not cand:
+    if not base or not cand or len({p.device for p in base + cand}) != 1:
         raise ValueError("attribution needs profiles of one device on both sides")
     step = summed_row(STEP, [p.step for p in base], [p.step for p in cand], 0.0)
     change = step.delta

@@ -204,11 +204,19 @@ def attribution_lines(j: Judged) -> list[str]:
         f"{milliseconds(step['candidate'])} ms per step, "
         f"{time_delta(step['delta'], step['delta_low'], step['delta_high'])}"
     ]
-    # A share of a change that may be nothing is noise divided by noise (-1635% was seen).
-    shares = step["delta_low"] > 0 or step["delta_high"] < 0
+    shares = has_shares(step)
     for row in j.top:
         lines += [f"    {line}" for line in time_operator_lines(row, figures["explained"], shares)]
     return lines
+
+
+def has_shares(step: dict) -> bool:
+    """Whether the profiled step's change is far enough from 0 to share out: a share of a
+    change that may be nothing is noise divided by noise (-1635% was seen)."""
+    return step["delta_low"] > 0 or step["delta_high"] < 0
+
+
+NO_SHARES = "no shares: the profiled step's change is within its interval of 0"
 
 
 def time_operator_lines(row, explained: float, shares: bool = True) -> list[str]:
@@ -218,11 +226,7 @@ def time_operator_lines(row, explained: float, shares: bool = True) -> list[str]
     change is within its interval of 0), no share is said."""
     share = f" ({row.share:.1%} of the change)" if shares else ""
     if row.operator == REMAINDER:
-        explains = (
-            f"the operators explain {explained:.1%}"
-            if shares
-            else "no shares: the profiled step's change is within its interval of 0"
-        )
+        explains = f"the operators explain {explained:.1%}" if shares else NO_SHARES
         return [f"{row.operator}  {row_delta(row)}{share}; {explains}"]
     where = f" under {row.parent}" if row.parent else ""
     head = (
@@ -340,11 +344,13 @@ def markdown_time_attribution(j: Judged) -> list[str]:
     moved most, the kernels under each, and the remainder with what the operators explain."""
     figures = j.figures["attribution"]
     step = figures["step"]
+    shares = has_shares(step)
+    explains = f"the operators explain {figures['explained']:.1%}" if shares else NO_SHARES
     lines = [
         "",
         f"<details><summary>{j.case.name}: where the time went (profiled steps, "
         f"{milliseconds(step['baseline'])} -> {milliseconds(step['candidate'])} ms per step; "
-        f"the operators explain {figures['explained']:.1%})</summary>",
+        f"{explains})</summary>",
         "",
         "| delta [95% CI] | baseline ms | candidate ms | share | operator, or kernel under it |",
         "|---:|---:|---:|---:|---|",
@@ -353,7 +359,8 @@ def markdown_time_attribution(j: Judged) -> list[str]:
         where = f" (under `{row.parent}`)" if row.parent else ""
         lines.append(
             f"| {row_delta(row)} | {milliseconds(row.baseline)} | {milliseconds(row.candidate)} "
-            f"| {row.share:.1%} | `{row.operator}`{where}{presence_mark(row)} |"
+            f"| {f'{row.share:.1%}' if shares else ''} | `{row.operator}`{where}"
+            f"{presence_mark(row)} |"
         )
         lines += [
             f"| {row_delta(k)} | {milliseconds(k.baseline)} | {milliseconds(k.candidate)} | | "
