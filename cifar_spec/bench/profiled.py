@@ -240,7 +240,7 @@ def device_links(profiler: torch.profiler.profile) -> dict[int, int]:
     none), as the profiler's raw results link them: torch's own events carry the link only
     in releases after 2.11, the profiler's results in each."""
     results = profiler.profiler.kineto_results
-    return {  # a span's id is not from the device API's count: left out, so none overwrites
+    return {  # a span's id may come from another count: left out, so none overwrites a kernel's
         e.correlation_id(): e.linked_correlation_id()
         for e in results.events()
         if e.device_type() != DeviceType.CPU and not e.is_user_annotation()
