@@ -89,6 +89,25 @@ def test_workers_not_steps_are_the_unit_a_worker_slower_in_every_step_widens_the
     assert steps_only[0] > 0  # what pooling the steps of both workers would have said
 
 
+@pytest.mark.parametrize(
+    ("cand_means", "half"),
+    [
+        # Equal spreads and counts: Welch's degrees of freedom are 2(n - 1) = 4, t = 2.776445
+        # (a printed t table), half-width t * sqrt(2 s^2 / n) with s^2 = 1, n = 3.
+        ([2.0, 3.0, 4.0], 2.776445 * (2 / 3) ** 0.5),
+        # A side with no spread: the other's n - 1 = 2 degrees of freedom, t = 4.302653.
+        ([3.0, 3.0, 3.0], 4.302653 * (1 / 3) ** 0.5),
+    ],
+    ids=["equal-spreads", "one-side-flat"],
+)
+def test_welchs_interval_of_the_workers_means_has_a_printed_tables_width(cand_means, half):
+    base = [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]  # workers' means 1, 2, 3: variance 1
+    cand = [[m, m] for m in cand_means]
+    low, high = attribution.welch_difference(1.0, base, cand)
+    # stats.T_975 keeps 3 decimals: t off by at most 0.0005, over t >= 1.96, is 2.6e-4 of it.
+    assert high - 1.0 == pytest.approx(half, rel=2.6e-4) and 1.0 - low == pytest.approx(high - 1.0)
+
+
 def test_the_interval_is_the_wider_of_the_verdicts_bootstrap_and_welchs_t_of_the_workers_means():
     base = [[1.0, 1.1, 0.9], [1.2, 1.3, 1.1], [0.8, 0.9, 1.0]]
     cand = [[2.0, 2.2, 1.9], [2.6, 2.4, 2.5], [1.7, 1.9, 1.8]]
