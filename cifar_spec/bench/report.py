@@ -216,7 +216,11 @@ def has_shares(step: dict) -> bool:
     return step["delta_low"] > 0 or step["delta_high"] < 0
 
 
-NO_SHARES = "no shares: the profiled step's change is within its interval of 0"
+def explains(explained: float, shares: bool) -> str:
+    """What the operators explain of the change, or why no share of it is said."""
+    if shares:
+        return f"the operators explain {explained:.1%}"
+    return "no shares: the profiled step's change is within its interval of 0"
 
 
 def time_operator_lines(row, explained: float, shares: bool = True) -> list[str]:
@@ -226,8 +230,7 @@ def time_operator_lines(row, explained: float, shares: bool = True) -> list[str]
     change is within its interval of 0), no share is said."""
     share = f" ({row.share:.1%} of the change)" if shares else ""
     if row.operator == REMAINDER:
-        explains = f"the operators explain {explained:.1%}" if shares else NO_SHARES
-        return [f"{row.operator}  {row_delta(row)}{share}; {explains}"]
+        return [f"{row.operator}  {row_delta(row)}{share}; {explains(explained, shares)}"]
     where = f" under {row.parent}" if row.parent else ""
     head = (
         f"{row.operator}{where}  {row_delta(row)}{share}  "
@@ -345,12 +348,11 @@ def markdown_time_attribution(j: Judged) -> list[str]:
     figures = j.figures["attribution"]
     step = figures["step"]
     shares = has_shares(step)
-    explains = f"the operators explain {figures['explained']:.1%}" if shares else NO_SHARES
     lines = [
         "",
         f"<details><summary>{j.case.name}: where the time went (profiled steps, "
         f"{milliseconds(step['baseline'])} -> {milliseconds(step['candidate'])} ms per step; "
-        f"{explains})</summary>",
+        f"{explains(figures['explained'], shares)})</summary>",
         "",
         "| delta [95% CI] | baseline ms | candidate ms | share | operator, or kernel under it |",
         "|---:|---:|---:|---:|---|",
