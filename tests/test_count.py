@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -308,12 +309,19 @@ def test_one_environment_counts_the_same_twice_and_an_extra_convolution_is_a_reg
     starts in 70-85 s of CPU on a 2-core Zen 1 (importing the CUDA wheel under valgrind), the
     most expensive start in the spec, so all three run at once. The first one's counts are
     then the baseline of a real `gate` started under a PYTHONPATH (below): one count fewer
-    than a test of its own, which had to count a baseline first."""
+    than a test of its own, which had to count a baseline first. The counts leave nothing in
+    the temporary folder, though each worker is killed (valgrind's pipes once stayed)."""
     cases = [EAGER, DEFAULT]
+    python = str(slow_python(2))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     with ThreadPoolExecutor(max_workers=2) as pool:
         base = pool.submit(callgrind.count_all, {"baseline": sys.executable}, 2, cases)
-        slow = pool.submit(callgrind.count_all, {"slow": str(slow_python(2))}, 1, cases)
+        slow = pool.submit(callgrind.count_all, {"slow": python}, 1, cases)
         counted = {**base.result(), **slow.result()}
+    assert sorted(path.name for path in temporary.iterdir()) == []
     first, second = counted["baseline"]
 
     def judged(case, base, cand):

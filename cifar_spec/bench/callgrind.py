@@ -213,7 +213,9 @@ def count_process(
             python,
             label,
             threads=1,
-            env={**os.environ, **COUNT_ENV},
+            # TMPDIR: valgrind makes its gdbserver's pipes there (callgrind_control talks to
+            # it through them) and leaves them when its process is killed, 3 a worker.
+            env={**os.environ, **COUNT_ENV, "TMPDIR": str(folder)},
             wrapper=callgrind_command(out_file, cache_sim),
             hello_timeout=COUNT_HELLO_TIMEOUT,
             # A folder of its own, empty, so that nothing about the caller's folder is
