@@ -568,7 +568,7 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     process = subprocess.Popen(
         command,
         cwd=cwd,
-        env=checkout_environment(),
+        env=dict(checkout_environment(), TMPDIR=str(cwd)),  # torchrun's logs, kept in the test's
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -191,7 +191,11 @@ PAGES = [README, *DOCS]
 def run_page(page: Path, folder: Path) -> list[str]:
     """Run the page's commands in order in `folder` (a reader's, `page_folder`); fail at the
     first that ends otherwise than the docs say. What could not run here, with why."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # What the commands keep in the temporary folder (torchrun's logs) stays in the test's.
+    temporary = folder.parent / "tmp"
+    temporary.mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": path, "TMPDIR": str(temporary)}
     skipped = []
     for shown in shown_on(page):
         argv, why = smallest(shown)
