@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -156,6 +157,36 @@ def test_a_worker_that_crashes_during_compare_ends_in_one_line_and_leaves_nothin
     assert "exited during 'build' with exit code 7: CUDA error: out of memory" in err
 
 
+def test_ctrl_c_during_a_round_ends_compare_as_interrupted_and_stops_every_worker(
+    scripted_python, hello, tmp_path, capsys
+):
+    # The candidate builds, then on its first round presses Ctrl-C for the user (SIGUSR1,
+    # which this test makes raise KeyboardInterrupt as SIGINT does) and answers the round
+    # after it, as a real worker finishes the round it was on; it answers whatever follows
+    # as a worker of ours would. That late reply was once read as the answer to the
+    # clean-up's next request: exit 2, "is it this cifar_spec's worker?".
+    pid = tmp_path / "pid"
+    round_reply = '{"host": 0.001, "gpu": null}'
+    python = scripted_python(
+        f'case "$2" in *find_spec*) exec "{sys.executable}" "$@";; esac\n'
+        f"echo $$ > {pid}\n{hello}\n"
+        "read line; echo '{\"seconds_per_step\": 0.001}'\n"
+        f"read line; kill -USR1 $PPID; sleep 0.5; echo '{round_reply}'\n"
+        'while read line; do case "$line" in\n'
+        f"*drop*) echo '{{}}';; *) echo '{round_reply}';; esac; done"
+    )
+    flags = ["--device", "cpu", "--variant", "eager", "--batch-size", "1", "--workers", "1"]
+    previous = signal.signal(signal.SIGUSR1, signal.default_int_handler)
+    try:
+        code = main(["compare", sys.executable, str(python), *flags, "--no-progress"])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert code == 130
+    assert capsys.readouterr().err == "cifar-spec: interrupted; nothing was saved\n"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid.read_text()), 0)
+
+
 def test_an_arm_whose_worker_imports_another_torch_than_its_check_found_is_refused(
     scripted_python, hello_of, capsys
 ):
@@ -242,6 +273,9 @@ class ScriptedWorker:
             "drop": {},
         }
         return answers[request["op"]]
+
+    def drop(self, key: str) -> None:
+        self.call({"op": "drop", "key": key}, 60)
 
 
 def scripted_sides(candidate_seconds: float, log: list):

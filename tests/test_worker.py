@@ -105,6 +105,21 @@ def test_a_worker_that_hangs_is_stopped_within_the_timeout_and_leaves_nothing_ru
     assert w.process.poll() is not None and not alive(w.process.pid)
 
 
+def test_dropping_a_case_from_a_stopped_worker_leaves_the_error_that_stopped_it_alone(
+    scripted_python, hello
+):
+    # compare and bench drop their cases in a `finally`: a second error there (the worker
+    # "was stopped after an earlier failure") would be said in place of the first.
+    python = scripted_python(f"{hello}; while read line; do :; done; sleep 600")
+    w = Worker(str(python), "hung")
+    with pytest.raises(WorkerError, match="did not answer 'round'"):
+        try:
+            w.call({"op": "round", "key": "k", "steps": 1}, timeout=1)
+        finally:
+            w.drop("k")
+    assert w.stopped
+
+
 def test_a_worker_that_crashes_mid_round_is_reported(scripted_python, hello):
     python = scripted_python(f"{hello}; read line; exit 9")
     w = Worker(str(python), "crash")

@@ -32,6 +32,9 @@ BUILD_TIMEOUT = 300.0  # seconds: torch.compile on 2 cores takes up to a minute
 HELLO_TIMEOUT = 120.0  # importing torch from a cold disk
 
 
+DROP_TIMEOUT = 60.0
+
+
 MAX_REPLY = 1 << 20  # bytes in one reply line; the longest real one (hello) is about 1 kB
 
 
@@ -228,16 +231,21 @@ class Worker:
     def call(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most `timeout` seconds for its reply."""
         op = request["op"]
-        if self.process.stdin.closed:
+        if self.stopped:
             raise WorkerError(f"{self.name} was stopped after an earlier failure")
         if self.pending():  # a line no request asked for: every later reply would be shifted
             self.refuse(f"sent a line before '{op}' was asked: {self._buffer[:80]!r}")
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
+            line = self.read_line(timeout)
         except BrokenPipeError:
             self.fail(f"before '{op}'")
-        line = self.read_line(timeout)
+        except BaseException:
+            # Ctrl-C once it may have the request: its reply, still to come, would be read
+            # as the next request's, so it is stopped, and the interrupt goes on.
+            self.stop(polite=False)
+            raise
         if line is None:
             self.stop(polite=False)  # a hung worker would not read an exit request
             raise WorkerError(
@@ -255,6 +263,16 @@ class Worker:
         if "error" in reply:
             raise WorkerError(f"{self.name} could not {op}: {reply['error']}")
         return reply
+
+    @property
+    def stopped(self) -> bool:
+        return self.process.stdin.closed
+
+    def drop(self, key: str) -> None:
+        """Forget case `key`. A worker already stopped (a failure, Ctrl-C) holds nothing, and
+        asking it would put a second error in place of the one that stopped it."""
+        if not self.stopped:
+            self.call({"op": "drop", "key": key}, DROP_TIMEOUT)
 
     def pending(self) -> bool:
         """Whether the worker has written anything that no request has read yet."""

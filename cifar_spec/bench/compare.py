@@ -205,7 +205,7 @@ def compare_case(
     finally:
         for pair in arms:
             for arm in pair:
-                arm.worker.call({"op": "drop", "key": case.key}, 60)
+                arm.worker.drop(case.key)
 
 
 def trace_path(folder: str | None, case: Case, side: str, number: int) -> str | None:

@@ -92,7 +92,7 @@ class Suite:
     def drop(self, arms: list[Arm]) -> None:
         if arms and arms[0].case not in self._references:
             for arm in arms:
-                arm.worker.call({"op": "drop", "key": arm.case.key}, 60)
+                arm.worker.drop(arm.case.key)
 
     def measure(self, case: Case) -> dict:
         """The row of figures for `case`; raises Unsupported where it cannot run.
