@@ -59,6 +59,8 @@ def check_run_folder(out: Path, resume: bool, locked: bool = False) -> None:
     checkpoint if resuming."""
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file, not a folder; choose another --out")
+    if resume and not out.exists():  # refused before a mistyped --out is made
+        raise no_checkpoint(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         check_writable(out)
@@ -73,14 +75,18 @@ def check_run_folder(out: Path, resume: bool, locked: bool = False) -> None:
             raise CheckpointError(problem)
     earlier = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
     if resume and CHECKPOINT not in earlier:
-        raise CheckpointError(
-            f"no checkpoint at {out / CHECKPOINT} to resume; start a new run without --resume"
-        )
+        raise no_checkpoint(out)
     if not resume and earlier:
         raise CheckpointError(
             f"{out} holds an earlier run ({', '.join(earlier)}); continue it "
             "with --resume, or choose another --out (nothing was overwritten)"
         )
+
+
+def no_checkpoint(out: Path) -> CheckpointError:
+    return CheckpointError(
+        f"no checkpoint at {out / CHECKPOINT} to resume; start a new run without --resume"
+    )
 
 
 def save_checkpoint(out: Path, state: dict) -> None:

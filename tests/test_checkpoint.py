@@ -293,6 +293,15 @@ def test_resuming_without_a_run_folder_is_refused_naming_the_setting_before_any_
         fit(TrainConfig(limit=8), test_split, resume=True, log=None)
 
 
+def test_resuming_from_a_folder_that_does_not_exist_is_refused_and_makes_no_folder(
+    tmp_path, test_split
+):
+    out = tmp_path / "runs" / "mistyped"
+    with pytest.raises(CheckpointError, match=r"^no checkpoint at .*checkpoint\.pt to resume;"):
+        fit(TrainConfig(limit=8, out=str(out)), test_split, resume=True, log=None)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_folder_in_use_is_refused_naming_the_holders_pid(tmp_path, test_split):
     with folder_lock(tmp_path, "a training run"):
         with pytest.raises(
