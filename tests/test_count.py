@@ -5,9 +5,13 @@ calls it is no change; what cannot be counted is refused in one line."""
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -295,6 +299,42 @@ def test_a_compare_that_judged_no_case_is_inconclusive_not_passed(monkeypatch, c
     code = main(["compare", sys.executable, sys.executable, "--metric", "instructions"])
     printed = capsys.readouterr().out
     assert code == 3 and printed.rstrip().endswith("no case was judged: every one was skipped)")
+
+
+def ctrl_c_once_written(path: Path) -> None:
+    """SIGUSR1 to the main thread (a KeyboardInterrupt there) once `path` exists: sent to
+    the process, the signal could go to another thread and leave the main one waiting."""
+    deadline = time.monotonic() + 120
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+
+@needs_valgrind
+def test_ctrl_c_while_counting_workers_start_stops_them_at_once_and_leaves_no_folder(
+    scripted_python, tmp_path, monkeypatch
+):
+    # A worker that never says hello, as one importing torch under valgrind for minutes.
+    # Ctrl-C once stopped only the workers that had said it: this one ran on, and its
+    # thread waited for it.
+    pid = tmp_path / "pid"
+    python = scripted_python(f"echo $$ > {pid}; exec sleep 600")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    previous = signal.signal(signal.SIGUSR1, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_written, args=(pid,), daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            callgrind.count_all({"side": str(python)}, 1, [EAGER])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    deadline = time.monotonic() + 10
+    while list(temporary.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the worker's thread removes its folder as it ends
+    assert list(temporary.iterdir()) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid.read_text()), 0)
 
 
 @needs_valgrind

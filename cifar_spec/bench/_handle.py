@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
@@ -197,6 +198,9 @@ class Worker:
     hello_timeout: float = HELLO_TIMEOUT
     cwd: str | None = None  # where it runs; None: here
     expect: Expected | None = None  # the code it must run; None: not checked
+    # Told of the worker as soon as its process runs, before its hello: for whoever may have
+    # to stop it while it starts (Ctrl-C during a count, whose start takes minutes).
+    started: Callable[[Worker], None] | None = None
     process: subprocess.Popen = field(init=False)
     stderr: IO[bytes] = field(init=False)
     info: dict = field(init=False, default_factory=dict)
@@ -214,6 +218,8 @@ class Worker:
             stderr=self.stderr,
             cwd=self.cwd,
         )
+        if self.started is not None:
+            self.started(self)
         self.info = self.call({"op": "hello"}, self.hello_timeout)
         self.check_imports()
 

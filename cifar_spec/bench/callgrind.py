@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifar_spec.bench import machine, operators
-from cifar_spec.bench._handle import BUILD_TIMEOUT, Expected, Worker
+from cifar_spec.bench._handle import BUILD_TIMEOUT, Expected, Worker, kill_group
 from cifar_spec.bench.records import Case
 from cifar_spec.errors import CountError, WorkerError
 
@@ -182,11 +182,14 @@ class Running:
             raise WorkerError(f"{worker.name} was stopped: the count was given up")
 
     def stop(self) -> None:
+        """Kill every worker; the thread that waits on one sees its output end and ends too.
+        Its streams are left to that thread: closed here, under its read, the read could
+        land in another file that took the number."""
         with self.lock:
             self.stopped = True
             workers = list(self.workers)
         for worker in workers:
-            worker.stop(polite=False)
+            kill_group(worker.process)
 
 
 def progress_steps(cases: list[Case]) -> int:
@@ -223,9 +226,8 @@ def count_process(
             # was on the path then; spawn's start now keeps it off).
             cwd=str(folder),
             expect=expect,
+            started=running.add if running is not None else None,
         )
-        if running is not None:
-            running.add(worker)
         progress(f"{label} started")
         try:
             unsupported = {}
